@@ -1,0 +1,231 @@
+"""I/O on one psycopg connection: connect, lock, snapshot, terminate. It decides nothing.
+
+The connection is autocommit, so no statement leaves a transaction open and every statement
+reads a fresh pg_stat_activity (the view is cached per transaction).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
+
+from reaper import sql
+from reaper.errors import AuthenticationError, PassAbortedError, TargetUnreachableError
+from reaper.snapshot import ConnectionPicture, Session, Snapshot
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from reaper.target import Target
+
+APPLICATION_NAME = "idle-reaper"
+
+# SQLSTATE class 28 is "invalid authorization specification": a wrong or rotated password, an
+# expired IAM token, a role that may not log in.
+_AUTH_SQLSTATE_CLASS = "28"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Server-side limits on the reaper's own connection, so it can never hang or hold locks."""
+
+    connect_seconds: int = 5
+    statement_ms: int = 30_000
+    lock_ms: int = 1_000
+    idle_in_transaction_ms: int = 10_000
+
+
+class SignalOutcome(StrEnum):
+    """What happened when a planned session was re-verified at signal time."""
+
+    TERMINATED = "terminated"
+    REFUSED = "refused"
+    VANISHED = "vanished"  # gone, or its pid now belongs to a new backend
+    CHANGED = "changed"  # ran something (or changed state) since the snapshot: spared
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedSignal:
+    """The identity a session must still have at signal time to be terminated."""
+
+    pid: int
+    backend_start: Any
+    state: str
+    state_change: Any
+
+
+def connect(target: Target, timeouts: Timeouts = Timeouts()) -> psycopg.Connection[Any]:
+    """Open the reaper's autocommit connection to a target.
+
+    Raises:
+        AuthenticationError: the server rejected the credentials.
+        TargetUnreachableError: the server could not be reached within the connect timeout.
+    """
+    options = " ".join(
+        (
+            f"-c statement_timeout={int(timeouts.statement_ms)}",
+            f"-c lock_timeout={int(timeouts.lock_ms)}",
+            f"-c idle_in_transaction_session_timeout={int(timeouts.idle_in_transaction_ms)}",
+        )
+    )
+    params = {
+        **target.params,
+        "application_name": APPLICATION_NAME,
+        "connect_timeout": str(int(timeouts.connect_seconds)),
+        "options": options,
+    }
+    try:
+        return psycopg.connect(make_conninfo("", **params), autocommit=True)
+    except psycopg.OperationalError as exc:
+        detail = target.redact(_first_line(exc))
+        if (exc.sqlstate or "").startswith(_AUTH_SQLSTATE_CLASS) or "authentication" in detail:
+            raise AuthenticationError(
+                f"{target.endpoint} rejected the reaper's credentials: {detail}"
+            ) from exc
+        raise TargetUnreachableError(f"cannot connect to {target.endpoint}: {detail}") from exc
+
+
+def try_pass_lock(conn: psycopg.Connection[Any]) -> bool:
+    """Take the session-level pass lock; False if another reaper holds it on this database."""
+    row = _fetch_one(conn, sql.TRY_PASS_LOCK, {"key": sql.PASS_LOCK_KEY})
+    return bool(row[0])
+
+
+def take_snapshot(conn: psycopg.Connection[Any]) -> Snapshot:
+    """Read every session and the connection limits in one statement."""
+    with _database_errors(), conn.cursor(row_factory=dict_row) as cursor:
+        rows = cursor.execute(sql.SNAPSHOT).fetchall()
+    first = rows[0]  # never empty: the reaper's own backend is always listed
+    sessions = tuple(
+        Session(
+            pid=row["pid"],
+            backend_start=row["backend_start"],
+            backend_type=row["backend_type"],
+            user=row["usename"],
+            database=row["datname"],
+            application_name=row["application_name"],
+            client_addr=row["client_addr"],
+            state=row["state"],
+            state_change=row["state_change"],
+            is_superuser=row["is_superuser"],
+            is_listening=row["is_listening"],
+            may_signal=row["may_signal"],
+        )
+        for row in rows
+    )
+    picture = ConnectionPicture(
+        client_connections=sum(1 for s in sessions if s.backend_type == "client backend"),
+        max_connections=first["max_connections"],
+        superuser_reserved_connections=first["superuser_reserved_connections"],
+        reserved_connections=first["reserved_connections"],
+    )
+    return Snapshot(
+        taken_at=first["taken_at"],
+        own_pid=first["own_pid"],
+        role=first["role"],
+        role_is_superuser=first["role_is_superuser"],
+        role_sees_all_sessions=first["role_sees_all_sessions"],
+        server_version_num=first["server_version_num"],
+        connections=picture,
+        sessions=sessions,
+    )
+
+
+def terminate(
+    conn: psycopg.Connection[Any], planned: Sequence[PlannedSignal]
+) -> dict[int, SignalOutcome]:
+    """Signal exactly the planned sessions that are provably unchanged; report each one.
+
+    Returns:
+        The outcome per planned pid. A refusal is an outcome, never an exception.
+
+    Raises:
+        PassAbortedError: the database failed (timeout, shutdown) during the statement.
+    """
+    if not planned:
+        return {}
+    params = {
+        "pids": [p.pid for p in planned],
+        "backend_starts": [p.backend_start for p in planned],
+        "states": [p.state for p in planned],
+        "state_changes": [p.state_change for p in planned],
+    }
+    try:
+        with _database_errors(pg_errors.InsufficientPrivilege), conn.cursor() as cursor:
+            rows = cursor.execute(sql.TERMINATE, params).fetchall()
+    except pg_errors.InsufficientPrivilege:
+        return dict(_terminate_one_by_one(conn, planned))
+    outcomes = {}
+    for pid, same_backend, unchanged, may_signal, signalled in rows:
+        if signalled:
+            outcomes[pid] = SignalOutcome.TERMINATED
+        elif not same_backend:
+            outcomes[pid] = SignalOutcome.VANISHED
+        elif not unchanged:
+            outcomes[pid] = SignalOutcome.CHANGED
+        elif not may_signal:
+            outcomes[pid] = SignalOutcome.REFUSED
+        else:
+            # Verified but the signal found no such process: it exited in between.
+            outcomes[pid] = SignalOutcome.VANISHED
+    return outcomes
+
+
+def _terminate_one_by_one(
+    conn: psycopg.Connection[Any], planned: Sequence[PlannedSignal]
+) -> Iterator[tuple[int, SignalOutcome]]:
+    for signal in planned:
+        params = {
+            "pid": signal.pid,
+            "backend_start": signal.backend_start,
+            "state": signal.state,
+            "state_change": signal.state_change,
+        }
+        try:
+            with _database_errors(pg_errors.InsufficientPrivilege), conn.cursor() as cursor:
+                row = cursor.execute(sql.TERMINATE_ONE, params).fetchone()
+        except pg_errors.InsufficientPrivilege:
+            yield signal.pid, SignalOutcome.REFUSED
+            continue
+        if row is None:
+            yield signal.pid, SignalOutcome.CHANGED
+        else:
+            yield signal.pid, SignalOutcome.TERMINATED if row[0] else SignalOutcome.VANISHED
+
+
+def _fetch_one(conn: psycopg.Connection[Any], query: Any, params: dict[str, Any]) -> Any:
+    with _database_errors(), conn.cursor() as cursor:
+        row = cursor.execute(query, params).fetchone()
+    assert row is not None  # the statements used here always return one row
+    return row
+
+
+@contextmanager
+def _database_errors(*passthrough: type[Exception]) -> Iterator[None]:
+    """Turn a database failure in the middle of a pass into PassAbortedError, naming the cause."""
+    try:
+        yield
+    except passthrough:
+        raise
+    except pg_errors.QueryCanceled as exc:
+        raise PassAbortedError(
+            "a reaper statement hit statement_timeout and was cancelled; nothing more was done"
+        ) from exc
+    except psycopg.OperationalError as exc:
+        raise PassAbortedError(
+            f"lost the connection to the database during the pass: {_first_line(exc)}"
+        ) from exc
+    except psycopg.Error as exc:
+        raise PassAbortedError(f"database error during the pass: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

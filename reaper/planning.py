@@ -1,0 +1,269 @@
+"""The planner: policy + snapshot -> a decision for every session. Pure: no I/O, no clock.
+
+Protections are checked first and in a fixed order, so a protected session can never be planned
+for termination whatever the rules say; only then are rules, thresholds, keep_newest, the pressure
+gate, the target and the cap applied, oldest idle first.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
+
+from reaper.errors import VisibilityError
+from reaper.snapshot import CLIENT_BACKEND
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from reaper.policy import Policy, Rule
+    from reaper.snapshot import Session, Snapshot
+
+
+class Reason(StrEnum):
+    """Why a session is terminated or spared; values appear in JSON output and logs."""
+
+    IDLE_TOO_LONG = "idle_too_long"
+    OWN_BACKEND = "own_backend"
+    NOT_CLIENT_BACKEND = "not_client_backend"
+    EXCLUDED_USER = "excluded_user"
+    EXCLUDED_APPLICATION = "excluded_application"
+    SUPERUSER = "superuser"
+    NO_RULE_MATCHES = "no_rule_matches"
+    STATE_NOT_COVERED = "state_not_covered"
+    LISTENER = "listener"
+    YOUNGER_THAN_THRESHOLD = "younger_than_threshold"
+    NOT_SIGNALLABLE = "not_signallable"
+    KEPT_AS_NEWEST = "kept_as_newest"
+    GATE_CLOSED = "gate_closed"
+    OVER_TARGET = "over_target"
+    OVER_CAP = "over_cap"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the planner decided for one session, and why."""
+
+    session: Session
+    reason: Reason
+    rule: str | None = None
+    idle_seconds: float | None = None
+    threshold_seconds: float | None = None
+
+    @property
+    def terminate(self) -> bool:
+        """True when the session is planned for termination."""
+        return self.reason is Reason.IDLE_TOO_LONG
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Every session's decision plus the gate and budget that shaped them."""
+
+    decisions: tuple[Decision, ...]
+    utilization: float
+    gate_open: bool
+    # Terminations the target utilization asks for; None without a target.
+    target_need: int | None
+
+    @property
+    def to_terminate(self) -> tuple[Decision, ...]:
+        """Planned terminations, oldest idle first."""
+        return tuple(sorted((d for d in self.decisions if d.terminate), key=_oldest_first))
+
+
+def check_visibility(snapshot: Snapshot) -> None:
+    """Refuse to plan when the role cannot see other roles' session states.
+
+    Raises:
+        VisibilityError: naming the role and how many sessions are hidden from it.
+    """
+    hidden = snapshot.hidden_sessions
+    if hidden:
+        raise VisibilityError(
+            f"role {snapshot.role!r} cannot see the state of {len(hidden)} session(s) of other "
+            "roles, so it cannot tell idle from active; grant it pg_monitor (see "
+            "docs/database-role.md). Nothing was terminated."
+        )
+
+
+def plan(snapshot: Snapshot, policy: Policy) -> Plan:
+    """Decide, for every session in the snapshot, whether to terminate it and why.
+
+    Args:
+        snapshot: the sessions and connection picture, with the server's clock as `taken_at`.
+        policy: the validated policy.
+
+    Returns:
+            A Plan with one decision per session, in snapshot order. Terminations never exceed
+        `max_terminations` or the target's need, and go to the oldest idle sessions first.
+    """
+    now = snapshot.taken_at
+    decided: dict[int, Decision] = {}
+    eligible: list[Decision] = []
+    covered: dict[tuple[str, str], list[Session]] = {}
+
+    for session in snapshot.sessions:
+        protection = _protection(session, snapshot, policy)
+        if protection is not None:
+            decided[session.pid] = Decision(session, protection)
+            continue
+        rule = _first_matching_rule(session, policy.rules)
+        if rule is None:
+            decided[session.pid] = Decision(session, Reason.NO_RULE_MATCHES)
+            continue
+        threshold = _threshold(rule, session.state)
+        if threshold is None:
+            decided[session.pid] = Decision(session, Reason.STATE_NOT_COVERED, rule.name)
+            continue
+        idle_seconds = session.idle_seconds(now)
+        if policy.spare_listeners and session.is_listening:
+            decided[session.pid] = Decision(
+                session, Reason.LISTENER, rule.name, idle_seconds, threshold
+            )
+            continue
+        covered.setdefault((rule.name, session.application_name), []).append(session)
+        if idle_seconds is None or idle_seconds < threshold:
+            decided[session.pid] = Decision(
+                session, Reason.YOUNGER_THAN_THRESHOLD, rule.name, idle_seconds, threshold
+            )
+            continue
+        if not session.may_signal:
+            decided[session.pid] = Decision(
+                session, Reason.NOT_SIGNALLABLE, rule.name, idle_seconds, threshold
+            )
+            continue
+        eligible.append(Decision(session, Reason.IDLE_TOO_LONG, rule.name, idle_seconds, threshold))
+
+    kept = _newest_to_keep(covered, {rule.name: rule.keep_newest for rule in policy.rules})
+    utilization = snapshot.connections.utilization()
+    gate_open = utilization >= policy.min_utilization
+    target_need = _target_need(snapshot, policy.target_utilization)
+    budget = (
+        policy.max_terminations
+        if target_need is None
+        else min(policy.max_terminations, target_need)
+    )
+    over_budget = (
+        Reason.OVER_TARGET
+        if target_need is not None and target_need < policy.max_terminations
+        else Reason.OVER_CAP
+    )
+
+    granted = 0
+    for decision in sorted(eligible, key=_oldest_first):
+        pid = decision.session.pid
+        if pid in kept:
+            decided[pid] = _with_reason(decision, Reason.KEPT_AS_NEWEST)
+        elif not gate_open:
+            decided[pid] = _with_reason(decision, Reason.GATE_CLOSED)
+        elif granted >= budget:
+            decided[pid] = _with_reason(decision, over_budget)
+        else:
+            decided[pid] = decision
+            granted += 1
+
+    decisions = tuple(decided[session.pid] for session in snapshot.sessions)
+    return Plan(decisions, utilization, gate_open, target_need)
+
+
+def _protection(session: Session, snapshot: Snapshot, policy: Policy) -> Reason | None:
+    """The reason a session may never be terminated by this policy, or None."""
+    if session.pid == snapshot.own_pid:
+        return Reason.OWN_BACKEND
+    if session.backend_type != CLIENT_BACKEND:
+        return Reason.NOT_CLIENT_BACKEND
+    if session.user is not None and _matches_any(session.user, policy.exclude.users):
+        return Reason.EXCLUDED_USER
+    if _matches_any(session.application_name, policy.exclude.application_names):
+        return Reason.EXCLUDED_APPLICATION
+    if session.is_superuser and not policy.terminate_superuser_sessions:
+        return Reason.SUPERUSER
+    return None
+
+
+def _first_matching_rule(session: Session, rules: Iterable[Rule]) -> Rule | None:
+    for rule in rules:
+        if not _matches_any(session.application_name, rule.application_names):
+            continue
+        if rule.users is not None and (
+            session.user is None or not _matches_any(session.user, rule.users)
+        ):
+            continue
+        if rule.databases is not None and (
+            session.database is None or not _matches_any(session.database, rule.databases)
+        ):
+            continue
+        if rule.client_addresses is not None and not _address_in(
+            session.client_addr, rule.client_addresses
+        ):
+            continue
+        return rule
+    return None
+
+
+def _threshold(rule: Rule, state: str | None) -> float | None:
+    for covered_state, seconds in rule.states.items():
+        if covered_state == state:
+            return seconds
+    return None
+
+
+def _matches_any(value: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatchcase(value, pattern) for pattern in patterns)
+
+
+def _address_in(
+    address: str | None,
+    networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> bool:
+    # A Unix-socket session has no client address: a rule that names networks cannot match it.
+    if address is None:
+        return False
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed in network for network in networks)
+
+
+def _newest_to_keep(
+    covered: dict[tuple[str, str], list[Session]], keep_newest: dict[str, int]
+) -> set[int]:
+    """Pids of the N most recently active idle sessions per (rule, application)."""
+    kept: set[int] = set()
+    for (rule_name, _application), sessions in covered.items():
+        count = keep_newest.get(rule_name, 0)
+        if count <= 0:
+            continue
+        newest_first = sorted(sessions, key=_most_recent_first)
+        kept.update(session.pid for session in newest_first[:count])
+    return kept
+
+
+def _target_need(snapshot: Snapshot, target_utilization: float | None) -> int | None:
+    """How many terminations bring utilization down to the target (0 if already there)."""
+    if target_utilization is None:
+        return None
+    picture = snapshot.connections
+    allowed_connections = math.floor(target_utilization * picture.usable_connections + 1e-9)
+    return max(0, picture.client_connections - allowed_connections)
+
+
+def _oldest_first(decision: Decision) -> tuple[float, int]:
+    return (-(decision.idle_seconds or 0.0), decision.session.pid)
+
+
+def _most_recent_first(session: Session) -> tuple[float, int]:
+    changed = session.state_change.timestamp() if session.state_change else 0.0
+    return (-changed, -session.pid)
+
+
+def _with_reason(decision: Decision, reason: Reason) -> Decision:
+    return Decision(
+        decision.session, reason, decision.rule, decision.idle_seconds, decision.threshold_seconds
+    )

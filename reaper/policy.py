@@ -1,0 +1,244 @@
+"""The policy document: which sessions the reaper may terminate, and when.
+
+One JSON document, the same schema on the command line (`--policy FILE`), in SSM Parameter Store
+and in `reaper policy schema`. Pure validation, no I/O: callers read the text and hand it here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from reaper.errors import PolicyError
+
+SessionState = Literal["idle", "idle in transaction", "idle in transaction (aborted)"]
+IDLE_STATES: tuple[SessionState, ...] = get_args(SessionState)
+
+# A threshold shorter than this is almost always a unit mistake (minutes typed as seconds) and
+# would churn connections that warm functions are about to reuse.
+THRESHOLD_FLOOR_SECONDS = 60.0
+
+# Never terminated, whatever the document says: RDS's own management sessions.
+ALWAYS_EXCLUDED_USERS: tuple[str, ...] = ("rdsadmin",)
+
+Pattern = Annotated[str, Field(min_length=1, max_length=256)]
+Seconds = Annotated[float, Field(gt=0, le=31 * 24 * 3600)]
+
+
+def _default_states() -> dict[SessionState, float]:
+    return {"idle": 900.0}
+
+
+class _Document(BaseModel):
+    # Unknown keys are refused: a misspelt "max_terminatons" must not silently fall back to a
+    # default on a production database.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Rule(_Document):
+    """Sessions a rule covers, and how long each state may stay idle before termination."""
+
+    name: str = Field(
+        default="",
+        max_length=100,
+        description="Shown in results, logs and metrics; defaults to rule-<position>.",
+    )
+    application_names: tuple[Pattern, ...] = Field(
+        min_length=1,
+        description="Glob patterns (fnmatch, case-sensitive) on application_name, e.g. 'lambda:*'.",
+    )
+    users: tuple[Pattern, ...] | None = Field(
+        default=None, description="Glob patterns on the session's user name; any user if absent."
+    )
+    databases: tuple[Pattern, ...] | None = Field(
+        default=None, description="Glob patterns on the database name; any database if absent."
+    )
+    client_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = Field(
+        default=None,
+        description="CIDR blocks the client address must fall in; absent means any address, "
+        "including Unix-socket sessions (which have none).",
+    )
+    states: dict[SessionState, Seconds] = Field(
+        default_factory=_default_states,
+        min_length=1,
+        description="Idle threshold in seconds per covered state; idle age is now() - "
+        "state_change.",
+    )
+    keep_newest: int = Field(
+        default=0,
+        ge=0,
+        le=10_000,
+        description="Leave this many most recently active idle sessions of each application "
+        "alone: warm functions will reuse them.",
+    )
+
+    @field_validator("client_addresses", mode="before")
+    @classmethod
+    def _strict_networks(cls, value: Any) -> Any:
+        # ip_network(strict=True) refuses "10.0.0.1/8": host bits set usually means a typo.
+        if isinstance(value, list | tuple):
+            return tuple(
+                ipaddress.ip_network(v, strict=True) if isinstance(v, str) else v for v in value
+            )
+        return value
+
+
+class Exclusions(_Document):
+    """Sessions never terminated, whatever rule matches them."""
+
+    users: tuple[Pattern, ...] = Field(
+        default=ALWAYS_EXCLUDED_USERS,
+        description="Glob patterns on user names; 'rdsadmin' is always included.",
+    )
+    application_names: tuple[Pattern, ...] = Field(
+        default=(), description="Glob patterns on application_name."
+    )
+
+    @field_validator("users")
+    @classmethod
+    def _keep_always_excluded(cls, users: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*ALWAYS_EXCLUDED_USERS, *users)))
+
+
+class Policy(_Document):
+    """The whole policy document."""
+
+    version: Literal[1] = Field(default=1, description="Schema version of this document.")
+    rules: tuple[Rule, ...] = Field(
+        description="Checked in order; the first rule that matches a session governs it."
+    )
+    exclude: Exclusions = Field(default_factory=Exclusions)
+    terminate_superuser_sessions: bool = Field(
+        default=False,
+        description="Superuser sessions are spared unless this is true (and the reaper's role "
+        "is itself a superuser).",
+    )
+    spare_listeners: bool = Field(
+        default=True,
+        description="Spare idle sessions whose last statement was LISTEN: they are waiting for "
+        "notifications.",
+    )
+    max_terminations: int = Field(
+        default=50,
+        ge=0,
+        le=100_000,
+        description="At most this many terminations per pass, oldest idle first.",
+    )
+    dry_run: bool = Field(default=False, description="Plan and report, terminate nothing.")
+    min_utilization: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Act only while client connections / usable max_connections is at or "
+        "above this.",
+    )
+    target_utilization: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Terminate only as many sessions as bring utilization down to this.",
+    )
+    allow_short_thresholds: bool = Field(
+        default=False,
+        description=f"Accept thresholds below {THRESHOLD_FLOOR_SECONDS:g} seconds.",
+    )
+
+    @field_validator("rules")
+    @classmethod
+    def _name_rules(cls, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+        if not rules:
+            raise ValueError("at least one rule is required")
+        named = tuple(
+            rule if rule.name else rule.model_copy(update={"name": f"rule-{position}"})
+            for position, rule in enumerate(rules, start=1)
+        )
+        names = [rule.name for rule in named]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"rule names must be unique; repeated: {', '.join(repeated)}")
+        return named
+
+    @model_validator(mode="after")
+    def _check_threshold_floor(self) -> Policy:
+        if self.allow_short_thresholds:
+            return self
+        for index, rule in enumerate(self.rules):
+            for state, seconds in rule.states.items():
+                if seconds < THRESHOLD_FLOOR_SECONDS:
+                    raise ValueError(
+                        f"rules[{index}].states.{state!r} = {seconds:g} seconds is below the "
+                        f"floor of {THRESHOLD_FLOOR_SECONDS:g} seconds; set "
+                        "allow_short_thresholds: true if that is really meant"
+                    )
+        return self
+
+
+def parse_policy(text: str | bytes, *, source: str) -> Policy:
+    """Parse and validate a JSON policy document.
+
+    Args:
+        text: the document.
+        source: where it came from (a file path, an SSM parameter name), for the error message.
+
+    Raises:
+        PolicyError: naming the source, each bad field and its value.
+    """
+    try:
+        return Policy.model_validate_json(text)
+    except ValidationError as exc:
+        raise PolicyError(f"invalid policy in {source}: {describe_validation_error(exc)}") from exc
+
+
+def policy_from_mapping(document: Any, *, source: str) -> Policy:
+    """Validate an already-decoded policy document (a dict); see parse_policy."""
+    try:
+        return Policy.model_validate(document)
+    except ValidationError as exc:
+        raise PolicyError(f"invalid policy in {source}: {describe_validation_error(exc)}") from exc
+
+
+def policy_schema() -> dict[str, Any]:
+    """The JSON Schema of the policy document, for editors and hand-written SSM parameters."""
+    schema = Policy.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "idle-reaper policy"
+    return schema
+
+
+def render_policy(policy: Policy) -> str:
+    """The normalised document: defaults filled in, rules named, as stable indented JSON."""
+    return json.dumps(policy.model_dump(mode="json"), indent=2)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One readable line per problem: the field's path, what is wrong, and the value given."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        location = _dotted(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "json_invalid":
+            problems.append(f"not valid JSON ({error['ctx'].get('error', message)})")
+            continue
+        value = "" if error["type"] == "missing" else f" (got {_short_repr(error['input'])})"
+        if not location:
+            problems.append(message)
+            continue
+        problems.append(f"{location}: {message}{value}")
+    return "; ".join(problems)
+
+
+def _dotted(location: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in location:
+        if part == "[key]":
+            continue
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

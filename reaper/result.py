@@ -1,0 +1,206 @@
+"""The result of a pass: one record per examined session, the counts and the connection picture.
+
+Built by a pure function from the snapshot, the plan and the signal outcomes; the CLI renders it,
+the handler turns it into metrics and audit lines, and both serialise it with `to_dict()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from reaper.engine import SignalOutcome
+from reaper.planning import Reason
+
+if TYPE_CHECKING:
+    from reaper.planning import Plan
+    from reaper.snapshot import Snapshot
+
+
+class Outcome(StrEnum):
+    """What finally happened to a session in this pass."""
+
+    TERMINATED = "terminated"
+    WOULD_TERMINATE = "would_terminate"  # planned, but the pass was a dry run
+    REFUSED = "refused"  # planned, but the reaper's role may not signal it
+    VANISHED = "vanished"  # planned, but gone or replaced before the signal
+    CHANGED = "changed"  # planned, but it ran something since the snapshot: spared
+    SPARED = "spared"
+
+
+_SIGNAL_TO_OUTCOME = {
+    SignalOutcome.TERMINATED: Outcome.TERMINATED,
+    SignalOutcome.REFUSED: Outcome.REFUSED,
+    SignalOutcome.VANISHED: Outcome.VANISHED,
+    SignalOutcome.CHANGED: Outcome.CHANGED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One examined session, its decision and what happened to it."""
+
+    pid: int
+    user: str | None
+    database: str | None
+    application_name: str
+    client_addr: str | None
+    state: str | None
+    idle_seconds: float | None
+    rule: str | None
+    reason: Reason
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """How many sessions ended where; `vanished` and `changed` were planned but not signalled."""
+
+    examined: int = 0
+    matched: int = 0
+    planned: int = 0
+    terminated: int = 0
+    would_terminate: int = 0
+    refused: int = 0
+    vanished: int = 0
+    changed: int = 0
+    skipped_by_cap: int = 0
+    skipped_by_target: int = 0
+    kept_as_newest: int = 0
+    gate_closed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Connections:
+    """The connection picture before the pass and the utilization it left behind."""
+
+    client_connections: int
+    max_connections: int
+    reserved_connections: int
+    usable_connections: int
+    utilization_before: float
+    utilization_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    """Everything a pass did on one target."""
+
+    target: str
+    dry_run: bool
+    # Another reaper held the pass lock on this database: nothing was examined.
+    skipped: bool
+    duration_seconds: float
+    gate_open: bool | None = None
+    server_version_num: int | None = None
+    connections: Connections | None = None
+    oldest_idle_seconds: float | None = None
+    counts: Counts = field(default_factory=Counts)
+    sessions: tuple[SessionRecord, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (enums as their values)."""
+        return asdict(self)
+
+    def terminated_by_application(self) -> dict[str, int]:
+        """Terminations per application_name."""
+        totals: dict[str, int] = {}
+        for record in self.sessions:
+            if record.outcome is Outcome.TERMINATED:
+                totals[record.application_name] = totals.get(record.application_name, 0) + 1
+        return totals
+
+
+def skipped_result(target: str, *, dry_run: bool, duration_seconds: float) -> PassResult:
+    """The result of a pass that found another reaper holding the lock."""
+    return PassResult(
+        target=target, dry_run=dry_run, skipped=True, duration_seconds=duration_seconds
+    )
+
+
+def summarize(
+    target: str,
+    snapshot: Snapshot,
+    plan: Plan,
+    signals: dict[int, SignalOutcome],
+    *,
+    dry_run: bool,
+    duration_seconds: float,
+) -> PassResult:
+    """Combine the plan and the signal outcomes into the pass result."""
+    records = []
+    for decision in plan.decisions:
+        session = decision.session
+        if decision.terminate:
+            outcome = (
+                Outcome.WOULD_TERMINATE if dry_run else _SIGNAL_TO_OUTCOME[signals[session.pid]]
+            )
+        elif decision.reason is Reason.NOT_SIGNALLABLE:
+            outcome = Outcome.REFUSED
+        else:
+            outcome = Outcome.SPARED
+        records.append(
+            SessionRecord(
+                pid=session.pid,
+                user=session.user,
+                database=session.database,
+                application_name=session.application_name,
+                client_addr=session.client_addr,
+                state=session.state,
+                idle_seconds=decision.idle_seconds,
+                rule=decision.rule,
+                reason=decision.reason,
+                outcome=outcome,
+            )
+        )
+
+    def outcomes(outcome: Outcome) -> int:
+        return sum(1 for r in records if r.outcome is outcome)
+
+    def reasons(reason: Reason) -> int:
+        return sum(1 for d in plan.decisions if d.reason is reason)
+
+    counts = Counts(
+        examined=len(records),
+        matched=sum(1 for d in plan.decisions if d.rule is not None),
+        planned=len(plan.to_terminate),
+        terminated=outcomes(Outcome.TERMINATED),
+        would_terminate=outcomes(Outcome.WOULD_TERMINATE),
+        refused=outcomes(Outcome.REFUSED),
+        vanished=outcomes(Outcome.VANISHED),
+        changed=outcomes(Outcome.CHANGED),
+        skipped_by_cap=reasons(Reason.OVER_CAP),
+        skipped_by_target=reasons(Reason.OVER_TARGET),
+        kept_as_newest=reasons(Reason.KEPT_AS_NEWEST),
+        gate_closed=reasons(Reason.GATE_CLOSED),
+    )
+    picture = snapshot.connections
+    remaining = picture.client_connections - counts.terminated
+    idle_ages = [
+        age
+        for s in snapshot.sessions
+        if s.backend_type == "client backend" and s.pid != snapshot.own_pid
+        if (age := s.idle_seconds(snapshot.taken_at)) is not None
+    ]
+    return PassResult(
+        target=target,
+        dry_run=dry_run,
+        skipped=False,
+        duration_seconds=duration_seconds,
+        gate_open=plan.gate_open,
+        server_version_num=snapshot.server_version_num,
+        connections=Connections(
+            client_connections=picture.client_connections,
+            max_connections=picture.max_connections,
+            reserved_connections=(
+                picture.superuser_reserved_connections + picture.reserved_connections
+            ),
+            usable_connections=picture.usable_connections,
+            utilization_before=picture.utilization(),
+            utilization_after=picture.utilization(remaining),
+        ),
+        oldest_idle_seconds=max(idle_ages, default=None),
+        counts=counts,
+        sessions=tuple(records),
+    )

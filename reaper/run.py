@@ -1,0 +1,76 @@
+"""The one path of a pass: connect -> lock -> snapshot -> plan -> terminate -> result.
+
+The CLI and the Lambda handler both call `run_pass`; neither decides anything on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from reaper import engine
+from reaper.planning import check_visibility, plan
+from reaper.result import skipped_result, summarize
+
+if TYPE_CHECKING:
+    from reaper.policy import Policy
+    from reaper.result import PassResult
+    from reaper.target import Target
+
+
+def run_pass(
+    target: Target,
+    policy: Policy,
+    *,
+    timeouts: engine.Timeouts | None = None,
+    force_dry_run: bool = False,
+) -> PassResult:
+    """Run one pass of the policy on one target.
+
+    Args:
+        target: the database to act on.
+        policy: the validated policy.
+        timeouts: limits on the reaper's own connection.
+        force_dry_run: plan and report only, whatever the policy says. (Nothing can force a
+            real pass when the policy asks for a dry run.)
+
+    Raises:
+        TargetUnreachableError: the database cannot be reached or refused the login.
+        VisibilityError: the role cannot see other roles' sessions; nothing was terminated.
+        PassAbortedError: the database failed mid-pass; sessions already signalled in the same
+            statement may have been terminated, nothing after it was.
+    """
+    started = time.monotonic()
+    dry_run = policy.dry_run or force_dry_run
+    with engine.connect(target, timeouts or engine.Timeouts()) as conn:
+        if not engine.try_pass_lock(conn):
+            return skipped_result(
+                target.name, dry_run=dry_run, duration_seconds=time.monotonic() - started
+            )
+        snapshot = engine.take_snapshot(conn)
+        check_visibility(snapshot)
+        decisions = plan(snapshot, policy)
+        signals = (
+            {}
+            if dry_run
+            else engine.terminate(
+                conn,
+                [
+                    engine.PlannedSignal(
+                        pid=d.session.pid,
+                        backend_start=d.session.backend_start,
+                        state=d.session.state or "",
+                        state_change=d.session.state_change,
+                    )
+                    for d in decisions.to_terminate
+                ],
+            )
+        )
+    return summarize(
+        target.name,
+        snapshot,
+        decisions,
+        signals,
+        dry_run=dry_run,
+        duration_seconds=time.monotonic() - started,
+    )

@@ -1,0 +1,126 @@
+"""SQL the reaper sends, as named constants. Every value travels as a query parameter.
+
+Only pg_stat_activity columns and functions that exist in PostgreSQL 11 and later are used, so
+no statement depends on the server version (we support 13 to 18); `reserved_connections` (16+)
+is read with current_setting(name, missing_ok), which is NULL on older servers.
+"""
+
+from __future__ import annotations
+
+from typing import Final, LiteralString
+
+# Whether the reaper's role may signal the backend of a row `a` joined to its role `r`, mirroring
+# pg_terminate_backend's own check: a superuser's backend only by a superuser; otherwise the
+# role must have the privileges of the session's role or of pg_signal_backend. The `r.oid IS
+# NULL` branch comes first because pg_has_role() raises on a role dropped since the session began.
+_MAY_SIGNAL: Final = """
+    CASE
+        WHEN a.usesysid IS NULL OR r.oid IS NULL THEN false
+        WHEN me.rolsuper THEN true
+        WHEN r.rolsuper THEN false
+        ELSE pg_has_role(a.usesysid, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE')
+    END
+"""
+
+# One statement for the whole snapshot, so sessions and limits describe the same instant. The
+# connection limits repeat on every row: cheaper than a second round trip. `is_listening` looks
+# at the last statement of idle sessions only (for active ones `query` is the running one).
+SNAPSHOT: Final[LiteralString] = (
+    """
+WITH me AS (
+    SELECT rolsuper,
+           rolsuper OR pg_has_role('pg_read_all_stats', 'USAGE') AS sees_all
+    FROM pg_roles
+    WHERE rolname = current_user
+)
+SELECT a.pid,
+       a.backend_start,
+       a.backend_type,
+       a.usename::text,
+       a.datname::text,
+       coalesce(a.application_name, '') AS application_name,
+       host(a.client_addr) AS client_addr,
+       a.state,
+       a.state_change,
+       coalesce(r.rolsuper, false) AS is_superuser,
+       coalesce(starts_with(a.state, 'idle') AND a.query ~* '^\\s*listen\\M', false)
+           AS is_listening,
+"""
+    + _MAY_SIGNAL
+    + """ AS may_signal,
+       statement_timestamp() AS taken_at,
+       pg_backend_pid() AS own_pid,
+       current_user::text AS role,
+       me.rolsuper AS role_is_superuser,
+       me.sees_all AS role_sees_all_sessions,
+       current_setting('server_version_num')::int AS server_version_num,
+       current_setting('max_connections')::int AS max_connections,
+       current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
+       coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved_connections
+FROM pg_stat_activity AS a
+CROSS JOIN me
+LEFT JOIN pg_roles AS r ON r.oid = a.usesysid
+ORDER BY a.pid
+"""
+)
+
+# Re-verify and signal in one statement. Each planned session is matched to a fresh
+# pg_stat_activity row (autocommit: a new transaction, so a new activity snapshot) and signalled
+# only if it is the same backend (pid and backend_start: pids are reused), still in the same
+# state since the same instant (state and state_change: it ran nothing since the plan), still a
+# client backend other than ours, and still signallable. Refused sessions are never passed to
+# pg_terminate_backend, because one refusal would abort every other termination in the statement.
+TERMINATE: Final[LiteralString] = (
+    """
+WITH me AS (
+    SELECT rolsuper FROM pg_roles WHERE rolname = current_user
+),
+planned AS (
+    SELECT *
+    FROM unnest(%(pids)s::int[], %(backend_starts)s::timestamptz[],
+                %(states)s::text[], %(state_changes)s::timestamptz[])
+         AS p(pid, backend_start, state, state_change)
+),
+live AS (
+    SELECT p.pid,
+           a.pid IS NOT NULL AND a.backend_start = p.backend_start AS same_backend,
+           a.state = p.state AND a.state_change = p.state_change AS unchanged,
+           a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() AS other_client,
+"""
+    + _MAY_SIGNAL
+    + """ AS may_signal
+    FROM planned AS p
+    CROSS JOIN me
+    LEFT JOIN pg_stat_activity AS a ON a.pid = p.pid
+    LEFT JOIN pg_roles AS r ON r.oid = a.usesysid
+)
+SELECT pid,
+       coalesce(same_backend, false) AS same_backend,
+       coalesce(unchanged, false) AS unchanged,
+       coalesce(may_signal, false) AS may_signal,
+       CASE WHEN same_backend AND unchanged AND other_client AND may_signal
+            THEN pg_terminate_backend(pid)
+            ELSE false
+       END AS signalled
+FROM live
+"""
+)
+
+# The fallback when TERMINATE was refused as a whole (a privilege changed between the check and
+# the signal): one session per statement, so each refusal stays its own.
+TERMINATE_ONE: Final[LiteralString] = """
+SELECT pg_terminate_backend(a.pid)
+FROM pg_stat_activity AS a
+WHERE a.pid = %(pid)s
+  AND a.pid <> pg_backend_pid()
+  AND a.backend_type = 'client backend'
+  AND a.backend_start = %(backend_start)s
+  AND a.state = %(state)s
+  AND a.state_change = %(state_change)s
+"""
+
+# A session-level advisory lock: two reapers on one database never act at once, and the lock is
+# released by the server if the reaper's connection dies. The key is fixed; it spells "idlereap".
+PASS_LOCK_KEY: Final = 0x69646C6572656170
+TRY_PASS_LOCK: Final[LiteralString] = "SELECT pg_try_advisory_lock(%(key)s)"
+RELEASE_PASS_LOCK: Final[LiteralString] = "SELECT pg_advisory_unlock(%(key)s)"
