@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from reaper.snapshot import Session, Snapshot
 
 
+# keep_newest spares only plain idle sessions: a warm function can reuse those, while a session
+# idle in a transaction holds locks and snapshots whatever function owns it.
+KEEPABLE_STATE = "idle"
+
+
 class Reason(StrEnum):
     """Why a session is terminated or spared; values appear in JSON output and logs."""
 
@@ -112,11 +117,11 @@ def plan(snapshot: Snapshot, policy: Policy) -> Plan:
         if protection is not None:
             decided[session.pid] = Decision(session, protection)
             continue
-        rule = _first_matching_rule(session, policy.rules)
-        if rule is None:
+        identity_rules = [rule for rule in policy.rules if _rule_matches(rule, session)]
+        if not identity_rules:
             decided[session.pid] = Decision(session, Reason.NO_RULE_MATCHES)
             continue
-        threshold = _threshold(rule, session.state)
+        rule, threshold = _first_covering(identity_rules, session.state)
         if threshold is None:
             decided[session.pid] = Decision(session, Reason.STATE_NOT_COVERED, rule.name)
             continue
@@ -126,7 +131,8 @@ def plan(snapshot: Snapshot, policy: Policy) -> Plan:
                 session, Reason.LISTENER, rule.name, idle_seconds, threshold
             )
             continue
-        covered.setdefault((rule.name, session.application_name), []).append(session)
+        if session.state == KEEPABLE_STATE:
+            covered.setdefault((rule.name, session.application_name), []).append(session)
         if idle_seconds is None or idle_seconds < threshold:
             decided[session.pid] = Decision(
                 session, Reason.YOUNGER_THAN_THRESHOLD, rule.name, idle_seconds, threshold
@@ -186,24 +192,28 @@ def _protection(session: Session, snapshot: Snapshot, policy: Policy) -> Reason 
     return None
 
 
-def _first_matching_rule(session: Session, rules: Iterable[Rule]) -> Rule | None:
+def _rule_matches(rule: Rule, session: Session) -> bool:
+    """Whether the session's identity (application, user, database, address) fits the rule."""
+    if not _matches_any(session.application_name, rule.application_names):
+        return False
+    if rule.users is not None and (
+        session.user is None or not _matches_any(session.user, rule.users)
+    ):
+        return False
+    if rule.databases is not None and (
+        session.database is None or not _matches_any(session.database, rule.databases)
+    ):
+        return False
+    return rule.client_addresses is None or _address_in(session.client_addr, rule.client_addresses)
+
+
+def _first_covering(rules: list[Rule], state: str | None) -> tuple[Rule, float | None]:
+    """The first rule covering the state with its threshold, else the first rule and None."""
     for rule in rules:
-        if not _matches_any(session.application_name, rule.application_names):
-            continue
-        if rule.users is not None and (
-            session.user is None or not _matches_any(session.user, rule.users)
-        ):
-            continue
-        if rule.databases is not None and (
-            session.database is None or not _matches_any(session.database, rule.databases)
-        ):
-            continue
-        if rule.client_addresses is not None and not _address_in(
-            session.client_addr, rule.client_addresses
-        ):
-            continue
-        return rule
-    return None
+        threshold = _threshold(rule, state)
+        if threshold is not None:
+            return rule, threshold
+    return rules[0], None
 
 
 def _threshold(rule: Rule, state: str | None) -> float | None:

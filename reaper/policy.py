@@ -71,8 +71,8 @@ class Rule(_Document):
         default=0,
         ge=0,
         le=10_000,
-        description="Leave this many most recently active idle sessions of each application "
-        "alone: warm functions will reuse them.",
+        description="Leave this many most recently active sessions in state 'idle' of each "
+        "application alone: warm functions will reuse them.",
     )
 
     @field_validator("client_addresses", mode="before")
@@ -108,7 +108,8 @@ class Policy(_Document):
 
     version: Literal[1] = Field(default=1, description="Schema version of this document.")
     rules: tuple[Rule, ...] = Field(
-        description="Checked in order; the first rule that matches a session governs it."
+        description="Checked in order; a session is governed by the first rule that matches "
+        "its application, user, database and address and covers its state."
     )
     exclude: Exclusions = Field(default_factory=Exclusions)
     terminate_superuser_sessions: bool = Field(
@@ -171,7 +172,8 @@ class Policy(_Document):
                     raise ValueError(
                         f"rules[{index}].states.{state!r} = {seconds:g} seconds is below the "
                         f"floor of {THRESHOLD_FLOOR_SECONDS:g} seconds; set "
-                        "allow_short_thresholds: true if that is really meant"
+                        "allow_short_thresholds: true (CLI: --allow-short-thresholds) if that is "
+                        "really meant"
                     )
         return self
 

@@ -1,0 +1,278 @@
+"""The `reaper` command: flags -> policy and target -> the same pass as the Lambda -> rendering.
+
+Exit codes (documented in README.md):
+    0  done (also a dry run, or a pass skipped because another reaper held the lock)
+    1  unexpected internal error
+    2  bad input: usage, policy, settings or event
+    3  target unreachable, or its login refused
+    4  the pass ran but some terminations were refused (privilege)
+    5  the pass could not run safely: the role cannot see other sessions, or the database
+       failed mid-pass (timeout, shutdown); nothing further was terminated
+  130  interrupted
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reaper import __version__, errors
+from reaper.engine import Timeouts
+from reaper.policy import (
+    IDLE_STATES,
+    parse_policy,
+    policy_from_mapping,
+    policy_schema,
+    render_policy,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from reaper.policy import Policy
+    from reaper.result import PassResult
+    from reaper.target import Target
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+EXIT_UNREACHABLE = 3
+EXIT_REFUSED = 4
+EXIT_UNSAFE = 5
+EXIT_INTERRUPTED = 130
+
+_EXIT_FOR_ERROR: tuple[tuple[type[errors.ReaperError], int], ...] = (
+    (errors.PolicyError, EXIT_BAD_INPUT),
+    (errors.SettingsError, EXIT_BAD_INPUT),
+    (errors.EventError, EXIT_BAD_INPUT),
+    (errors.CredentialsError, EXIT_UNREACHABLE),
+    (errors.TargetUnreachableError, EXIT_UNREACHABLE),
+    (errors.VisibilityError, EXIT_UNSAFE),
+    (errors.PassAbortedError, EXIT_UNSAFE),
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except errors.ReaperError as exc:
+        print(f"reaper: error: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        print("reaper: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def exit_code_for(exc: errors.ReaperError) -> int:
+    """The documented exit code for an error that stopped the command."""
+    for error_type, code in _EXIT_FOR_ERROR:
+        if isinstance(exc, error_type):
+            return code
+    return EXIT_INTERNAL
+
+
+def exit_code_for_result(result: PassResult) -> int:
+    """0 for a clean pass, EXIT_REFUSED when any planned termination was refused."""
+    return EXIT_REFUSED if result.counts.refused else EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reaper",
+        description="Terminate idle PostgreSQL sessions left behind by serverless functions.",
+        epilog="Exit codes: 0 done, 2 bad input, 3 target unreachable, 4 some terminations "
+        "refused, 5 pass could not run safely, 1 internal error.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run one pass against a database")
+    _add_connection_flags(run)
+    selection = run.add_argument_group("selection (or --policy)")
+    selection.add_argument(
+        "--application-name",
+        action="append",
+        metavar="GLOB",
+        help="application_name pattern to reap, e.g. 'lambda:*' (repeatable)",
+    )
+    selection.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=900.0,
+        metavar="N",
+        help="terminate sessions idle longer than this (default 900)",
+    )
+    selection.add_argument(
+        "--state",
+        action="append",
+        choices=IDLE_STATES,
+        help="session state to reap (repeatable; default: idle)",
+    )
+    selection.add_argument(
+        "--max-terminations", type=int, default=50, metavar="N", help="cap per pass (default 50)"
+    )
+    selection.add_argument(
+        "--allow-short-thresholds",
+        action="store_true",
+        help="accept --idle-seconds below the 60-second floor",
+    )
+    run.add_argument("--policy", type=Path, metavar="FILE", help="a policy document (JSON)")
+    run.add_argument("--dry-run", action="store_true", help="plan and report; terminate nothing")
+    run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.add_argument(
+        "--verbose", action="store_true", help="list every session, also the uninteresting ones"
+    )
+    run.set_defaults(handler=_command_run)
+
+    report = commands.add_parser("report", help="census of connections by application")
+    _add_connection_flags(report)
+    report.add_argument("--json", action="store_true", help="print the census as JSON")
+    report.set_defaults(handler=_command_report)
+
+    policy = commands.add_parser("policy", help="check a policy document or print its schema")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    check = policy_commands.add_parser("check", help="validate FILE and print it normalised")
+    check.add_argument("file", type=Path, metavar="FILE")
+    check.set_defaults(handler=_command_policy_check)
+    schema = policy_commands.add_parser("schema", help="print the policy's JSON Schema")
+    schema.set_defaults(handler=_command_policy_schema)
+
+    demo = commands.add_parser("demo", help="show the reaper on a throwaway PostgreSQL")
+    demo.add_argument(
+        "--idle-seconds", type=float, default=3.0, help="threshold used by the demo (default 3)"
+    )
+    demo.set_defaults(handler=_command_demo)
+    return parser
+
+
+def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dsn",
+        metavar="DSN",
+        help="libpq URI or key=value string (default: $REAPER_DATABASE_URL); never printed",
+    )
+    parser.add_argument(
+        "--connect-timeout", type=int, default=5, metavar="S", help="seconds (default 5)"
+    )
+    parser.add_argument(
+        "--statement-timeout",
+        type=int,
+        default=30_000,
+        metavar="MS",
+        help="milliseconds per statement (default 30000)",
+    )
+
+
+def _command_run(args: argparse.Namespace) -> int:
+    from reaper.render import render_pass
+    from reaper.run import run_pass
+
+    policy = _policy_from_args(args)
+    result = run_pass(
+        _target_from_args(args),
+        policy,
+        timeouts=_timeouts_from_args(args),
+        force_dry_run=args.dry_run,
+    )
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print(render_pass(result, verbose=args.verbose))
+    return exit_code_for_result(result)
+
+
+def _command_report(args: argparse.Namespace) -> int:
+    from reaper import engine
+    from reaper.census import take_census
+    from reaper.planning import check_visibility
+    from reaper.render import render_census
+
+    target = _target_from_args(args)
+    with engine.connect(target, _timeouts_from_args(args)) as conn:
+        snapshot = engine.take_snapshot(conn)
+    check_visibility(snapshot)
+    census = take_census(snapshot)
+    if args.json:
+        _print_json({"target": target.name, **census.to_dict()})
+    else:
+        print(render_census(census, target.name))
+    return EXIT_OK
+
+
+def _command_policy_check(args: argparse.Namespace) -> int:
+    print(render_policy(_read_policy_file(args.file)))
+    return EXIT_OK
+
+
+def _command_policy_schema(_args: argparse.Namespace) -> int:
+    _print_json(policy_schema())
+    return EXIT_OK
+
+
+def _command_demo(args: argparse.Namespace) -> int:
+    from reaper.demo import run_demo
+
+    return run_demo(idle_seconds=args.idle_seconds)
+
+
+def _policy_from_args(args: argparse.Namespace) -> Policy:
+    if args.policy is not None:
+        if args.application_name or args.state:
+            raise errors.SettingsError(
+                "--policy replaces the selection flags; drop --application-name/--state or "
+                "put them in the policy document"
+            )
+        return _read_policy_file(args.policy)
+    if not args.application_name:
+        raise errors.SettingsError(
+            "say what to reap: --application-name GLOB (repeatable) or --policy FILE"
+        )
+    states = args.state or ["idle"]
+    return policy_from_mapping(
+        {
+            "rules": [
+                {
+                    "name": "cli",
+                    "application_names": args.application_name,
+                    "states": dict.fromkeys(states, args.idle_seconds),
+                }
+            ],
+            "max_terminations": args.max_terminations,
+            "allow_short_thresholds": args.allow_short_thresholds,
+        },
+        source="command-line flags",
+    )
+
+
+def _read_policy_file(path: Path) -> Policy:
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise errors.PolicyError(f"cannot read policy file {path}: {exc.strerror}") from exc
+    return parse_policy(text, source=str(path))
+
+
+def _target_from_args(args: argparse.Namespace) -> Target:
+    from reaper.settings import LocalSettings
+    from reaper.target import Target
+
+    dsn = args.dsn or LocalSettings().database_url_value()
+    if not dsn:
+        raise errors.SettingsError("no database given: pass --dsn or set REAPER_DATABASE_URL")
+    return Target.from_dsn(dsn)
+
+
+def _timeouts_from_args(args: argparse.Namespace) -> Timeouts:
+    if args.connect_timeout < 1 or args.statement_timeout < 1:
+        raise errors.SettingsError("--connect-timeout and --statement-timeout must be positive")
+    return Timeouts(connect_seconds=args.connect_timeout, statement_ms=args.statement_timeout)
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, default=str))

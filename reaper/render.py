@@ -1,0 +1,140 @@
+"""Readable text for a terminal: pass results and censuses as aligned tables. Returns strings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from reaper.census import HISTOGRAM_BOUNDS
+from reaper.result import Outcome
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from reaper.census import Census
+    from reaper.result import PassResult
+
+# Spared sessions with these reasons are the noise of every server; the table leaves them out
+# unless asked (they still count in "examined" and appear in --json).
+_QUIET_REASONS = frozenset({"own_backend", "not_client_backend", "no_rule_matches"})
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A left-aligned text table with a header rule."""
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+    return "\n".join(lines)
+
+
+def render_pass(result: PassResult, *, verbose: bool = False) -> str:
+    """The pass as a headline, a table of sessions and the counts."""
+    if result.skipped:
+        return (
+            f"{result.target}: skipped, another reaper is running a pass on this database "
+            "(advisory lock held); nothing was examined."
+        )
+    mode = "dry run" if result.dry_run else "pass"
+    lines = [f"{result.target}: {mode} in {result.duration_seconds:.3f}s"]
+    if result.connections is not None:
+        c = result.connections
+        lines.append(
+            f"connections: {c.client_connections} clients of {c.usable_connections} usable "
+            f"(max_connections {c.max_connections}, {c.reserved_connections} reserved); "
+            f"utilization {c.utilization_before:.0%} -> {c.utilization_after:.0%}; "
+            f"pressure gate {'open' if result.gate_open else 'closed'}"
+        )
+    shown = [
+        r
+        for r in result.sessions
+        if verbose or r.outcome is not Outcome.SPARED or r.reason.value not in _QUIET_REASONS
+    ]
+    if shown:
+        lines.append("")
+        lines.append(
+            table(
+                ("pid", "application", "user", "database", "state", "idle", "rule", "decision"),
+                [
+                    (
+                        r.pid,
+                        r.application_name,
+                        r.user,
+                        r.database,
+                        r.state,
+                        _age(r.idle_seconds),
+                        r.rule,
+                        r.outcome.value
+                        if r.outcome is not Outcome.SPARED
+                        else f"spared: {r.reason.value}",
+                    )
+                    for r in shown
+                ],
+            )
+        )
+    n = result.counts
+    acted = (
+        f"would terminate {n.would_terminate}" if result.dry_run else f"terminated {n.terminated}"
+    )
+    lines.append("")
+    lines.append(
+        f"examined {n.examined}, matched {n.matched}, planned {n.planned}, {acted}"
+        f", refused {n.refused}, vanished {n.vanished}, changed {n.changed}, "
+        f"over cap {n.skipped_by_cap}, over target {n.skipped_by_target}, "
+        f"kept as newest {n.kept_as_newest}, gate closed {n.gate_closed}"
+    )
+    return "\n".join(lines)
+
+
+def render_census(census: Census, target: str) -> str:
+    """Groups of client connections and an idle-age histogram per application."""
+    lines = [
+        f"{target}: {census.client_connections} client connections of "
+        f"{census.usable_connections} usable (max_connections {census.max_connections}), "
+        f"utilization {census.utilization:.0%}; {census.other_backends} other backends",
+        "",
+        table(
+            ("application", "user", "database", "state", "count", "oldest idle"),
+            [
+                (
+                    g.application_name or "(none)",
+                    g.user,
+                    g.database,
+                    g.state,
+                    g.count,
+                    _age(g.oldest_idle_seconds),
+                )
+                for g in census.groups
+            ],
+        ),
+    ]
+    if census.idle_histogram:
+        labels = [label for label, _ in HISTOGRAM_BOUNDS]
+        lines += [
+            "",
+            "idle sessions by age",
+            table(
+                ("application", *labels),
+                [
+                    (app or "(none)", *(buckets[label] for label in labels))
+                    for app, buckets in census.idle_histogram.items()
+                ],
+            ),
+        ]
+    return "\n".join(lines)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _cell(value: object) -> str:
+    return "" if value is None else str(value)
