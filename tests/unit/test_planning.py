@@ -1,0 +1,292 @@
+"""The planner on plain snapshots: each rule and protection, then properties over random inputs."""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+
+import pytest
+from hypothesis import given, settings
+
+from reaper.errors import VisibilityError
+from reaper.planning import KEEPABLE_STATE, Reason, check_visibility, plan
+from reaper.snapshot import CLIENT_BACKEND
+from tests.unit.planning_data import (
+    OWN_PID,
+    own_session,
+    policies_strategy,
+    policy,
+    session,
+    snapshot,
+    snapshots_strategy,
+)
+
+
+def reasons(result_plan: object) -> dict[int, Reason]:
+    return {d.session.pid: d.reason for d in result_plan.decisions}  # type: ignore[attr-defined]
+
+
+def test_idle_lambda_session_past_threshold_is_planned() -> None:
+    # given a Lambda session idle for an hour under a 60 s rule
+    decisions = plan(snapshot(session(10)), policy())
+    # then it is planned, with the rule and its idle age
+    [planned] = decisions.to_terminate
+    assert planned.session.pid == 10
+    assert planned.rule == "lambda"
+    assert planned.idle_seconds == pytest.approx(3600.0)
+
+
+@pytest.mark.parametrize(
+    ("sess", "expected"),
+    [
+        (own_session(), Reason.OWN_BACKEND),
+        (session(10, backend_type="autovacuum worker"), Reason.NOT_CLIENT_BACKEND),
+        (session(10, backend_type="walsender"), Reason.NOT_CLIENT_BACKEND),
+        (session(10, backend_type="background worker"), Reason.NOT_CLIENT_BACKEND),
+        (session(10, backend_type="parallel worker"), Reason.NOT_CLIENT_BACKEND),
+        (session(10, user="rdsadmin"), Reason.EXCLUDED_USER),
+        (session(10, is_superuser=True), Reason.SUPERUSER),
+        (session(10, application_name="metabase"), Reason.NO_RULE_MATCHES),
+        (session(10, state="active"), Reason.STATE_NOT_COVERED),
+        (session(10, state="idle in transaction"), Reason.STATE_NOT_COVERED),
+        (session(10, is_listening=True), Reason.LISTENER),
+        (session(10, idle_seconds=59.9), Reason.YOUNGER_THAN_THRESHOLD),
+        (session(10, may_signal=False), Reason.NOT_SIGNALLABLE),
+    ],
+    ids=lambda value: getattr(value, "value", None) or "",
+)
+def test_protected_or_unmatched_session_is_spared_with_its_reason(sess, expected) -> None:
+    decisions = plan(snapshot(sess) if sess.pid != OWN_PID else snapshot(), policy())
+    assert reasons(decisions)[sess.pid] is expected
+    assert decisions.to_terminate == ()
+
+
+def test_excluded_application_wins_over_a_matching_rule() -> None:
+    decisions = plan(
+        snapshot(session(10, application_name="lambda:admin")),
+        policy(exclude={"application_names": ["lambda:admin"]}),
+    )
+    assert reasons(decisions)[10] is Reason.EXCLUDED_APPLICATION
+
+
+def test_superuser_session_is_planned_only_when_the_policy_allows_it() -> None:
+    decisions = plan(
+        snapshot(session(10, is_superuser=True)), policy(terminate_superuser_sessions=True)
+    )
+    assert [d.session.pid for d in decisions.to_terminate] == [10]
+
+
+def test_listener_is_planned_when_listeners_are_not_spared() -> None:
+    decisions = plan(snapshot(session(10, is_listening=True)), policy(spare_listeners=False))
+    assert [d.session.pid for d in decisions.to_terminate] == [10]
+
+
+def test_each_state_has_its_own_threshold() -> None:
+    rules = [
+        {
+            "application_names": ["lambda:*"],
+            "states": {"idle": 600, "idle in transaction": 60},
+        }
+    ]
+    decisions = plan(
+        snapshot(
+            session(10, state="idle", idle_seconds=120),
+            session(11, state="idle in transaction", idle_seconds=120),
+        ),
+        policy(rules=rules),
+    )
+    assert reasons(decisions) == {
+        OWN_PID: Reason.OWN_BACKEND,
+        10: Reason.YOUNGER_THAN_THRESHOLD,
+        11: Reason.IDLE_TOO_LONG,
+    }
+
+
+def test_first_rule_covering_the_state_governs() -> None:
+    rules = [
+        {"name": "slow", "application_names": ["lambda:*"], "states": {"idle": 7200}},
+        {"name": "txn", "application_names": ["lambda:*"], "states": {"idle in transaction": 60}},
+    ]
+    decisions = plan(
+        snapshot(
+            session(10, state="idle", idle_seconds=3600),
+            session(11, state="idle in transaction", idle_seconds=3600),
+        ),
+        policy(rules=rules),
+    )
+    by_pid = {d.session.pid: d for d in decisions.decisions}
+    assert (by_pid[10].rule, by_pid[10].reason) == ("slow", Reason.YOUNGER_THAN_THRESHOLD)
+    assert (by_pid[11].rule, by_pid[11].reason) == ("txn", Reason.IDLE_TOO_LONG)
+
+
+@pytest.mark.parametrize(
+    ("field", "values", "matching", "other"),
+    [
+        ("users", ["app"], {"user": "app"}, {"user": "report"}),
+        ("databases", ["app*"], {"database": "appdb"}, {"database": "postgres"}),
+        ("client_addresses", ["10.0.0.0/8"], {"client_addr": "10.0.1.5"}, {"client_addr": "::1"}),
+        ("client_addresses", ["10.0.0.0/8"], {"client_addr": "10.9.9.9"}, {"client_addr": None}),
+    ],
+)
+def test_rule_filters_select_only_matching_sessions(field, values, matching, other) -> None:
+    rules = [{"application_names": ["lambda:*"], "states": {"idle": 60}, field: values}]
+    decisions = plan(snapshot(session(10, **matching), session(11, **other)), policy(rules=rules))
+    assert reasons(decisions)[10] is Reason.IDLE_TOO_LONG
+    assert reasons(decisions)[11] is Reason.NO_RULE_MATCHES
+
+
+def test_cap_terminates_the_oldest_idle_first() -> None:
+    sessions = [session(10 + i, idle_seconds=100 + i * 10) for i in range(5)]
+    decisions = plan(snapshot(*sessions), policy(max_terminations=2))
+    assert [d.session.pid for d in decisions.to_terminate] == [14, 13]
+    assert [reasons(decisions)[pid] for pid in (10, 11, 12)] == [Reason.OVER_CAP] * 3
+
+
+def test_keep_newest_spares_the_most_recently_active_idle_sessions_per_application() -> None:
+    rules = [{"application_names": ["lambda:*"], "states": {"idle": 60}, "keep_newest": 2}]
+    sessions = [
+        session(10, idle_seconds=400),
+        session(11, idle_seconds=300),
+        session(12, idle_seconds=200),
+        session(13, idle_seconds=100),
+        session(20, application_name="lambda:payments", idle_seconds=500),
+    ]
+    decisions = plan(snapshot(*sessions), policy(rules=rules))
+    assert reasons(decisions)[12] is Reason.KEPT_AS_NEWEST
+    assert reasons(decisions)[13] is Reason.KEPT_AS_NEWEST
+    assert reasons(decisions)[20] is Reason.KEPT_AS_NEWEST
+    assert sorted(d.session.pid for d in decisions.to_terminate) == [10, 11]
+
+
+def test_keep_newest_counts_young_idle_sessions_as_the_warm_ones() -> None:
+    rules = [{"application_names": ["lambda:*"], "states": {"idle": 60}, "keep_newest": 1}]
+    decisions = plan(
+        snapshot(session(10, idle_seconds=400), session(11, idle_seconds=5)), policy(rules=rules)
+    )
+    assert reasons(decisions)[11] is Reason.YOUNGER_THAN_THRESHOLD
+    assert [d.session.pid for d in decisions.to_terminate] == [10]
+
+
+def test_keep_newest_never_keeps_a_session_idle_in_a_transaction() -> None:
+    rules = [
+        {
+            "application_names": ["lambda:*"],
+            "states": {"idle in transaction": 60},
+            "keep_newest": 5,
+        }
+    ]
+    decisions = plan(snapshot(session(10, state="idle in transaction")), policy(rules=rules))
+    assert [d.session.pid for d in decisions.to_terminate] == [10]
+
+
+def test_closed_pressure_gate_plans_nothing() -> None:
+    # 2 clients of 97 usable slots is about 2 %, below the 50 % gate
+    decisions = plan(snapshot(session(10)), policy(min_utilization=0.5))
+    assert not decisions.gate_open
+    assert reasons(decisions)[10] is Reason.GATE_CLOSED
+
+
+def test_open_pressure_gate_plans_as_usual() -> None:
+    sessions = [session(10 + i) for i in range(60)]
+    decisions = plan(snapshot(*sessions), policy(min_utilization=0.5, max_terminations=100))
+    assert decisions.gate_open
+    assert len(decisions.to_terminate) == 60
+
+
+def test_target_utilization_terminates_only_what_brings_it_down() -> None:
+    # 61 clients (60 + the reaper) of 97 usable; 50 % allows 48, so 13 must go
+    sessions = [session(10 + i, idle_seconds=1000 + i) for i in range(60)]
+    decisions = plan(snapshot(*sessions), policy(target_utilization=0.5, max_terminations=100))
+    assert decisions.target_need == 13
+    assert len(decisions.to_terminate) == 13
+    assert {d.session.pid for d in decisions.to_terminate} == set(range(57, 70))
+    assert reasons(decisions)[10] is Reason.OVER_TARGET
+
+
+def test_target_already_met_plans_nothing() -> None:
+    decisions = plan(snapshot(session(10)), policy(target_utilization=0.9))
+    assert decisions.target_need == 0
+    assert reasons(decisions)[10] is Reason.OVER_TARGET
+
+
+def test_role_that_cannot_see_other_sessions_is_refused_before_planning() -> None:
+    hidden = session(10, state=None, backend_type=None, client_addr=None)
+    with pytest.raises(VisibilityError, match="pg_monitor"):
+        check_visibility(snapshot(hidden))
+
+
+# --- properties over random snapshots and policies ----------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(snap=snapshots_strategy(), pol=policies_strategy())
+def test_no_protected_session_is_ever_planned(snap, pol) -> None:
+    for decision in plan(snap, pol).to_terminate:
+        s = decision.session
+        assert s.pid != snap.own_pid
+        assert s.backend_type == CLIENT_BACKEND
+        assert s.may_signal
+        assert s.user is None or not any(fnmatchcase(s.user, p) for p in pol.exclude.users)
+        assert not any(fnmatchcase(s.application_name, p) for p in pol.exclude.application_names)
+        assert pol.terminate_superuser_sessions or not s.is_superuser
+        assert not (pol.spare_listeners and s.is_listening)
+        assert decision.idle_seconds is not None
+        assert decision.threshold_seconds is not None
+        assert decision.idle_seconds >= decision.threshold_seconds
+        assert s.state == next(
+            state
+            for rule in pol.rules
+            if rule.name == decision.rule
+            for state in rule.states
+            if state == s.state
+        )
+
+
+@settings(max_examples=300, deadline=None)
+@given(snap=snapshots_strategy(), pol=policies_strategy())
+def test_cap_and_target_are_never_exceeded_and_the_oldest_go_first(snap, pol) -> None:
+    decisions = plan(snap, pol)
+    planned = decisions.to_terminate
+    assert len(planned) <= pol.max_terminations
+    if decisions.target_need is not None:
+        assert len(planned) <= decisions.target_need
+    if not decisions.gate_open:
+        assert planned == ()
+    budget_skipped = [
+        d for d in decisions.decisions if d.reason in (Reason.OVER_CAP, Reason.OVER_TARGET)
+    ]
+    if planned and budget_skipped:
+        youngest_planned = min(d.idle_seconds or 0 for d in planned)
+        oldest_skipped = max(d.idle_seconds or 0 for d in budget_skipped)
+        assert youngest_planned >= oldest_skipped
+
+
+@settings(max_examples=300, deadline=None)
+@given(snap=snapshots_strategy(), pol=policies_strategy())
+def test_every_session_gets_exactly_one_decision(snap, pol) -> None:
+    decisions = plan(snap, pol)
+    assert [d.session.pid for d in decisions.decisions] == [s.pid for s in snap.sessions]
+
+
+@settings(max_examples=300, deadline=None)
+@given(snap=snapshots_strategy(), pol=policies_strategy())
+def test_keep_newest_sessions_of_each_application_survive(snap, pol) -> None:
+    decisions = plan(snap, pol)
+    planned = {d.session.pid for d in decisions.to_terminate}
+    by_group: dict[tuple[str, str], list] = {}
+    for d in decisions.decisions:
+        covered = d.reason in (
+            Reason.IDLE_TOO_LONG,
+            Reason.YOUNGER_THAN_THRESHOLD,
+            Reason.NOT_SIGNALLABLE,
+            Reason.KEPT_AS_NEWEST,
+            Reason.GATE_CLOSED,
+            Reason.OVER_CAP,
+            Reason.OVER_TARGET,
+        )
+        if covered and d.session.state == KEEPABLE_STATE:
+            by_group.setdefault((d.rule, d.session.application_name), []).append(d.session)
+    keep = {rule.name: rule.keep_newest for rule in pol.rules}
+    for (rule_name, _app), sessions in by_group.items():
+        newest = sorted(sessions, key=lambda s: (-s.state_change.timestamp(), -s.pid))
+        for s in newest[: keep[rule_name]]:
+            assert s.pid not in planned

@@ -1,0 +1,161 @@
+"""The policy document: defaults, validation messages, schema and round trips."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reaper.errors import PolicyError
+from reaper.policy import (
+    THRESHOLD_FLOOR_SECONDS,
+    Policy,
+    parse_policy,
+    policy_from_mapping,
+    policy_schema,
+    render_policy,
+)
+from tests.unit.planning_data import policies_strategy
+
+MINIMAL = {"rules": [{"application_names": ["lambda:*"]}]}
+
+
+def test_minimal_document_gets_safe_defaults() -> None:
+    policy = policy_from_mapping(MINIMAL, source="t")
+    assert policy.rules[0].name == "rule-1"
+    assert dict(policy.rules[0].states) == {"idle": 900.0}
+    assert policy.exclude.users == ("rdsadmin",)
+    assert not policy.terminate_superuser_sessions
+    assert policy.spare_listeners
+    assert policy.max_terminations == 50
+    assert not policy.dry_run
+
+
+def test_rdsadmin_stays_excluded_when_the_document_lists_other_users() -> None:
+    policy = policy_from_mapping({**MINIMAL, "exclude": {"users": ["etl"]}}, source="t")
+    assert policy.exclude.users == ("rdsadmin", "etl")
+
+
+@pytest.mark.parametrize(
+    ("document", "names"),
+    [
+        ({"rules": []}, ["rules", "at least one rule"]),
+        ({}, ["rules", "Field required"]),
+        ({**MINIMAL, "max_terminatons": 3}, ["max_terminatons", "Extra inputs", "3"]),
+        ({**MINIMAL, "max_terminations": -1}, ["max_terminations", "-1"]),
+        ({**MINIMAL, "min_utilization": 1.5}, ["min_utilization", "1.5"]),
+        ({**MINIMAL, "target_utilization": "half"}, ["target_utilization", "half"]),
+        (
+            {"rules": [{"application_names": ["a"], "states": {"active": 600}}]},
+            ["rules[0].states.active", "active"],
+        ),
+        (
+            {"rules": [{"application_names": ["a"], "states": {"idle": 0}}]},
+            ["rules[0].states.idle", "greater than 0"],
+        ),
+        (
+            {"rules": [{"application_names": ["a"], "client_addresses": ["10.0.0.1/8"]}]},
+            ["rules[0].client_addresses", "host bits"],
+        ),
+        (
+            {"rules": [{"application_names": ["a"], "client_addresses": ["not-a-net"]}]},
+            ["rules[0].client_addresses", "not-a-net"],
+        ),
+        ({"rules": [{"application_names": []}]}, ["rules[0].application_names"]),
+        ({"rules": [{"application_names": ["a"], "keep_newest": -2}]}, ["keep_newest", "-2"]),
+        (
+            {
+                "rules": [
+                    {"name": "x", "application_names": ["a"]},
+                    {"name": "x", "application_names": ["b"]},
+                ]
+            },
+            ["unique", "x"],
+        ),
+    ],
+)
+def test_invalid_document_error_names_the_field_and_value(document, names) -> None:
+    with pytest.raises(PolicyError) as caught:
+        policy_from_mapping(document, source="policy.json")
+    message = str(caught.value)
+    assert "policy.json" in message
+    for name in names:
+        assert name in message
+
+
+def test_threshold_below_the_floor_is_refused_unless_the_policy_says_it_knows() -> None:
+    short = {"rules": [{"application_names": ["a"], "states": {"idle": 5}}]}
+    with pytest.raises(PolicyError, match=r"below the floor of 60 seconds.*allow_short_thresholds"):
+        policy_from_mapping(short, source="t")
+    accepted = policy_from_mapping({**short, "allow_short_thresholds": True}, source="t")
+    assert accepted.rules[0].states["idle"] == 5
+    assert THRESHOLD_FLOOR_SECONDS == 60
+
+
+def test_not_json_is_a_policy_error_naming_the_source() -> None:
+    with pytest.raises(PolicyError, match=r"ssm:/reaper/policy.*not valid JSON"):
+        parse_policy("{rules: ", source="ssm:/reaper/policy")
+
+
+def test_normalised_output_parses_back_to_the_same_policy() -> None:
+    policy = policy_from_mapping(MINIMAL, source="t")
+    assert parse_policy(render_policy(policy), source="again") == policy
+
+
+def test_schema_describes_every_top_level_field() -> None:
+    schema = policy_schema()
+    assert set(schema["properties"]) == set(Policy.model_fields)
+    assert schema["required"] == ["rules"]
+    json.dumps(schema)
+
+
+@settings(max_examples=200, deadline=None)
+@given(policy=policies_strategy())
+def test_random_policies_round_trip_through_json(policy: Policy) -> None:
+    assert parse_policy(render_policy(policy), source="round trip") == policy
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "rules",
+                    "application_names",
+                    "states",
+                    "idle",
+                    "max_terminations",
+                    "exclude",
+                    "users",
+                    "dry_run",
+                    "keep_newest",
+                    "client_addresses",
+                    "x",
+                ]
+            ),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(document=_json_values)
+def test_random_documents_either_validate_or_raise_policy_error(document: object) -> None:
+    # Anything but a PolicyError (a TypeError, a pydantic error leaking out) fails the test.
+    with contextlib.suppress(PolicyError):
+        policy_from_mapping(document, source="fuzz")
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=200) | st.binary(max_size=200))
+def test_random_text_either_validates_or_raises_policy_error(text: str | bytes) -> None:
+    with contextlib.suppress(PolicyError):
+        parse_policy(text, source="fuzz")
