@@ -1,0 +1,434 @@
+"""A whole pass against real PostgreSQL sessions: each rule and each protection."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from reaper import engine
+from reaper.errors import AuthenticationError, VisibilityError
+from reaper.planning import Reason, plan
+from reaper.policy import policy_from_mapping
+from reaper.result import Outcome
+from reaper.run import run_pass
+from tests.fix_db import wait_until
+from tests.functional.reaping import (
+    alive,
+    ended,
+    policy_for,
+    reaper_role,
+    target_for,
+    wait_past_threshold,
+)
+
+MATCH_NOTHING = {"rules": [{"application_names": ["lambda:nothing-matches-this"]}]}
+
+
+@pytest.fixture
+def app_role(role_factory):
+    """The role the simulated Lambda functions log in as (no special grants)."""
+    return role_factory("app", grants=())
+
+
+@pytest.fixture
+def reaper(pg_server, role_factory):
+    """A target that connects as a least-privilege reaper role."""
+    return target_for(pg_server, reaper_role(role_factory))
+
+
+def open_app(session_factory, app_role, suffix, **kwargs):
+    conn = session_factory(
+        session_factory.app(suffix), user=app_role.name, password=app_role.password, **kwargs
+    )
+    return session_factory.pid_of(conn), conn
+
+
+def outcome_of(result, pid):
+    return next(r for r in result.sessions if r.pid == pid)
+
+
+def test_only_idle_sessions_past_the_threshold_are_terminated(
+    session_factory, app_role, reaper
+) -> None:
+    # given idle sessions of two applications, an active query and an idle transaction
+    idle = [open_app(session_factory, app_role, "orders")[0] for _ in range(3)]
+    active, _ = open_app(session_factory, app_role, "orders", state="active")
+    in_txn, _ = open_app(session_factory, app_role, "orders", state="idle in transaction")
+    other = session_factory.pid_of(
+        session_factory("metabase", user=app_role.name, password=app_role.password)
+    )
+    wait_past_threshold()
+    # when a pass runs
+    result = run_pass(reaper, policy_for(session_factory))
+    # then exactly the idle ones are gone
+    assert sorted(r.pid for r in result.sessions if r.outcome is Outcome.TERMINATED) == sorted(idle)
+    assert all(ended(session_factory, pid) for pid in idle)
+    assert alive(session_factory, active)
+    assert alive(session_factory, in_txn)
+    assert alive(session_factory, other)
+    assert outcome_of(result, active).reason is Reason.STATE_NOT_COVERED
+    assert result.counts.terminated == 3
+
+
+def test_young_sessions_are_spared(session_factory, app_role, reaper) -> None:
+    pid, _ = open_app(session_factory, app_role, "orders")
+    result = run_pass(reaper, policy_for(session_factory, rule={"states": {"idle": 300}}))
+    assert outcome_of(result, pid).reason is Reason.YOUNGER_THAN_THRESHOLD
+    assert alive(session_factory, pid)
+
+
+def test_own_backend_and_background_workers_are_never_planned(pg_server, reaper) -> None:
+    # given a policy that matches every application in every idle state (dry run: shared servers)
+    everything = policy_from_mapping(
+        {
+            "rules": [
+                {
+                    "application_names": ["*"],
+                    "states": {
+                        "idle": 0.001,
+                        "idle in transaction": 0.001,
+                        "idle in transaction (aborted)": 0.001,
+                    },
+                }
+            ],
+            "terminate_superuser_sessions": True,
+            "spare_listeners": False,
+            "allow_short_thresholds": True,
+            "dry_run": True,
+        },
+        source="test",
+    )
+    # when it is planned against the live server
+    with engine.connect(reaper) as conn:
+        snapshot = engine.take_snapshot(conn)
+    decisions = plan(snapshot, everything)
+    # then the reaper's own backend and every non-client backend are protected
+    by_pid = {d.session.pid: d for d in decisions.decisions}
+    assert by_pid[snapshot.own_pid].reason is Reason.OWN_BACKEND
+    workers = [s for s in snapshot.sessions if s.backend_type != "client backend"]
+    assert {s.backend_type for s in workers} >= {"checkpointer", "autovacuum launcher"}
+    assert all(by_pid[s.pid].reason is Reason.NOT_CLIENT_BACKEND for s in workers)
+    assert all(d.session.backend_type == "client backend" for d in decisions.to_terminate)
+
+
+def test_superuser_session_survives_a_non_superuser_reaper(session_factory, reaper) -> None:
+    # given a superuser session under a matching application name, and a policy that allows it
+    su = session_factory.pid_of(session_factory(session_factory.app("admin")))
+    wait_past_threshold()
+    # when a non-superuser reaper passes
+    result = run_pass(reaper, policy_for(session_factory, terminate_superuser_sessions=True))
+    # then it is reported refused, never signalled, and still alive
+    record = outcome_of(result, su)
+    assert (record.reason, record.outcome) == (Reason.NOT_SIGNALLABLE, Outcome.REFUSED)
+    assert result.counts.refused == 1
+    assert alive(session_factory, su)
+
+
+def test_superuser_session_is_spared_by_default(session_factory, reaper) -> None:
+    su = session_factory.pid_of(session_factory(session_factory.app("admin")))
+    wait_past_threshold()
+    result = run_pass(reaper, policy_for(session_factory))
+    assert outcome_of(result, su).reason is Reason.SUPERUSER
+    assert alive(session_factory, su)
+
+
+def test_excluded_users_and_applications_are_spared(
+    session_factory, app_role, role_factory, reaper
+) -> None:
+    etl = role_factory("etl", grants=())
+    by_user = session_factory.pid_of(
+        session_factory(session_factory.app("etl"), user=etl.name, password=etl.password)
+    )
+    by_app, _ = open_app(session_factory, app_role, "cron")
+    victim, _ = open_app(session_factory, app_role, "orders")
+    wait_past_threshold()
+    policy = policy_for(
+        session_factory,
+        exclude={"users": [etl.name], "application_names": [session_factory.app("cron")]},
+    )
+    result = run_pass(reaper, policy)
+    assert outcome_of(result, by_user).reason is Reason.EXCLUDED_USER
+    assert outcome_of(result, by_app).reason is Reason.EXCLUDED_APPLICATION
+    assert alive(session_factory, by_user)
+    assert alive(session_factory, by_app)
+    assert ended(session_factory, victim)
+
+
+def test_idle_in_transaction_is_terminated_when_the_rule_covers_it(
+    session_factory, app_role, reaper
+) -> None:
+    in_txn, _ = open_app(session_factory, app_role, "orders", state="idle in transaction")
+    aborted, _ = open_app(
+        session_factory, app_role, "orders", state="idle in transaction (aborted)"
+    )
+    wait_past_threshold()
+    policy = policy_for(
+        session_factory,
+        rule={"states": {"idle in transaction": 0.5, "idle in transaction (aborted)": 0.5}},
+    )
+    result = run_pass(reaper, policy)
+    assert result.counts.terminated == 2
+    assert ended(session_factory, in_txn)
+    assert ended(session_factory, aborted)
+
+
+def test_listen_session_is_spared(session_factory, app_role, reaper) -> None:
+    pid, conn = open_app(session_factory, app_role, "notifier")
+    conn.execute("LISTEN orders_changed")
+    wait_past_threshold()
+    result = run_pass(reaper, policy_for(session_factory))
+    assert outcome_of(result, pid).reason is Reason.LISTENER
+    assert alive(session_factory, pid)
+
+
+def test_dry_run_terminates_nothing(session_factory, app_role, reaper) -> None:
+    pids = [open_app(session_factory, app_role, "orders")[0] for _ in range(3)]
+    wait_past_threshold()
+    result = run_pass(reaper, policy_for(session_factory, dry_run=True))
+    assert result.dry_run
+    assert result.counts.would_terminate == 3
+    assert result.counts.terminated == 0
+    assert all(alive(session_factory, pid) for pid in pids)
+
+
+def test_dry_run_flag_overrides_a_real_policy(session_factory, app_role, reaper) -> None:
+    pid, _ = open_app(session_factory, app_role, "orders")
+    wait_past_threshold()
+    result = run_pass(reaper, policy_for(session_factory), force_dry_run=True)
+    assert outcome_of(result, pid).outcome is Outcome.WOULD_TERMINATE
+    assert alive(session_factory, pid)
+
+
+def test_cap_terminates_the_oldest_first(session_factory, app_role, reaper) -> None:
+    pids = []
+    for _ in range(4):
+        pids.append(open_app(session_factory, app_role, "orders")[0])
+        time.sleep(0.05)  # distinct state_change instants
+    wait_past_threshold()
+    result = run_pass(reaper, policy_for(session_factory, max_terminations=2))
+    assert result.counts.terminated == 2
+    assert result.counts.skipped_by_cap == 2
+    assert all(ended(session_factory, pid) for pid in pids[:2])
+    assert all(alive(session_factory, pid) for pid in pids[2:])
+
+
+def test_target_utilization_terminates_just_enough(session_factory, app_role, reaper) -> None:
+    pids = [open_app(session_factory, app_role, "orders")[0] for _ in range(5)]
+    wait_past_threshold()
+    with engine.connect(reaper) as conn:
+        picture = engine.take_snapshot(conn).connections
+    # a target that allows two fewer client connections than there are now
+    target = (picture.client_connections - 2) / picture.usable_connections
+    result = run_pass(reaper, policy_for(session_factory, target_utilization=target))
+    assert result.counts.terminated == 2
+    assert result.counts.skipped_by_target == 3
+    terminated = [r.pid for r in result.sessions if r.outcome is Outcome.TERMINATED]
+    assert all(ended(session_factory, pid) for pid in terminated)
+    assert sum(alive(session_factory, pid) for pid in pids) == 3
+
+
+def test_keep_newest_leaves_the_most_recent_sessions(session_factory, app_role, reaper) -> None:
+    pids = []
+    for _ in range(3):
+        pids.append(open_app(session_factory, app_role, "orders")[0])
+        time.sleep(0.05)
+    wait_past_threshold()
+    result = run_pass(reaper, policy_for(session_factory, rule={"keep_newest": 1}))
+    assert result.counts.kept_as_newest == 1
+    assert all(ended(session_factory, pid) for pid in pids[:2])
+    assert alive(session_factory, pids[2])
+
+
+def test_closed_pressure_gate_terminates_nothing(session_factory, app_role, reaper) -> None:
+    pid, _ = open_app(session_factory, app_role, "orders")
+    wait_past_threshold()
+    result = run_pass(reaper, policy_for(session_factory, min_utilization=0.99))
+    assert result.gate_open is False
+    assert outcome_of(result, pid).reason is Reason.GATE_CLOSED
+    assert alive(session_factory, pid)
+
+
+def test_open_pressure_gate_terminates(session_factory, app_role, reaper) -> None:
+    pid, _ = open_app(session_factory, app_role, "orders")
+    wait_past_threshold()
+    result = run_pass(reaper, policy_for(session_factory, min_utilization=0.0))
+    assert result.gate_open is True
+    assert ended(session_factory, pid)
+
+
+@pytest.mark.parametrize(
+    ("cidr", "terminated"), [("10.0.0.0/8", False), ("127.0.0.0/8", True), ("::1/128", False)]
+)
+def test_client_address_cidr_selects_sessions(
+    session_factory, app_role, reaper, cidr, terminated
+) -> None:
+    pid, _ = open_app(session_factory, app_role, "orders")  # over TCP from 127.0.0.1
+    wait_past_threshold()
+    result = run_pass(reaper, policy_for(session_factory, rule={"client_addresses": [cidr]}))
+    assert (outcome_of(result, pid).outcome is Outcome.TERMINATED) is terminated
+    assert ended(session_factory, pid) if terminated else alive(session_factory, pid)
+
+
+def test_database_patterns_select_sessions(session_factory, app_role, reaper) -> None:
+    in_postgres, _ = open_app(session_factory, app_role, "orders")
+    in_template1, _ = open_app(session_factory, app_role, "orders", dbname="template1")
+    wait_past_threshold()
+    result = run_pass(reaper, policy_for(session_factory, rule={"databases": ["template1"]}))
+    assert outcome_of(result, in_postgres).reason is Reason.NO_RULE_MATCHES
+    assert alive(session_factory, in_postgres)
+    assert ended(session_factory, in_template1)
+
+
+def test_session_that_ran_a_query_after_the_snapshot_is_spared(
+    session_factory, app_role, reaper
+) -> None:
+    # given a planned session
+    pid, conn = open_app(session_factory, app_role, "orders")
+    gone, gone_conn = open_app(session_factory, app_role, "orders")
+    wait_past_threshold()
+    with engine.connect(reaper) as reaper_conn:
+        snapshot = engine.take_snapshot(reaper_conn)
+        planned = plan(snapshot, policy_for(session_factory)).to_terminate
+        assert {d.session.pid for d in planned} == {pid, gone}
+        # when one runs a query and the other disconnects before the signal
+        conn.execute("SELECT 1")
+        gone_conn.close()
+        outcomes = engine.terminate(
+            reaper_conn,
+            [
+                engine.PlannedSignal(
+                    d.session.pid, d.session.backend_start, d.session.state, d.session.state_change
+                )
+                for d in planned
+            ],
+        )
+    # then neither is signalled, and the active one lives on
+    assert outcomes == {pid: engine.SignalOutcome.CHANGED, gone: engine.SignalOutcome.VANISHED}
+    assert alive(session_factory, pid)
+    assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_reused_pid_is_not_signalled(session_factory, app_role, reaper) -> None:
+    # given a planned session whose recorded backend_start no longer matches (pid reuse)
+    pid, _ = open_app(session_factory, app_role, "orders")
+    wait_past_threshold()
+    with engine.connect(reaper) as reaper_conn:
+        snapshot = engine.take_snapshot(reaper_conn)
+        [decision] = plan(snapshot, policy_for(session_factory)).to_terminate
+        s = decision.session
+        earlier = s.backend_start.replace(microsecond=(s.backend_start.microsecond + 1) % 10**6)
+        outcomes = engine.terminate(
+            reaper_conn, [engine.PlannedSignal(pid, earlier, s.state, s.state_change)]
+        )
+    assert outcomes == {pid: engine.SignalOutcome.VANISHED}
+    assert alive(session_factory, pid)
+
+
+def test_second_concurrent_pass_skips(session_factory, app_role, reaper) -> None:
+    pid, _ = open_app(session_factory, app_role, "orders")
+    wait_past_threshold()
+    with engine.connect(reaper) as holder:
+        assert engine.try_pass_lock(holder)
+        result = run_pass(reaper, policy_for(session_factory))
+    assert result.skipped
+    assert alive(session_factory, pid)
+    # and once the first pass is over, the next one acts
+    assert run_pass(reaper, policy_for(session_factory)).counts.terminated == 1
+
+
+def test_two_passes_at_once_terminate_each_session_once(session_factory, app_role, reaper) -> None:
+    pids = [open_app(session_factory, app_role, "orders")[0] for _ in range(6)]
+    wait_past_threshold()
+    results = []
+    errors: list[BaseException] = []
+
+    def one_pass() -> None:
+        try:
+            results.append(run_pass(reaper, policy_for(session_factory)))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one_pass) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sum(r.counts.terminated for r in results) == 6
+    assert all(ended(session_factory, pid) for pid in pids)
+
+
+def test_role_without_pg_monitor_is_refused_and_terminates_nothing(
+    pg_server, session_factory, app_role, role_factory
+) -> None:
+    pid, _ = open_app(session_factory, app_role, "orders")
+    wait_past_threshold()
+    blind = target_for(pg_server, reaper_role(role_factory, "pg_signal_backend"))
+    with pytest.raises(VisibilityError, match=r"cannot see .*pg_monitor"):
+        run_pass(blind, policy_for(session_factory))
+    assert alive(session_factory, pid)
+
+
+def test_role_without_pg_signal_backend_reports_refusals(
+    pg_server, session_factory, app_role, role_factory
+) -> None:
+    pid, _ = open_app(session_factory, app_role, "orders")
+    wait_past_threshold()
+    weak = target_for(pg_server, reaper_role(role_factory, "pg_monitor"))
+    result = run_pass(weak, policy_for(session_factory))
+    assert outcome_of(result, pid).outcome is Outcome.REFUSED
+    assert result.counts.refused == 1
+    assert alive(session_factory, pid)
+
+
+def test_refusal_of_one_session_does_not_stop_the_others(
+    pg_server, session_factory, app_role, role_factory
+) -> None:
+    # given a reaper without pg_signal_backend: it may signal only its own role's sessions
+    role = reaper_role(role_factory, "pg_monitor")
+    own = session_factory.pid_of(
+        session_factory(session_factory.app("orders"), user=role.name, password=role.password)
+    )
+    foreign, _ = open_app(session_factory, app_role, "orders")
+    wait_past_threshold()
+    result = run_pass(target_for(pg_server, role), policy_for(session_factory))
+    assert outcome_of(result, own).outcome is Outcome.TERMINATED
+    assert outcome_of(result, foreign).outcome is Outcome.REFUSED
+    assert ended(session_factory, own)
+    assert alive(session_factory, foreign)
+
+
+def test_connection_closes_and_leaves_no_transaction(session_factory, admin_conn, reaper) -> None:
+    run_pass(reaper, policy_for(session_factory))
+
+    def reaper_backends() -> int:
+        row = admin_conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'idle-reaper'"
+        ).fetchone()
+        return row[0]
+
+    # the backend exits just after the client closes: wait for it, never for a transaction
+    wait_until(lambda: reaper_backends() == 0, message="reaper backend gone")
+
+
+def test_reaper_connection_sets_its_name_and_timeouts(reaper) -> None:
+    with engine.connect(reaper) as conn:
+        settings = conn.execute(
+            "SELECT current_setting('application_name'), current_setting('statement_timeout'),"
+            " current_setting('lock_timeout'),"
+            " current_setting('idle_in_transaction_session_timeout')"
+        ).fetchone()
+        assert conn.autocommit
+    assert settings == ("idle-reaper", "30s", "1s", "10s")
+
+
+def test_wrong_password_is_an_authentication_error(pg_server, role_factory) -> None:
+    role = reaper_role(role_factory)
+    wrong = replace(role, password="not-the-password")
+    with pytest.raises(AuthenticationError) as caught:
+        run_pass(target_for(pg_server, wrong), policy_from_mapping(MATCH_NOTHING, source="t"))
+    assert "not-the-password" not in str(caught.value)
+    assert role.name in str(caught.value)
