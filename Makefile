@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format typecheck bench cfn-lint build clean
+.PHONY: demo test lint format typecheck bench build build-ReaperFunction clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,13 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench
 
 # sam is installed outside the project venv (its pins clash with ours); see docs/deploying.md.
+# --build-in-source: SAM would otherwise copy the whole tree, .venv included, before building.
 build:
-	sam build
+	sam build --build-in-source
+
+# Called by `sam build` (BuildMethod: makefile): cross-platform wheels, no Docker needed.
+build-ReaperFunction:
+	scripts/build_lambda.sh "$(ARTIFACTS_DIR)"
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .ruff_cache .mypy_cache .hypothesis
