@@ -214,6 +214,11 @@ def _database_errors(*passthrough: type[Exception]) -> Iterator[None]:
         yield
     except passthrough:
         raise
+    except pg_errors.LockNotAvailable as exc:
+        raise PassAbortedError(
+            "a reaper statement waited longer than lock_timeout for a catalog lock and was "
+            "cancelled; nothing more was done"
+        ) from exc
     except pg_errors.QueryCanceled as exc:
         raise PassAbortedError(
             "a reaper statement hit statement_timeout and was cancelled; nothing more was done"
