@@ -86,6 +86,30 @@ def psql_sessions(pg_server):
         sessions.close()
 
 
+def reaper_run(dsn: str, application_name: str, *extra: str) -> subprocess.CompletedProcess:
+    """`reaper run` as a separate process, selecting one application idle past 0.5 s."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reaper",
+            "run",
+            "--dsn",
+            dsn,
+            *extra,
+            "--application-name",
+            application_name,
+            "--idle-seconds",
+            "0.5",
+            "--allow-short-thresholds",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
 def pids_of(admin_conn, application_name: str, state: str) -> list[int]:
     rows = admin_conn.execute(
         "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND state = %s",
@@ -159,48 +183,10 @@ def test_reaper_terminates_exactly_the_selected_psql_sessions_while_pgbench_runs
         text=True,
     )
     try:
-        dry = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "reaper",
-                "run",
-                "--dsn",
-                dsn,
-                "--dry-run",
-                "--application-name",
-                f"{prefix}-api",
-                "--idle-seconds",
-                "0.5",
-                "--allow-short-thresholds",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
+        dry = reaper_run(dsn, f"{prefix}-api", "--dry-run")
         assert dry.returncode == 0, dry.stderr
         assert all(alive(session_factory, pid) for pid in app_idle)
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "reaper",
-                "run",
-                "--dsn",
-                dsn,
-                "--json",
-                "--application-name",
-                f"{prefix}-api",
-                "--idle-seconds",
-                "0.5",
-                "--allow-short-thresholds",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
+        done = reaper_run(dsn, f"{prefix}-api", "--json")
     finally:
         output, _ = bench.communicate(timeout=60)
     # then exactly the app role's idle psql sessions are gone, everything else lives
