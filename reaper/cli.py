@@ -143,6 +143,22 @@ def _parser() -> argparse.ArgumentParser:
     schema = policy_commands.add_parser("schema", help="print the policy's JSON Schema")
     schema.set_defaults(handler=_command_policy_schema)
 
+    invoke = commands.add_parser(
+        "invoke",
+        help="run the Lambda handler locally on an event file, as `sam local invoke -e` would",
+    )
+    invoke.add_argument("event_file", type=Path, metavar="EVENT_FILE")
+    invoke.add_argument(
+        "--timeout", type=int, default=60, metavar="S", help="the function's timeout (default 60)"
+    )
+    invoke.add_argument(
+        "--memory", type=int, default=256, metavar="MB", help="the function's memory (default 256)"
+    )
+    invoke.add_argument(
+        "--function-name", default="idle-reaper", metavar="NAME", help="default idle-reaper"
+    )
+    invoke.set_defaults(handler=_command_invoke)
+
     demo = commands.add_parser("demo", help="show the reaper on a throwaway PostgreSQL")
     demo.add_argument(
         "--idle-seconds", type=float, default=3.0, help="threshold used by the demo (default 3)"
@@ -213,6 +229,17 @@ def _command_policy_check(args: argparse.Namespace) -> int:
 def _command_policy_schema(_args: argparse.Namespace) -> int:
     _print_json(policy_schema())
     return EXIT_OK
+
+
+def _command_invoke(args: argparse.Namespace) -> int:
+    from reaper.invoke import invoke_main
+
+    return invoke_main(
+        args.event_file,
+        function_name=args.function_name,
+        timeout_seconds=args.timeout,
+        memory_mb=args.memory,
+    )
 
 
 def _command_demo(args: argparse.Namespace) -> int:

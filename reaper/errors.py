@@ -46,3 +46,11 @@ class PassAbortedError(ReaperError):
 
 class LocalPostgresError(ReaperError):
     """Raised when a throwaway local PostgreSQL cluster cannot be started or stopped."""
+
+
+class DeadlineExceededError(ReaperError):
+    """Reported when a target's pass cannot start or finish within its share of the time left."""
+
+
+class TargetsFailedError(ReaperError):
+    """Raised at the end of a Lambda invocation when the pass failed on at least one target."""

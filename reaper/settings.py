@@ -1,18 +1,270 @@
-"""Settings from the environment (prefix REAPER_): the only module that reads os.environ."""
+"""Settings from the environment: the only module that reads os.environ.
+
+`LocalSettings` is what the command line takes (REAPER_DATABASE_URL). `LambdaSettings` is the
+function's whole configuration (prefix REAPER_): where the policy comes from, how to reach each
+target, TLS and time limits. `ObservabilitySettings` reads the Powertools variables the Logger
+and Metrics objects need when the module defining them is imported.
+"""
 
 from __future__ import annotations
 
-from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
+
+from reaper.errors import SettingsError
+
+ENV_PREFIX = "REAPER_"
+DEFAULT_TARGET_NAME = "default"
+DEFAULT_PORT = 5432
+DEFAULT_DBNAME = "postgres"
+
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+# Modes that may skip TLS altogether: combined with a CA bundle they hide a misconfiguration.
+_UNVERIFIED_SSLMODES: tuple[SslMode, ...] = ("disable", "allow", "prefer")
+
+# Target names become a CloudWatch dimension value and appear in logs: keep them plain.
+TARGET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$"
+
+# Fields whose raw input may hold a password: validation errors never repeat their value.
+_SECRET_FIELDS = frozenset({"database_url", "targets"})
 
 
 class LocalSettings(BaseSettings):
     """What the command line takes from the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="REAPER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     database_url: SecretStr | None = None
 
     def database_url_value(self) -> str | None:
         """The DSN, if set; it may hold a password, so never print it."""
         return self.database_url.get_secret_value() if self.database_url else None
+
+
+class ObservabilitySettings(BaseSettings):
+    """The Powertools variables (no REAPER_ prefix) with the function's defaults."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
+
+    service_name: str = Field(default="idle-reaper", validation_alias="POWERTOOLS_SERVICE_NAME")
+    metrics_namespace: str = Field(
+        default="IdleReaper", validation_alias="POWERTOOLS_METRICS_NAMESPACE"
+    )
+
+
+class TargetEntry(BaseModel):
+    """One database to act on: a name, and what it changes in the base connection settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=TARGET_NAME_PATTERN)
+    host: str | None = Field(default=None, min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    dbname: str | None = Field(default=None, min_length=1)
+    # A complete connection string of its own (local use); may hold a password.
+    dsn: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _dsn_or_overrides(self) -> TargetEntry:
+        if self.dsn is not None and (self.host or self.port or self.dbname):
+            raise ValueError(
+                f"target {self.name!r}: give either 'dsn' or 'host'/'port'/'dbname' overrides, "
+                "not both"
+            )
+        return self
+
+
+class LambdaSettings(BaseSettings):
+    """The Lambda function's configuration (every variable is documented in docs/tuning.md)."""
+
+    # Empty variables count as unset: a template's "" default must not mean "the empty path".
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", env_ignore_empty=True)
+
+    policy_parameter: str | None = Field(default=None, min_length=1, max_length=2048)
+    policy_file: Path | None = None
+    policy_cache_seconds: int = Field(default=60, ge=0, le=3600)
+    secret_cache_seconds: int = Field(default=300, ge=0, le=86_400)
+
+    database_url: SecretStr | None = None
+    secret_id: str | None = Field(default=None, min_length=1)
+    iam_auth: bool = False
+    db_host: str | None = Field(default=None, min_length=1)
+    db_port: int | None = Field(default=None, ge=1, le=65535)
+    db_name: str | None = Field(default=None, min_length=1)
+    db_user: str | None = Field(default=None, min_length=1)
+    targets: Annotated[tuple[TargetEntry, ...] | None, NoDecode] = None
+
+    sslmode: SslMode | None = None
+    sslrootcert: Path | None = None
+    connect_timeout: int = Field(default=5, ge=1, le=60)
+    deadline_margin_seconds: float = Field(default=5.0, ge=0, le=600)
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _decode_targets(cls, value: Any) -> Any:
+        if not isinstance(value, str | bytes):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            # The position only: the text may contain a DSN with a password.
+            raise ValueError(
+                f"not valid JSON (line {exc.lineno} column {exc.colno}); expected a list such as "
+                '[{"name": "writer", "host": "..."}, {"name": "reader", "host": "..."}]'
+            ) from None
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_target_names(
+        cls, targets: tuple[TargetEntry, ...] | None
+    ) -> tuple[TargetEntry, ...] | None:
+        if targets is None:
+            return None
+        if not targets:
+            raise ValueError("the list is empty; leave REAPER_TARGETS unset for one target")
+        names = [target.name for target in targets]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"target names must be unique; repeated: {', '.join(repeated)}")
+        return targets
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> LambdaSettings:
+        if self.policy_parameter and self.policy_file:
+            raise ValueError(
+                "REAPER_POLICY_PARAMETER and REAPER_POLICY_FILE are both set; give one policy "
+                "source (the parameter in AWS, the file for local use)"
+            )
+        sources = [
+            name
+            for name, given in (
+                ("REAPER_DATABASE_URL", self.database_url is not None),
+                ("REAPER_SECRET_ID", self.secret_id is not None),
+                ("REAPER_IAM_AUTH", self.iam_auth),
+            )
+            if given
+        ]
+        if len(sources) > 1:
+            raise ValueError(
+                f"{' and '.join(sources)} are all set; give one way to log in to the database"
+            )
+        self._check_iam_settings()
+        self._check_targets_reachable()
+        self._check_tls()
+        return self
+
+    def _check_iam_settings(self) -> None:
+        given = [
+            f"{ENV_PREFIX}{name.upper()}"
+            for name in ("db_host", "db_port", "db_name", "db_user")
+            if getattr(self, name) is not None
+        ]
+        if not self.iam_auth:
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} only apply with REAPER_IAM_AUTH=true; to point a secret "
+                    "at another endpoint use REAPER_TARGETS"
+                )
+            return
+        if self.db_user is None:
+            raise ValueError("REAPER_IAM_AUTH=true needs REAPER_DB_USER (the rds_iam user)")
+        every_target_has_host = self.targets is not None and all(t.host for t in self.targets)
+        if self.db_host is None and not every_target_has_host:
+            raise ValueError(
+                "REAPER_IAM_AUTH=true needs REAPER_DB_HOST, or a 'host' in every REAPER_TARGETS "
+                "entry"
+            )
+
+    def _check_targets_reachable(self) -> None:
+        has_base = self.database_url is not None or self.secret_id is not None or self.iam_auth
+        if self.targets is None:
+            if not has_base:
+                raise ValueError(
+                    "no target configured: set REAPER_DATABASE_URL, REAPER_SECRET_ID, or "
+                    "REAPER_IAM_AUTH=true with REAPER_DB_HOST and REAPER_DB_USER (or "
+                    "REAPER_TARGETS entries that each carry a 'dsn')"
+                )
+            return
+        for index, target in enumerate(self.targets):
+            if target.dsn is None and not has_base:
+                raise ValueError(
+                    f"REAPER_TARGETS[{index}] ({target.name!r}) has no 'dsn' and there is no "
+                    "base connection (REAPER_DATABASE_URL, REAPER_SECRET_ID or REAPER_IAM_AUTH) "
+                    "for it to override"
+                )
+
+    def _check_tls(self) -> None:
+        if self.sslrootcert is not None and self.sslmode in _UNVERIFIED_SSLMODES:
+            raise ValueError(
+                f"REAPER_SSLROOTCERT is set but REAPER_SSLMODE={self.sslmode} may not even use "
+                "TLS; use require (then verify-full applies), verify-ca or verify-full"
+            )
+
+    def target_entries(self) -> tuple[TargetEntry, ...]:
+        """The targets to act on: REAPER_TARGETS, or one target named 'default'."""
+        return self.targets or (TargetEntry(name=DEFAULT_TARGET_NAME),)
+
+    def effective_sslmode(self) -> SslMode:
+        """The sslmode for secret and IAM targets: require by default, verify-full with a CA."""
+        if self.sslrootcert is not None:
+            # A CA bundle is given to be used: upgrade require (the template's default) to a
+            # full check; an explicit verify-ca (certificates without the host name) is kept.
+            return "verify-ca" if self.sslmode == "verify-ca" else "verify-full"
+        return self.sslmode or "require"
+
+    def database_url_value(self) -> str | None:
+        """The base DSN, if set; it may hold a password, so never print it."""
+        return self.database_url.get_secret_value() if self.database_url else None
+
+
+def load_lambda_settings() -> LambdaSettings:
+    """Read and validate the function's settings from the environment.
+
+    Raises:
+        SettingsError: naming each bad variable and what is wrong; the value is repeated only
+            for variables that cannot hold a password.
+    """
+    try:
+        return LambdaSettings()
+    except ValidationError as exc:
+        raise SettingsError(
+            f"invalid settings: {describe_settings_error(exc, prefix=ENV_PREFIX)}"
+        ) from exc
+    except PydanticSettingsError as exc:
+        # pydantic-settings' own message names the field and the source, never the value.
+        raise SettingsError(f"invalid settings: {exc}") from exc
+
+
+def describe_settings_error(exc: ValidationError, *, prefix: str) -> str:
+    """One readable clause per problem, naming the environment variable (and the value only when
+    the variable cannot hold a password)."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        location = error["loc"]
+        message = error["msg"].removeprefix("Value error, ")
+        if not location:
+            problems.append(message)
+            continue
+        field_name = str(location[0])
+        path = (
+            prefix
+            + field_name.upper()
+            + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location[1:])
+        )
+        shown = error["type"] != "missing" and field_name not in _SECRET_FIELDS
+        value = f" (got {error['input']!r:.80})" if shown else ""
+        problems.append(f"{path}: {message}{value}")
+    return "; ".join(problems)

@@ -1,0 +1,211 @@
+"""The Powertools Logger and Metrics objects, the metric names, and how a pass result becomes
+CloudWatch EMF metrics and audit log lines.
+
+Both objects are created at import (a warm Lambda reuses them) and touch nothing but stdout:
+the EMF blobs are log lines, so the function needs no CloudWatch API access from its VPC.
+Nothing here ever logs a Target's connection parameters; error messages arrive redacted.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from dataclasses import asdict
+from typing import IO, TYPE_CHECKING, Any, cast
+
+from aws_lambda_powertools import Logger, Metrics, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import (
+    AmazonCloudWatchEMFProvider,
+)
+
+from reaper.result import Outcome
+from reaper.settings import ObservabilitySettings
+
+if TYPE_CHECKING:
+    from reaper.result import PassResult, SessionRecord
+
+# Metric names: the template's alarms and dashboard use the same strings.
+SESSIONS_EXAMINED = "SessionsExamined"
+SESSIONS_MATCHED = "SessionsMatched"
+SESSIONS_TERMINATED = "SessionsTerminated"
+TERMINATIONS_REFUSED = "TerminationsRefused"
+CLIENT_CONNECTIONS = "ClientConnections"
+MAX_CONNECTIONS = "MaxConnections"
+CONNECTION_UTILIZATION = "ConnectionUtilization"
+OLDEST_IDLE_SECONDS = "OldestIdleSeconds"
+TARGET_ERRORS = "TargetErrors"
+POLICY_ERRORS = "PolicyErrors"
+SESSIONS_TERMINATED_BY_APPLICATION = "SessionsTerminatedByApplication"
+
+TARGET_DIMENSION = "Target"
+APPLICATION_DIMENSION = "Application"
+SERVICE_DIMENSION = "service"
+# CloudWatch refuses an empty dimension value; a session may have no application_name.
+NO_APPLICATION = "(none)"
+
+# Outcomes that get an audit line of their own: what was done, what would have been done, and
+# what the database refused.
+AUDITED_OUTCOMES = (Outcome.TERMINATED, Outcome.WOULD_TERMINATE, Outcome.REFUSED)
+
+
+class _CurrentStdout(io.TextIOBase):
+    """Writes to whatever sys.stdout is at the time of the write.
+
+    Powertools' Logger binds its stream when it is created; the Lambda runtime, `reaper invoke`
+    and pytest's capture may each have replaced sys.stdout since this module was imported.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+_settings = ObservabilitySettings()
+SERVICE_NAME = _settings.service_name
+NAMESPACE = _settings.metrics_namespace
+
+logger = Logger(service=SERVICE_NAME, stream=cast("IO[str]", _CurrentStdout()))
+# Invocation-level metrics (PolicyErrors), flushed by @metrics.log_metrics; each target's
+# metrics go out in a blob of their own (see record_result) so dimension sets never mix.
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE_NAME)
+
+
+def record_policy_outcome(metrics: Metrics, *, failed: bool) -> None:
+    """PolicyErrors: 1 when the policy could not be loaded, else 0 (so the alarm has data)."""
+    metrics.add_metric(name=POLICY_ERRORS, unit=MetricUnit.Count, value=1 if failed else 0)
+
+
+def record_result(result: PassResult) -> None:
+    """Print one EMF blob with the target's metrics (dimension Target), plus one per application
+    that had sessions terminated (dimensions Target and Application)."""
+    target_metrics = _target_metrics(result.target)
+    target_metrics.add_metric(name=TARGET_ERRORS, unit=MetricUnit.Count, value=0)
+    if not result.skipped:
+        counts = result.counts
+        for name, value in (
+            (SESSIONS_EXAMINED, counts.examined),
+            (SESSIONS_MATCHED, counts.matched),
+            (SESSIONS_TERMINATED, counts.terminated),
+            (TERMINATIONS_REFUSED, counts.refused),
+        ):
+            target_metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+        if result.connections is not None:
+            picture = result.connections
+            target_metrics.add_metric(
+                name=CLIENT_CONNECTIONS, unit=MetricUnit.Count, value=picture.client_connections
+            )
+            target_metrics.add_metric(
+                name=MAX_CONNECTIONS, unit=MetricUnit.Count, value=picture.max_connections
+            )
+            # What the pass left behind: the alarm asks whether reaping keeps up.
+            target_metrics.add_metric(
+                name=CONNECTION_UTILIZATION,
+                unit=MetricUnit.Percent,
+                value=round(picture.utilization_after * 100, 2),
+            )
+        target_metrics.add_metric(
+            name=OLDEST_IDLE_SECONDS,
+            unit=MetricUnit.Seconds,
+            value=round(result.oldest_idle_seconds or 0.0, 3),
+        )
+    target_metrics.flush_metrics()
+    for application, terminated in sorted(result.terminated_by_application().items()):
+        with single_metric(
+            name=SESSIONS_TERMINATED_BY_APPLICATION,
+            unit=MetricUnit.Count,
+            value=terminated,
+            namespace=NAMESPACE,
+            default_dimensions={
+                TARGET_DIMENSION: result.target,
+                APPLICATION_DIMENSION: application or NO_APPLICATION,
+                SERVICE_DIMENSION: SERVICE_NAME,
+            },
+        ):
+            pass
+
+
+def record_target_error(target: str) -> None:
+    """Print one EMF blob with TargetErrors=1 for a target whose pass failed."""
+    target_metrics = _target_metrics(target)
+    target_metrics.add_metric(name=TARGET_ERRORS, unit=MetricUnit.Count, value=1)
+    target_metrics.flush_metrics()
+
+
+def audit(logger: Logger, result: PassResult) -> None:
+    """One log line per terminated, would-be-terminated or refused session, then a summary
+    line for the target."""
+    for record in result.sessions:
+        if record.outcome in AUDITED_OUTCOMES:
+            log = logger.warning if record.outcome is Outcome.REFUSED else logger.info
+            outcome = record.outcome.value.replace("_", " ")
+            log(
+                f"session {record.pid} {outcome} on target {result.target}",
+                extra=_session_fields(result, record),
+            )
+    connections = result.connections
+    logger.info(
+        f"pass on target {result.target} "
+        + ("skipped: another reaper holds the lock" if result.skipped else "finished"),
+        extra={
+            "audit": "summary",
+            "target": result.target,
+            "status": "skipped" if result.skipped else "ok",
+            "dry_run": result.dry_run,
+            "duration_seconds": round(result.duration_seconds, 3),
+            "counts": asdict(result.counts),
+            "client_connections": connections.client_connections if connections else None,
+            "max_connections": connections.max_connections if connections else None,
+            "usable_connections": connections.usable_connections if connections else None,
+            "utilization_before_percent": (
+                round(connections.utilization_before * 100, 2) if connections else None
+            ),
+            "utilization_after_percent": (
+                round(connections.utilization_after * 100, 2) if connections else None
+            ),
+            "oldest_idle_seconds": result.oldest_idle_seconds,
+            "gate_open": result.gate_open,
+            "server_version_num": result.server_version_num,
+        },
+    )
+
+
+def log_target_error(logger: Logger, target: str, error: BaseException) -> None:
+    """The error line for a target whose pass failed (the message is already redacted)."""
+    logger.error(
+        f"pass on target {target} failed: {error}",
+        extra={
+            "audit": "target_error",
+            "target": target,
+            "error_type": type(error).__name__,
+            "error": str(error),
+        },
+    )
+
+
+def _target_metrics(target: str) -> AmazonCloudWatchEMFProvider:
+    # A provider of its own (not the shared Metrics object) so this blob carries exactly the
+    # dimensions Target and service, whatever else the invocation has pending.
+    provider = AmazonCloudWatchEMFProvider(namespace=NAMESPACE, service=SERVICE_NAME)
+    provider.add_dimension(name=TARGET_DIMENSION, value=target)
+    return provider
+
+
+def _session_fields(result: PassResult, record: SessionRecord) -> dict[str, Any]:
+    return {
+        "audit": "session",
+        "target": result.target,
+        "outcome": record.outcome.value,
+        "dry_run": result.dry_run,
+        "pid": record.pid,
+        "user": record.user,
+        "database": record.database,
+        "application_name": record.application_name,
+        "client_addr": record.client_addr,
+        "state": record.state,
+        "idle_seconds": None if record.idle_seconds is None else round(record.idle_seconds, 1),
+        "rule": record.rule,
+        "reason": record.reason.value,
+    }

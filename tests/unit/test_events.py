@@ -1,0 +1,147 @@
+"""The events the handler accepts: each shape is recognised, anything unknown or malformed is an
+EventError naming the field."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reaper.errors import EventError
+from reaper.events import Invocation, parse_event, select_targets
+
+EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
+
+
+def event(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS_DIR / name).read_text())
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("scheduled.json", Invocation("scheduled", run_pass=True)),
+        ("scheduler.json", Invocation("scheduled", run_pass=True)),
+        ("alarm.json", Invocation("alarm", run_pass=True)),
+        ("alarm-ok.json", Invocation("alarm", run_pass=False)),
+        ("manual-dry-run.json", Invocation("manual", run_pass=True, force_dry_run=True)),
+        ("manual-target.json", Invocation("manual", run_pass=True, targets=("default",))),
+    ],
+)
+def test_every_shipped_event_is_recognised(name, expected) -> None:
+    invocation = parse_event(event(name))
+    assert (
+        invocation.kind,
+        invocation.run_pass,
+        invocation.force_dry_run,
+        invocation.targets,
+    ) == (expected.kind, expected.run_pass, expected.force_dry_run, expected.targets)
+
+
+def test_every_file_in_events_is_covered_here() -> None:
+    covered = {
+        "scheduled.json",
+        "scheduler.json",
+        "alarm.json",
+        "alarm-ok.json",
+        "manual-dry-run.json",
+        "manual-target.json",
+    }
+    assert {path.name for path in EVENTS_DIR.glob("*.json")} == covered
+
+
+def test_scheduler_input_with_placeholders_filled_in_is_a_scheduled_event() -> None:
+    # EventBridge Scheduler fills <aws.scheduler.*> in the template's Input, and may send the
+    # detail as the string "{}".
+    scheduled = event("scheduler.json")
+    scheduled["detail"] = "{}"
+    assert parse_event(scheduled).kind == "scheduled"
+
+
+def test_alarm_description_names_the_alarm_and_its_state() -> None:
+    assert parse_event(event("alarm.json")).description == (
+        "alarm orders-db-connections-high is ALARM"
+    )
+
+
+def test_insufficient_data_alarm_runs_no_pass() -> None:
+    alarm = event("alarm.json")
+    alarm["detail"]["state"]["value"] = "INSUFFICIENT_DATA"
+    assert parse_event(alarm).run_pass is False
+
+
+def test_alarm_detail_tolerates_fields_aws_adds() -> None:
+    # AWS owns the detail object: a new key there must not turn into a missed pass.
+    alarm = event("alarm.json")
+    alarm["detail"]["state"]["actionsSuppressedBy"] = "WaitPeriod"
+    alarm["detail"]["alarmType"] = "MetricAlarm"
+    assert parse_event(alarm).run_pass is True
+
+
+def _with(name: str, path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    document = copy.deepcopy(event(name))
+    node = document
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return document
+
+
+REFUSED = [
+    pytest.param(_with("scheduled.json", ("detial",), {}), "detial", id="envelope-typo"),
+    pytest.param(
+        _with("scheduled.json", ("detail", "dry_run"), True), "detail.dry_run", id="sched"
+    ),
+    pytest.param(_with("scheduled.json", ("source",), "my.app"), "source", id="sched-source"),
+    pytest.param(_with("scheduled.json", ("time",), "yesterday"), "time", id="sched-time"),
+    pytest.param(
+        _with("alarm.json", ("detail", "state", "value"), "FIRING"),
+        "detail.state.value",
+        id="alarm-state",
+    ),
+    pytest.param(_with("alarm.json", ("source",), "aws.events"), "source", id="alarm-source"),
+    pytest.param(
+        _with("scheduled.json", ("detail-type",), "Object Created"),
+        "detail-type",
+        id="other-detail-type",
+    ),
+    pytest.param({"action": "reap", "dry_runn": True}, "dry_runn", id="manual-typo"),
+    pytest.param({"action": "terminate-all"}, "action", id="manual-action"),
+    pytest.param({"action": "reap", "dry_run": "yes"}, "dry_run", id="manual-dry-run-string"),
+    pytest.param({"action": "reap", "targets": "writer"}, "targets", id="manual-targets-string"),
+    pytest.param({"action": "reap", "targets": []}, "targets", id="manual-targets-empty"),
+    pytest.param({"action": "reap", "targets": [" writer"]}, "targets[0]", id="manual-bad-name"),
+    pytest.param({"dry_run": True}, "keys: dry_run", id="no-shape"),
+    pytest.param([{"action": "reap"}], "JSON object", id="not-an-object"),
+]
+
+
+@pytest.mark.parametrize(("document", "named"), REFUSED)
+def test_unknown_or_malformed_field_is_an_event_error_naming_it(document, named) -> None:
+    with pytest.raises(EventError) as raised:
+        parse_event(document)
+    assert named in str(raised.value)
+
+
+def test_manual_dry_run_false_leaves_the_policy_in_charge() -> None:
+    assert parse_event({"action": "reap", "dry_run": False}).force_dry_run is False
+
+
+@pytest.mark.parametrize(
+    ("wanted", "expected"),
+    [
+        (None, ("writer", "reader")),
+        (("reader",), ("reader",)),
+        (("reader", "writer"), ("writer", "reader")),
+    ],
+)
+def test_targets_are_selected_by_name_in_configuration_order(wanted, expected) -> None:
+    assert select_targets(("writer", "reader"), wanted) == expected
+
+
+def test_selecting_an_unconfigured_target_names_it_and_the_configured_ones() -> None:
+    with pytest.raises(EventError, match=r"'replica' not configured; configured targets: writer"):
+        select_targets(("writer",), ("replica",))

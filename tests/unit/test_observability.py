@@ -1,0 +1,152 @@
+"""Pass results become EMF metrics (one dimension set per blob) and audit log lines."""
+
+from __future__ import annotations
+
+from reaper import observability
+from reaper.planning import Reason
+from reaper.result import Connections, Counts, Outcome, PassResult, SessionRecord
+from tests.fix_aws import emf_blobs, emf_metrics, log_records, metric
+
+
+def session(pid: int, outcome: Outcome, application_name: str = "lambda:orders") -> SessionRecord:
+    return SessionRecord(
+        pid=pid,
+        user="app",
+        database="orders",
+        application_name=application_name,
+        client_addr="10.0.3.17",
+        state="idle",
+        idle_seconds=1234.56,
+        rule="lambda",
+        reason=Reason.NOT_SIGNALLABLE if outcome is Outcome.REFUSED else Reason.IDLE_TOO_LONG,
+        outcome=outcome,
+    )
+
+
+RESULT = PassResult(
+    target="writer",
+    dry_run=False,
+    skipped=False,
+    duration_seconds=0.0421,
+    gate_open=True,
+    server_version_num=180000,
+    connections=Connections(
+        client_connections=90,
+        max_connections=100,
+        reserved_connections=3,
+        usable_connections=97,
+        utilization_before=90 / 97,
+        utilization_after=87 / 97,
+    ),
+    oldest_idle_seconds=1234.56,
+    counts=Counts(examined=95, matched=6, planned=4, terminated=3, refused=1),
+    sessions=(
+        session(101, Outcome.TERMINATED),
+        session(102, Outcome.TERMINATED),
+        session(103, Outcome.TERMINATED, application_name=""),
+        session(104, Outcome.REFUSED),
+        session(105, Outcome.SPARED),
+    ),
+)
+
+
+def test_a_pass_result_becomes_one_blob_of_target_metrics(capsys) -> None:
+    # when a result is recorded
+    observability.record_result(RESULT)
+
+    # then the target's metrics share one blob with dimensions Target and service
+    out = capsys.readouterr().out
+    expected = {
+        "SessionsExamined": (95, "Count"),
+        "SessionsMatched": (6, "Count"),
+        "SessionsTerminated": (3, "Count"),
+        "TerminationsRefused": (1, "Count"),
+        "ClientConnections": (90, "Count"),
+        "MaxConnections": (100, "Count"),
+        "ConnectionUtilization": (89.69, "Percent"),
+        "OldestIdleSeconds": (1234.56, "Seconds"),
+        "TargetErrors": (0, "Count"),
+    }
+    target_blob = emf_blobs(out)[0]
+    assert target_blob["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["Target", "service"]]
+    for name, (value, unit) in expected.items():
+        found = metric(out, name, Target="writer")
+        assert (found.value, found.unit, found.namespace) == (value, unit, "IdleReaper")
+
+
+def test_terminations_are_counted_per_application_in_blobs_of_their_own(capsys) -> None:
+    observability.record_result(RESULT)
+    out = capsys.readouterr().out
+    by_app = [m for m in emf_metrics(out) if m.name == "SessionsTerminatedByApplication"]
+    assert {m.dimensions["Application"]: m.value for m in by_app} == {
+        "lambda:orders": 2,
+        "(none)": 1,  # CloudWatch refuses an empty dimension value
+    }
+    assert {tuple(map(tuple, m.dimension_sets)) for m in by_app} == {
+        (("Target", "Application", "service"),)
+    }
+
+
+def test_a_skipped_pass_reports_no_session_metrics(capsys) -> None:
+    skipped = PassResult(target="writer", dry_run=False, skipped=True, duration_seconds=0.01)
+    observability.record_result(skipped)
+    out = capsys.readouterr().out
+    assert [m.name for m in emf_metrics(out)] == ["TargetErrors"]
+    assert metric(out, "TargetErrors", Target="writer").value == 0
+
+
+def test_a_failed_target_reports_target_errors_1(capsys) -> None:
+    observability.record_target_error("reader")
+    out = capsys.readouterr().out
+    found = metric(out, "TargetErrors", Target="reader")
+    assert (found.value, found.dimensions) == (1, {"Target": "reader", "service": "idle-reaper"})
+
+
+def test_policy_errors_are_invocation_metrics_without_a_target(capsys) -> None:
+    observability.record_policy_outcome(observability.metrics, failed=True)
+    observability.metrics.flush_metrics()
+    out = capsys.readouterr().out
+    found = metric(out, "PolicyErrors")
+    assert (found.value, found.dimensions) == (1, {"service": "idle-reaper"})
+
+
+def test_audit_logs_each_terminated_and_refused_session_then_a_summary(capsys) -> None:
+    # when a result is audited
+    observability.audit(observability.logger, RESULT)
+
+    # then each terminated or refused session has its line, the spared one none
+    records = log_records(capsys.readouterr().out)
+    sessions = [r for r in records if r.get("audit") == "session"]
+    assert [(r["pid"], r["outcome"], r["level"]) for r in sessions] == [
+        (101, "terminated", "INFO"),
+        (102, "terminated", "INFO"),
+        (103, "terminated", "INFO"),
+        (104, "refused", "WARNING"),
+    ]
+    first = sessions[0]
+    assert {k: first[k] for k in ("user", "database", "application_name", "client_addr")} == {
+        "user": "app",
+        "database": "orders",
+        "application_name": "lambda:orders",
+        "client_addr": "10.0.3.17",
+    }
+    assert (first["state"], first["idle_seconds"], first["target"]) == ("idle", 1234.6, "writer")
+    # and one summary line for the target, with the utilization before and after
+    (summary,) = [r for r in records if r.get("audit") == "summary"]
+    assert summary["counts"]["terminated"] == 3
+    assert summary["utilization_before_percent"] == 92.78
+    assert summary["utilization_after_percent"] == 89.69
+    assert summary["duration_seconds"] == 0.042
+
+
+def test_dry_run_sessions_are_audited_as_would_terminate(capsys) -> None:
+    dry = PassResult(
+        target="writer",
+        dry_run=True,
+        skipped=False,
+        duration_seconds=0.01,
+        sessions=(session(201, Outcome.WOULD_TERMINATE),),
+    )
+    observability.audit(observability.logger, dry)
+    (line,) = [r for r in log_records(capsys.readouterr().out) if r.get("audit") == "session"]
+    assert (line["outcome"], line["dry_run"]) == ("would_terminate", True)

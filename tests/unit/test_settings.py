@@ -1,0 +1,201 @@
+"""LambdaSettings: every impossible configuration is a SettingsError naming the variables, and
+no error message ever repeats a password."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reaper.errors import SettingsError
+from reaper.settings import LambdaSettings, LocalSettings, TargetEntry, load_lambda_settings
+
+DSN = "postgresql://reaper:s3cret-pw@db.internal:5432/postgres"
+
+
+def load(monkeypatch: pytest.MonkeyPatch, **variables: str) -> LambdaSettings:
+    for name, value in variables.items():
+        monkeypatch.setenv(f"REAPER_{name.upper()}", value)
+    return load_lambda_settings()
+
+
+def test_a_dsn_alone_is_a_complete_local_configuration(function_env) -> None:
+    settings = load(function_env, database_url=DSN)
+    assert settings.target_entries() == (TargetEntry(name="default"),)
+    assert settings.database_url_value() == DSN
+    assert settings.policy_cache_seconds == 60
+    assert settings.connect_timeout == 5
+    assert settings.deadline_margin_seconds == 5.0
+
+
+def test_empty_variables_count_as_unset(function_env) -> None:
+    # A template's "" default for an optional parameter must not mean "the empty path".
+    settings = load(function_env, database_url=DSN, policy_file="", sslrootcert="", targets="")
+    assert settings.policy_file is None
+    assert settings.sslrootcert is None
+    assert settings.targets is None
+
+
+def test_lambda_settings_keep_the_command_lines_settings_working(function_env) -> None:
+    function_env.setenv("REAPER_DATABASE_URL", DSN)
+    assert LocalSettings().database_url_value() == DSN
+
+
+BAD_CONFIGURATIONS = [
+    pytest.param(
+        {"database_url": DSN, "policy_parameter": "/p", "policy_file": "policy.json"},
+        ["REAPER_POLICY_PARAMETER", "REAPER_POLICY_FILE"],
+        id="two-policy-sources",
+    ),
+    pytest.param({}, ["no target configured", "REAPER_DATABASE_URL"], id="no-target"),
+    pytest.param(
+        {"database_url": DSN, "secret_id": "db"},
+        ["REAPER_DATABASE_URL", "REAPER_SECRET_ID"],
+        id="two-logins",
+    ),
+    pytest.param(
+        {"iam_auth": "true", "db_host": "db.internal"}, ["REAPER_DB_USER"], id="iam-without-user"
+    ),
+    pytest.param({"iam_auth": "true", "db_user": "reaper"}, ["REAPER_DB_HOST"], id="iam-no-host"),
+    pytest.param(
+        {"secret_id": "db", "db_host": "db.internal"},
+        ["REAPER_DB_HOST", "REAPER_IAM_AUTH"],
+        id="db-host-without-iam",
+    ),
+    pytest.param(
+        {"database_url": DSN, "targets": '[{"name": "writer"'},
+        ["REAPER_TARGETS", "not valid JSON"],
+        id="targets-not-json",
+    ),
+    pytest.param(
+        {"database_url": DSN, "targets": '[{"name": "w"}, {"name": "w"}]'},
+        ["REAPER_TARGETS", "repeated: w"],
+        id="targets-repeated",
+    ),
+    pytest.param(
+        {"database_url": DSN, "targets": '[{"name": "w", "hots": "x"}]'},
+        ["REAPER_TARGETS[0].hots"],
+        id="targets-unknown-key",
+    ),
+    pytest.param(
+        {"database_url": DSN, "targets": '[{"name": "has space"}]'},
+        ["REAPER_TARGETS[0].name"],
+        id="targets-bad-name",
+    ),
+    pytest.param(
+        {"database_url": DSN, "targets": "[]"}, ["REAPER_TARGETS", "empty"], id="targets-empty"
+    ),
+    pytest.param(
+        {"targets": '[{"name": "writer", "host": "db.internal"}]'},
+        ["REAPER_TARGETS[0]", "no 'dsn'"],
+        id="target-without-base",
+    ),
+    pytest.param(
+        {"targets": json.dumps([{"name": "w", "dsn": DSN, "host": "other"}])},
+        ["REAPER_TARGETS", "either 'dsn'"],
+        id="target-dsn-and-host",
+    ),
+    pytest.param(
+        {"secret_id": "db", "sslmode": "prefer", "sslrootcert": "/ca.pem"},
+        ["REAPER_SSLROOTCERT", "REAPER_SSLMODE=prefer"],
+        id="ca-bundle-without-tls",
+    ),
+    pytest.param(
+        {"secret_id": "db", "sslmode": "requir"}, ["REAPER_SSLMODE", "'requir'"], id="sslmode"
+    ),
+    pytest.param(
+        {"database_url": DSN, "connect_timeout": "0"}, ["REAPER_CONNECT_TIMEOUT"], id="timeout"
+    ),
+    pytest.param(
+        {"database_url": DSN, "policy_cache_seconds": "soon"},
+        ["REAPER_POLICY_CACHE_SECONDS"],
+        id="cache-seconds",
+    ),
+]
+
+
+@pytest.mark.parametrize(("variables", "named"), BAD_CONFIGURATIONS)
+def test_impossible_configuration_is_a_settings_error_naming_the_variables(
+    function_env, variables, named
+) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load(function_env, **variables)
+    for text in named:
+        assert text in str(raised.value)
+    assert "s3cret-pw" not in str(raised.value)
+
+
+def test_malformed_targets_never_repeat_a_dsn_they_hold(function_env) -> None:
+    # given a REAPER_TARGETS whose entry is valid JSON but has a bad field next to a DSN
+    targets = json.dumps([{"name": "w", "dsn": DSN, "port": "not-a-port"}])
+
+    # when it is loaded, then the error names the field but not the password
+    with pytest.raises(SettingsError, match=r"REAPER_TARGETS\[0\]\.port") as raised:
+        load(function_env, targets=targets)
+    assert "s3cret-pw" not in str(raised.value)
+
+
+@given(
+    password=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=12, max_size=24),
+    garbage=st.sampled_from(
+        ["", "}", ",", '{"name":', "[[", ", null]", ', {"name": "w"}]', ', {"port": 0}]']
+    ),
+)
+def test_no_malformed_targets_document_leaks_its_password(password: str, garbage: str) -> None:
+    # given any broken REAPER_TARGETS holding a DSN with a password
+    text = f'[{{"name": "w", "dsn": "postgresql://u:{password}@h/db"}}{garbage}'
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REAPER_DATABASE_URL", DSN)
+        patch.setenv("REAPER_TARGETS", text)
+        # when it is loaded, then it fails without the password
+        with pytest.raises(SettingsError) as raised:
+            load_lambda_settings()
+    assert password not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("sslmode", "sslrootcert", "expected"),
+    [
+        (None, None, "require"),
+        ("require", None, "require"),
+        ("verify-ca", None, "verify-ca"),
+        (None, "/ca.pem", "verify-full"),
+        ("require", "/ca.pem", "verify-full"),
+        ("verify-ca", "/ca.pem", "verify-ca"),
+        ("verify-full", "/ca.pem", "verify-full"),
+        ("disable", None, "disable"),
+    ],
+)
+def test_tls_is_required_by_default_and_verified_with_a_ca_bundle(
+    function_env, sslmode, sslrootcert, expected
+) -> None:
+    variables = {"secret_id": "db"}
+    if sslmode:
+        variables["sslmode"] = sslmode
+    if sslrootcert:
+        variables["sslrootcert"] = sslrootcert
+    settings = load(function_env, **variables)
+    assert settings.effective_sslmode() == expected
+
+
+def test_several_targets_share_one_secret_with_their_own_endpoints(function_env) -> None:
+    settings = load(
+        function_env,
+        secret_id="arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf",
+        targets=json.dumps(
+            [
+                {"name": "writer", "host": "orders.cluster-abc.rds.amazonaws.com"},
+                {"name": "reader", "host": "orders.cluster-ro-abc.rds.amazonaws.com", "port": 5433},
+            ]
+        ),
+    )
+    assert [entry.name for entry in settings.target_entries()] == ["writer", "reader"]
+    assert settings.target_entries()[1].port == 5433
+
+
+def test_policy_file_setting_is_a_path(function_env) -> None:
+    settings = load(function_env, database_url=DSN, policy_file="conf/policy.json")
+    assert settings.policy_file == Path("conf/policy.json")
