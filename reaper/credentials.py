@@ -12,10 +12,10 @@ import functools
 import json
 from typing import TYPE_CHECKING, Any
 
-import boto3  # type: ignore[import-untyped]
+import boto3
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
-from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+from botocore.exceptions import BotoCoreError, ClientError
 
 from reaper.errors import CredentialsError
 from reaper.policy_source import AWS_CLIENT_CONFIG, aws_error_reason

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.parameters import SSMProvider
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
-from botocore.config import Config  # type: ignore[import-untyped]
-from botocore.exceptions import ClientError  # type: ignore[import-untyped]
+from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from reaper.errors import PolicyError
 from reaper.policy import parse_policy, policy_from_mapping
