@@ -6,6 +6,7 @@ the handler turns it into metrics and audit lines, and both serialise it with `t
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -155,16 +156,20 @@ def summarize(
             )
         )
 
+    # One pass each over records and decisions (a pass may examine thousands of sessions).
+    outcome_counts = Counter(r.outcome for r in records)
+    reason_counts = Counter(d.reason for d in plan.decisions)
+
     def outcomes(outcome: Outcome) -> int:
-        return sum(1 for r in records if r.outcome is outcome)
+        return outcome_counts[outcome]
 
     def reasons(reason: Reason) -> int:
-        return sum(1 for d in plan.decisions if d.reason is reason)
+        return reason_counts[reason]
 
     counts = Counts(
         examined=len(records),
         matched=sum(1 for d in plan.decisions if d.rule is not None),
-        planned=len(plan.to_terminate),
+        planned=reason_counts[Reason.IDLE_TOO_LONG],
         terminated=outcomes(Outcome.TERMINATED),
         would_terminate=outcomes(Outcome.WOULD_TERMINATE),
         refused=outcomes(Outcome.REFUSED),

@@ -75,10 +75,11 @@ TERMINATE: Final[LiteralString] = (
 WITH me AS (
     SELECT rolsuper FROM pg_roles WHERE rolname = current_user
 ),
+-- Arrays travel in binary (%b): thousands of timestamps quoted as text cost more than the plan.
 planned AS (
     SELECT *
-    FROM unnest(%(pids)s::int[], %(backend_starts)s::timestamptz[],
-                %(states)s::text[], %(state_changes)s::timestamptz[])
+    FROM unnest(%(pids)b::int[], %(backend_starts)b::timestamptz[],
+                %(states)b::text[], %(state_changes)b::timestamptz[])
          AS p(pid, backend_start, state, state_change)
 ),
 live AS (
