@@ -75,7 +75,7 @@ TERMINATE: Final[LiteralString] = (
 WITH me AS (
     SELECT rolsuper FROM pg_roles WHERE rolname = current_user
 ),
--- Arrays travel in binary (%b): thousands of timestamps quoted as text cost more than the plan.
+-- Arrays travel in binary format: quoting thousands of timestamps as text costs more than the plan.
 planned AS (
     SELECT *
     FROM unnest(%(pids)b::int[], %(backend_starts)b::timestamptz[],
