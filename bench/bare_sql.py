@@ -1,0 +1,43 @@
+"""The statement a DBA would type into psql to do the reaper's job, in one statement.
+
+It selects what the benchmark's policy selects (Lambda applications, idle longer than the
+threshold, client backends other than its own) and, like the reaper, leaves superusers' sessions
+alone: run by the reaper's least-privilege role, a single superuser's backend in the set would
+make `pg_terminate_backend` raise "must be a superuser to terminate superuser process" and abort
+the statement, terminating nothing at all. What it does not do, and the
+reaper does: re-check each session at signal time (pid reuse, a session that ran something
+since), spare LISTEN sessions, cap the terminations, report a reason per session.
+
+The same text is sent by psycopg (in-process timing) and by `psql -c` (process timing); the
+threshold is a literal, as typed by hand.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+_TEMPLATE = """\
+SELECT {selected}
+FROM pg_stat_activity AS a
+JOIN pg_roles AS r ON r.oid = a.usesysid
+WHERE a.application_name LIKE {pattern}
+  AND a.state = 'idle'
+  AND a.state_change < now() - {threshold}::interval
+  AND a.backend_type = 'client backend'
+  AND a.pid <> pg_backend_pid()
+  AND NOT r.rolsuper"""
+
+
+def bare_statement(*, idle_seconds: float, like_pattern: str, terminate: bool) -> str:
+    """The one-statement reap (`terminate`) or its dry-run twin that lists the pids.
+
+    Returns:
+        SQL text with every value inlined as a quoted literal (what psql is given).
+    """
+    selected = "pg_terminate_backend(a.pid)" if terminate else "a.pid"
+    query = sql.SQL(_TEMPLATE).format(
+        selected=sql.SQL(selected),
+        pattern=sql.Literal(like_pattern),
+        threshold=sql.Literal(f"{idle_seconds:g} seconds"),
+    )
+    return query.as_string(None)
