@@ -172,26 +172,6 @@ def invoke_event(event: Any, context: LocalLambdaContext) -> Any:
         return lambda_handler(event, context)
 
 
-def invoke(
-    event_file: Path,
-    *,
-    function_name: str = DEFAULT_FUNCTION_NAME,
-    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
-    memory_mb: int = DEFAULT_MEMORY_MB,
-) -> Any:
-    """Run the handler once on the event in `event_file` and return its response.
-
-    Raises:
-        EventError: the event file is unreadable or not JSON (nothing was invoked).
-        Exception: whatever the handler raised.
-    """
-    event = read_event(event_file)
-    context = local_context(
-        function_name=function_name, timeout_seconds=timeout_seconds, memory_mb=memory_mb
-    )
-    return invoke_event(event, context)
-
-
 def invoke_main(
     event_file: Path,
     *,
