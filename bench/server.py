@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import psycopg
-from psycopg import sql
 
 from reaper.local_postgres import LocalPostgres
+from reaper.roles import REAPER_GRANTS, create_login_role
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 REAPER_ROLE = "bench_reaper"
 APP_ROLE = "bench_app"
 # The privileges docs/database-role.md gives the reaper's role.
-REAPER_GRANTS = ("pg_monitor", "pg_signal_backend")
 # Slots beyond the largest fleet: spared sessions, the admin, the reaper, psql, autovacuum.
 HEADROOM_CONNECTIONS = 300
 # PBKDF2 iterations in bench_app's SCRAM verifier (PostgreSQL's default is 4,096); see above.
@@ -92,23 +91,8 @@ def bench_server(binaries: PostgresBinaries, *, max_connections: int) -> Iterato
         reaper_password = secrets.token_urlsafe(18)
         app_password = secrets.token_urlsafe(18)
         with psycopg.connect(server.dsn(), autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                    sql.Identifier(REAPER_ROLE), sql.Literal(reaper_password)
-                )
-            )
-            for grant in REAPER_GRANTS:
-                admin.execute(
-                    sql.SQL("GRANT {} TO {}").format(
-                        sql.Identifier(grant), sql.Identifier(REAPER_ROLE)
-                    )
-                )
-            admin.execute(
-                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                    sql.Identifier(APP_ROLE),
-                    sql.Literal(scram_verifier(app_password, _APP_SCRAM_ITERATIONS)),
-                )
-            )
+            create_login_role(admin, REAPER_ROLE, reaper_password, grants=REAPER_GRANTS)
+            create_login_role(admin, APP_ROLE, scram_verifier(app_password, _APP_SCRAM_ITERATIONS))
             row = admin.execute("SELECT version()").fetchone()
         yield BenchServer(
             server=server,

@@ -16,13 +16,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import sql as pgsql
 
 from reaper import engine
 from reaper.census import take_census
 from reaper.local_postgres import LocalPostgres, embedded_binaries
 from reaper.policy import policy_from_mapping
 from reaper.render import render_census, render_pass
+from reaper.roles import REAPER_GRANTS, create_login_role
 from reaper.run import run_pass
 from reaper.target import Target
 
@@ -97,21 +97,8 @@ def _create_roles(server: LocalPostgres) -> str:
     """The reaper's least-privilege role (docs/database-role.md) and the fleet's app role."""
     reaper_password = "demo-" + str(server.port)
     with psycopg.connect(server.dsn(), autocommit=True) as admin:
-        for role, password, grants in (
-            ("idle_reaper", reaper_password, ("pg_monitor", "pg_signal_backend")),
-            ("app", "app-password", ()),
-        ):
-            admin.execute(
-                pgsql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                    pgsql.Identifier(role), pgsql.Literal(password)
-                )
-            )
-            for grant in grants:
-                admin.execute(
-                    pgsql.SQL("GRANT {} TO {}").format(
-                        pgsql.Identifier(grant), pgsql.Identifier(role)
-                    )
-                )
+        create_login_role(admin, "idle_reaper", reaper_password, grants=REAPER_GRANTS)
+        create_login_role(admin, "app", "app-password")
     return reaper_password
 
 

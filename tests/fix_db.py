@@ -32,6 +32,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from reaper.errors import LocalPostgresError
 from reaper.local_postgres import LocalPostgres, PostgresBinaries, available_binaries
+from reaper.roles import REAPER_GRANTS, create_login_role
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -410,29 +411,22 @@ class RoleFactory:
         name_prefix: str,
         *,
         superuser: bool = False,
-        grants: Sequence[str] = ("pg_monitor", "pg_signal_backend"),
+        grants: Sequence[str] = REAPER_GRANTS,
         login: bool = True,
     ) -> Role:
         """Create a role named `{name_prefix}_{random hex}`, member of `grants`; dropped later."""
         role = Role(
             name=f"{name_prefix}_{secrets.token_hex(4)}", password=secrets.token_urlsafe(16)
         )
-        # CREATE ROLE takes no bind parameters, so the password goes in as a quoted literal.
-        self._admin_conn.execute(
-            sql.SQL("CREATE ROLE {name} WITH {superuser} {login} PASSWORD {password}").format(
-                name=sql.Identifier(role.name),
-                superuser=sql.SQL("SUPERUSER" if superuser else "NOSUPERUSER"),
-                login=sql.SQL("LOGIN" if login else "NOLOGIN"),
-                password=sql.Literal(role.password),
-            )
+        create_login_role(
+            self._admin_conn,
+            role.name,
+            role.password,
+            grants=grants,
+            superuser=superuser,
+            login=login,
         )
         self._names.append(role.name)
-        for granted in grants:
-            self._admin_conn.execute(
-                sql.SQL("GRANT {granted} TO {name}").format(
-                    granted=sql.Identifier(granted), name=sql.Identifier(role.name)
-                )
-            )
         return role
 
     def _has_sessions(self, name: str) -> bool:
