@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,16 @@ def policy_for(factory: SessionFactory, **overrides: Any) -> Policy:
     rule.update(overrides.pop("rule", {}))
     return policy_from_mapping(
         {"rules": [rule], "allow_short_thresholds": True, **overrides}, source="test"
+    )
+
+
+def policy_document(application_names: list[str], threshold: float) -> str:
+    """A policy as JSON text: reap these applications idle past `threshold`."""
+    return json.dumps(
+        {
+            "rules": [{"application_names": application_names, "states": {"idle": threshold}}],
+            "allow_short_thresholds": True,
+        }
     )
 
 

@@ -23,6 +23,7 @@ from reaper.invoke import local_context
 from reaper.settings import TargetEntry, load_lambda_settings
 from tests.fix_aws import SECRET_NAME, log_records, metric, rds_secret_document
 from tests.fix_db import wait_until
+from tests.functional.reaping import policy_document
 
 if TYPE_CHECKING:
     from tests.fix_aws import RdsSecret
@@ -50,19 +51,7 @@ def reaper_role(role_factory):
 def policy_file(function_env, session_factory, tmp_path) -> Path:
     """REAPER_POLICY_FILE: reap this test's 'orders' sessions idle past THRESHOLD."""
     path = tmp_path / "policy.json"
-    path.write_text(
-        json.dumps(
-            {
-                "rules": [
-                    {
-                        "application_names": [session_factory.app("orders")],
-                        "states": {"idle": THRESHOLD},
-                    }
-                ],
-                "allow_short_thresholds": True,
-            }
-        )
-    )
+    path.write_text(policy_document([session_factory.app("orders")], THRESHOLD))
     function_env.setenv("REAPER_POLICY_FILE", str(path))
     return path
 

@@ -111,6 +111,17 @@ def database_url(function_env, reaper_dsn) -> str:
     return reaper_dsn
 
 
+@pytest.fixture
+def writer_and_unreachable_reader(function_env, reaper_dsn) -> None:
+    """REAPER_TARGETS: a reachable writer and a reader nobody listens for."""
+    function_env.setenv(
+        "REAPER_TARGETS",
+        json.dumps(
+            [{"name": "writer", "dsn": reaper_dsn}, {"name": "reader", "dsn": UNREACHABLE_DSN}]
+        ),
+    )
+
+
 def invoke(event: dict[str, Any], *, timeout_seconds: int = 60) -> dict[str, Any]:
     return lambda_handler(event, local_context(timeout_seconds=timeout_seconds))
 
@@ -393,15 +404,9 @@ def test_manual_dry_run_event_terminates_nothing_even_if_the_policy_would(
 
 
 def test_one_unreachable_target_does_not_stop_the_others_but_fails_the_invocation(
-    apps, reaper_dsn, policy_parameter, function_env, capsys
+    apps, writer_and_unreachable_reader, policy_parameter, capsys
 ) -> None:
     # given two targets, the reader unreachable, and a stale session on the writer's server
-    function_env.setenv(
-        "REAPER_TARGETS",
-        json.dumps(
-            [{"name": "writer", "dsn": reaper_dsn}, {"name": "reader", "dsn": UNREACHABLE_DSN}]
-        ),
-    )
     policy_parameter.put(apps.policy())
     pid = apps.open("orders")
     wait_past_threshold()
@@ -427,15 +432,9 @@ def test_one_unreachable_target_does_not_stop_the_others_but_fails_the_invocatio
 
 
 def test_manual_event_naming_one_target_leaves_the_others_alone(
-    apps, reaper_dsn, policy_parameter, function_env, capsys
+    apps, writer_and_unreachable_reader, policy_parameter, capsys
 ) -> None:
     # given two targets, the reader unreachable
-    function_env.setenv(
-        "REAPER_TARGETS",
-        json.dumps(
-            [{"name": "writer", "dsn": reaper_dsn}, {"name": "reader", "dsn": UNREACHABLE_DSN}]
-        ),
-    )
     policy_parameter.put(apps.policy())
     pid = apps.open("orders")
     wait_past_threshold()

@@ -16,6 +16,7 @@ from reaper.errors import EventError
 from reaper.invoke import invoke_main, local_context
 from tests.fix_aws import emf_metrics, json_lines, log_records, metric
 from tests.fix_db import dsn_for, wait_until
+from tests.functional.reaping import policy_document
 
 EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
 EVENT_FILES = sorted(EVENTS_DIR.glob("*.json"))
@@ -43,19 +44,7 @@ def local_function(pg_server, role_factory, session_factory, function_env, tmp_p
     reaper = role_factory("reaper")
     function_env.setenv("REAPER_DATABASE_URL", dsn_for(pg_server, reaper.name, reaper.password))
     policy = tmp_path / "policy.json"
-    policy.write_text(
-        json.dumps(
-            {
-                "rules": [
-                    {
-                        "application_names": [session_factory.app("orders")],
-                        "states": {"idle": THRESHOLD},
-                    }
-                ],
-                "allow_short_thresholds": True,
-            }
-        )
-    )
+    policy.write_text(policy_document([session_factory.app("orders")], THRESHOLD))
     function_env.setenv("REAPER_POLICY_FILE", str(policy))
     for name in ("AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_EXECUTION_ENV"):
         function_env.delenv(name, raising=False)
