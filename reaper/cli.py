@@ -23,11 +23,11 @@ from reaper import __version__, errors
 from reaper.engine import Timeouts
 from reaper.policy import (
     IDLE_STATES,
-    parse_policy,
     policy_from_mapping,
     policy_schema,
     render_policy,
 )
+from reaper.policy_file import read_policy_file
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -222,7 +222,7 @@ def _command_report(args: argparse.Namespace) -> int:
 
 
 def _command_policy_check(args: argparse.Namespace) -> int:
-    print(render_policy(_read_policy_file(args.file)))
+    print(render_policy(read_policy_file(args.file)))
     return EXIT_OK
 
 
@@ -255,7 +255,7 @@ def _policy_from_args(args: argparse.Namespace) -> Policy:
                 "--policy replaces the selection flags; drop --application-name/--state or "
                 "put them in the policy document"
             )
-        return _read_policy_file(args.policy)
+        return read_policy_file(args.policy)
     if not args.application_name:
         raise errors.SettingsError(
             "say what to reap: --application-name GLOB (repeatable) or --policy FILE"
@@ -275,14 +275,6 @@ def _policy_from_args(args: argparse.Namespace) -> Policy:
         },
         source="command-line flags",
     )
-
-
-def _read_policy_file(path: Path) -> Policy:
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise errors.PolicyError(f"cannot read policy file {path}: {exc.strerror}") from exc
-    return parse_policy(text, source=str(path))
 
 
 def _target_from_args(args: argparse.Namespace) -> Target:

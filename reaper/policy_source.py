@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 
 from reaper.errors import PolicyError
 from reaper.policy import parse_policy, policy_from_mapping
+from reaper.policy_file import policy_source_name, read_policy_file
 
 if TYPE_CHECKING:
     from reaper.policy import Policy
@@ -74,14 +75,7 @@ def load_policy(settings: LambdaSettings) -> LoadedPolicy:
         return LoadedPolicy(parse_policy(text, source=source), source)
     if settings.policy_file is not None:
         path = settings.policy_file
-        source = f"policy file {path}"
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise PolicyError(f"cannot read {source}: {exc.strerror}") from exc
-        except UnicodeDecodeError as exc:
-            raise PolicyError(f"{source} is not UTF-8 text") from exc
-        return LoadedPolicy(parse_policy(text, source=source), source)
+        return LoadedPolicy(read_policy_file(path), policy_source_name(path))
     return LoadedPolicy(DEFAULT_POLICY, DEFAULT_POLICY_SOURCE)
 
 
