@@ -157,28 +157,22 @@ def summarize(
         )
 
     # One pass each over records and decisions (a pass may examine thousands of sessions).
-    outcome_counts = Counter(r.outcome for r in records)
-    reason_counts = Counter(d.reason for d in plan.decisions)
-
-    def outcomes(outcome: Outcome) -> int:
-        return outcome_counts[outcome]
-
-    def reasons(reason: Reason) -> int:
-        return reason_counts[reason]
+    outcomes = Counter(r.outcome for r in records)
+    reasons = Counter(d.reason for d in plan.decisions)
 
     counts = Counts(
         examined=len(records),
         matched=sum(1 for d in plan.decisions if d.rule is not None),
-        planned=reason_counts[Reason.IDLE_TOO_LONG],
-        terminated=outcomes(Outcome.TERMINATED),
-        would_terminate=outcomes(Outcome.WOULD_TERMINATE),
-        refused=outcomes(Outcome.REFUSED),
-        vanished=outcomes(Outcome.VANISHED),
-        changed=outcomes(Outcome.CHANGED),
-        skipped_by_cap=reasons(Reason.OVER_CAP),
-        skipped_by_target=reasons(Reason.OVER_TARGET),
-        kept_as_newest=reasons(Reason.KEPT_AS_NEWEST),
-        gate_closed=reasons(Reason.GATE_CLOSED),
+        planned=reasons[Reason.IDLE_TOO_LONG],
+        terminated=outcomes[Outcome.TERMINATED],
+        would_terminate=outcomes[Outcome.WOULD_TERMINATE],
+        refused=outcomes[Outcome.REFUSED],
+        vanished=outcomes[Outcome.VANISHED],
+        changed=outcomes[Outcome.CHANGED],
+        skipped_by_cap=reasons[Reason.OVER_CAP],
+        skipped_by_target=reasons[Reason.OVER_TARGET],
+        kept_as_newest=reasons[Reason.KEPT_AS_NEWEST],
+        gate_closed=reasons[Reason.GATE_CLOSED],
     )
     picture = snapshot.connections
     remaining = picture.client_connections - counts.terminated
