@@ -4,11 +4,11 @@ Usage: python -m bench.lambda_child EVENT_FILE RESULT_FILE
 
 The parent sets REAPER_DATABASE_URL and REAPER_POLICY_FILE, starts this module, and reads the
 child's peak RSS from os.wait4 when it exits. Here the handler module is imported (Lambda's INIT
-phase), then invoked once through `reaper.invoke` exactly as `reaper invoke` does; its log lines
+phase), then invoked once through `reaper.cli.invoke` exactly as `reaper invoke` does; its log lines
 (EMF metrics, one audit line per session acted on) go to stdout, as they go to CloudWatch. The
 timings and the counts go to RESULT_FILE as JSON.
 
-When `reaper.handler` cannot be imported the pass runs through `run_pass` instead and the result
+When `reaper.aws.handler` cannot be imported the pass runs through `run_pass` instead and the result
 says so ("mode": "run_pass"), so a half-written handler never stops the benchmark.
 """
 
@@ -26,8 +26,8 @@ def main(argv: list[str]) -> int:
     event_file, result_file = Path(argv[0]), Path(argv[1])
     started = time.perf_counter()
     try:
-        import reaper.handler  # noqa: F401  (the INIT phase of a cold start)
-        from reaper.invoke import invoke_event, local_context, read_event
+        import reaper.aws.handler  # noqa: F401  (the INIT phase of a cold start)
+        from reaper.cli.invoke import invoke_event, local_context, read_event
     except ImportError as exc:
         return _run_pass_instead(result_file, started, f"{type(exc).__name__}: {exc}")
     imported = time.perf_counter()
@@ -54,9 +54,9 @@ def main(argv: list[str]) -> int:
 def _run_pass_instead(result_file: Path, started: float, why: str) -> int:
     import os
 
-    from reaper.policy import parse_policy
+    from reaper.core.policy import parse_policy
+    from reaper.pg.target import Target
     from reaper.run import run_pass
-    from reaper.target import Target
 
     imported = time.perf_counter()
     cpu_before = time.process_time()

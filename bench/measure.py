@@ -32,25 +32,25 @@ from psycopg.conninfo import conninfo_to_dict
 
 import reaper.run
 from bench.errors import BenchError
-from reaper import engine
-from reaper.policy import policy_from_mapping
-from reaper.target import Target
+from reaper.core.policy import policy_from_mapping
+from reaper.pg import gateway
+from reaper.pg.target import Target
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
 
-    from reaper.policy import Policy
+    from reaper.core.policy import Policy
 
 # The steps of run_pass, in the order it calls them: (name, module, attribute). The bench wraps
 # these attributes with timers for the duration of one timed pass, so the breakdown comes from
 # the very pass being timed, through its one path, not from a re-enactment of it.
 _PASS_STEPS: tuple[tuple[str, Any, str], ...] = (
-    ("connect", engine, "connect"),
-    ("lock", engine, "try_pass_lock"),
-    ("snapshot", engine, "take_snapshot"),
+    ("connect", gateway, "connect"),
+    ("lock", gateway, "try_pass_lock"),
+    ("snapshot", gateway, "take_snapshot"),
     ("visibility", reaper.run, "check_visibility"),
     ("plan", reaper.run, "plan"),
-    ("terminate", engine, "terminate"),
+    ("terminate", gateway, "terminate"),
     ("result", reaper.run, "summarize"),
 )
 # What the steps leave out: closing the connection, building the list of planned signals.

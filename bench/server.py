@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from reaper.local_postgres import LocalPostgres
-from reaper.roles import REAPER_GRANTS, create_login_role
+from reaper.local.cluster import LocalPostgres
+from reaper.local.roles import REAPER_GRANTS, create_login_role
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from reaper.local_postgres import PostgresBinaries
+    from reaper.local.cluster import PostgresBinaries
 
 REAPER_ROLE = "bench_reaper"
 APP_ROLE = "bench_app"

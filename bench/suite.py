@@ -46,14 +46,14 @@ from bench.measure import (
 )
 from bench.server import HEADROOM_CONNECTIONS, bench_server
 from bench.sessions import LAMBDA_GLOB, Fleet, FleetChecker, spared_sessions
-from reaper.local_postgres import debian_binaries, embedded_binaries
+from reaper.local.cluster import debian_binaries, embedded_binaries
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from bench.measure import Timing
     from bench.server import BenchServer
-    from reaper.local_postgres import PostgresBinaries
+    from reaper.local.cluster import PostgresBinaries
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Short, so the fleet qualifies for reaping a moment after it is opened (the benchmark waits
@@ -132,7 +132,7 @@ def run_suite(options: BenchOptions) -> dict[str, Any]:
     _say("\n== Lambda handler cold start (fresh interpreter per import) ==")
     # reaper.run is a stand-in only for a checkout that has no handler yet.
     handler_exists = (REPO_ROOT / "reaper" / "handler.py").exists()
-    handler_module = "reaper.handler" if handler_exists else "reaper.run"
+    handler_module = "reaper.aws.handler" if handler_exists else "reaper.run"
     results["cold_start"] = measure_cold_start(
         tools.python,
         handler_module=handler_module,

@@ -1,5 +1,5 @@
 """`python -m reaper` is the same as the `reaper` command."""
 
-from reaper.cli import main
+from reaper.cli.main import main
 
 raise SystemExit(main())

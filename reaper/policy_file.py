@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from reaper.core.policy import parse_policy
 from reaper.errors import PolicyError
-from reaper.policy import parse_policy
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from reaper.policy import Policy
+    from reaper.core.policy import Policy
 
 
 def policy_source_name(path: Path) -> str:

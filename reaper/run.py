@@ -8,21 +8,21 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from reaper import engine
-from reaper.planning import check_visibility, plan
-from reaper.result import skipped_result, summarize
+from reaper.core.planning import check_visibility, plan
+from reaper.core.result import skipped_result, summarize
+from reaper.pg import gateway
 
 if TYPE_CHECKING:
-    from reaper.policy import Policy
-    from reaper.result import PassResult
-    from reaper.target import Target
+    from reaper.core.policy import Policy
+    from reaper.core.result import PassResult
+    from reaper.pg.target import Target
 
 
 def run_pass(
     target: Target,
     policy: Policy,
     *,
-    timeouts: engine.Timeouts | None = None,
+    timeouts: gateway.Timeouts | None = None,
     force_dry_run: bool = False,
 ) -> PassResult:
     """Run one pass of the policy on one target.
@@ -42,21 +42,21 @@ def run_pass(
     """
     started = time.monotonic()
     dry_run = policy.dry_run or force_dry_run
-    with engine.connect(target, timeouts or engine.Timeouts()) as conn:
-        if not engine.try_pass_lock(conn):
+    with gateway.connect(target, timeouts or gateway.Timeouts()) as conn:
+        if not gateway.try_pass_lock(conn):
             return skipped_result(
                 target.name, dry_run=dry_run, duration_seconds=time.monotonic() - started
             )
-        snapshot = engine.take_snapshot(conn)
+        snapshot = gateway.take_snapshot(conn)
         check_visibility(snapshot)
         decisions = plan(snapshot, policy)
         signals = (
             {}
             if dry_run
-            else engine.terminate(
+            else gateway.terminate(
                 conn,
                 [
-                    engine.PlannedSignal(
+                    gateway.PlannedSignal(
                         pid=d.session.pid,
                         backend_start=d.session.backend_start,
                         state=d.session.state or "",

@@ -39,7 +39,8 @@ trap 'rm -rf "$work_dir"' EXIT
 # that no longer exist, and they would end up in the package.
 mkdir -p "$work_dir/src"
 cp "$project_dir/pyproject.toml" "$project_dir/README.md" "$work_dir/src/"
-tar -C "$project_dir" --exclude=__pycache__ -cf - reaper | tar -C "$work_dir/src" -xf -
+# reaper/local (throwaway clusters for the demo, tests and bench) has no place in the function.
+tar -C "$project_dir" --exclude=__pycache__ --exclude=reaper/local -cf - reaper | tar -C "$work_dir/src" -xf -
 "$python" -m pip wheel --quiet --no-deps --wheel-dir "$work_dir/wheel" "$work_dir/src"
 
 # Newest first: Lambda's Python 3.12 runtime (Amazon Linux 2023, glibc 2.34) runs all three.

@@ -65,7 +65,7 @@ def _reset_powertools() -> Iterator[None]:
 def _reset() -> None:
     from aws_lambda_powertools.utilities import parameters
 
-    from reaper import credentials, observability, policy_source
+    from reaper.aws import credentials, observability, policy_source
 
     observability.metrics.clear_metrics()
     parameters.clear_caches()

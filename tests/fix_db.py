@@ -31,8 +31,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from reaper.errors import LocalPostgresError
-from reaper.local_postgres import LocalPostgres, PostgresBinaries, available_binaries
-from reaper.roles import REAPER_GRANTS, create_login_role
+from reaper.local.cluster import LocalPostgres, PostgresBinaries, available_binaries
+from reaper.local.roles import REAPER_GRANTS, create_login_role
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence

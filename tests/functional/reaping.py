@@ -6,8 +6,8 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from reaper.policy import Policy, policy_from_mapping
-from reaper.target import Target
+from reaper.core.policy import Policy, policy_from_mapping
+from reaper.pg.target import Target
 from tests.fix_db import dsn_for, wait_until
 
 if TYPE_CHECKING:

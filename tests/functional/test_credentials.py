@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from psycopg import sql
 
-from reaper.credentials import build_target
+from reaper.aws.credentials import build_target
+from reaper.aws.handler import lambda_handler
+from reaper.aws.settings import TargetEntry, load_lambda_settings
+from reaper.cli.invoke import local_context
 from reaper.errors import CredentialsError, TargetsFailedError
-from reaper.handler import lambda_handler
-from reaper.invoke import local_context
-from reaper.settings import TargetEntry, load_lambda_settings
 from tests.fix_aws import SECRET_NAME, log_records, metric, rds_secret_document
 from tests.fix_db import wait_until
 from tests.functional.reaping import policy_document

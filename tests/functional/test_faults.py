@@ -7,16 +7,16 @@ import threading
 import psycopg
 import pytest
 
-from reaper import engine
-from reaper.cli import EXIT_UNSAFE, exit_code_for
+from reaper.cli.main import EXIT_UNSAFE, exit_code_for
 from reaper.errors import PassAbortedError
-from reaper.local_postgres import LocalPostgres, available_binaries
-from reaper.target import Target
+from reaper.local.cluster import LocalPostgres, available_binaries
+from reaper.pg import gateway
+from reaper.pg.target import Target
 from tests.fix_db import wait_until
 from tests.functional.reaping import alive, reaper_role, target_for
 
 # Long enough that only the event under test can end a blocked snapshot.
-PATIENT = engine.Timeouts(statement_ms=60_000, lock_ms=60_000)
+PATIENT = gateway.Timeouts(statement_ms=60_000, lock_ms=60_000)
 
 
 def waiting_on_a_lock(watcher: psycopg.Connection, pid: int) -> bool:
@@ -38,7 +38,7 @@ def lock_the_role_catalog(watcher: psycopg.Connection) -> psycopg.Connection:
 def snapshot_in_background(conn: psycopg.Connection, failures: list[BaseException]):
     def snapshot() -> None:
         try:
-            engine.take_snapshot(conn)
+            gateway.take_snapshot(conn)
         except BaseException as exc:  # inspected by the test
             failures.append(exc)
 
@@ -52,12 +52,12 @@ def test_statement_timeout_aborts_the_pass_with_a_clear_error(
 ) -> None:
     # given a reaper connected with a short statement_timeout (and a long lock_timeout)
     reaper = target_for(pg_server, reaper_role(role_factory))
-    with engine.connect(reaper, engine.Timeouts(statement_ms=300, lock_ms=60_000)) as conn:
+    with gateway.connect(reaper, gateway.Timeouts(statement_ms=300, lock_ms=60_000)) as conn:
         locker = lock_the_role_catalog(admin_conn)
         try:
             # when its snapshot cannot finish in time
             with pytest.raises(PassAbortedError, match="statement_timeout") as caught:
-                engine.take_snapshot(conn)
+                gateway.take_snapshot(conn)
         finally:
             locker.close()
         # then the pass stops with the "could not run safely" exit code
@@ -70,11 +70,11 @@ def test_lock_timeout_aborts_the_pass_with_a_clear_error(
     pg_server, admin_conn, role_factory
 ) -> None:
     reaper = target_for(pg_server, reaper_role(role_factory))
-    with engine.connect(reaper, engine.Timeouts(lock_ms=300)) as conn:
+    with gateway.connect(reaper, gateway.Timeouts(lock_ms=300)) as conn:
         locker = lock_the_role_catalog(admin_conn)
         try:
             with pytest.raises(PassAbortedError, match="lock_timeout"):
-                engine.take_snapshot(conn)
+                gateway.take_snapshot(conn)
         finally:
             locker.close()
 
@@ -82,7 +82,7 @@ def test_lock_timeout_aborts_the_pass_with_a_clear_error(
 def test_reaper_connection_killed_mid_pass_is_reported(pg_server, admin_conn, role_factory) -> None:
     reaper = target_for(pg_server, reaper_role(role_factory))
     failures: list[BaseException] = []
-    with engine.connect(reaper, PATIENT) as conn:
+    with gateway.connect(reaper, PATIENT) as conn:
         pid = conn.info.backend_pid
         locker = lock_the_role_catalog(admin_conn)
         try:
@@ -107,7 +107,7 @@ def test_server_shut_down_in_the_middle_of_a_pass(binaries) -> None:
         failures: list[BaseException] = []
         locker = None
         try:
-            with engine.connect(reaper, PATIENT) as conn:
+            with gateway.connect(reaper, PATIENT) as conn:
                 pid = conn.info.backend_pid
                 locker = lock_the_role_catalog(watcher)
                 worker = snapshot_in_background(conn, failures)
@@ -134,11 +134,11 @@ def test_sessions_survive_a_pass_that_fails_before_terminating(
     conn = session_factory(session_factory.app("orders"), user=app.name, password=app.password)
     pid = session_factory.pid_of(conn)
     reaper = target_for(pg_server, reaper_role(role_factory))
-    with engine.connect(reaper, engine.Timeouts(statement_ms=200, lock_ms=60_000)) as rc:
+    with gateway.connect(reaper, gateway.Timeouts(statement_ms=200, lock_ms=60_000)) as rc:
         locker = lock_the_role_catalog(admin_conn)
         try:
             with pytest.raises(PassAbortedError):
-                engine.take_snapshot(rc)
+                gateway.take_snapshot(rc)
         finally:
             locker.close()
     # then nothing was terminated

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from botocore.stub import Stubber
 
-from reaper import policy_source
-from reaper.engine import Timeouts
+from reaper.aws import policy_source
+from reaper.aws.fanout import MIN_PASS_SECONDS, timeouts_within
+from reaper.aws.handler import lambda_handler
+from reaper.cli.invoke import local_context
 from reaper.errors import (
     DeadlineExceededError,
     EventError,
@@ -24,9 +26,7 @@ from reaper.errors import (
     SettingsError,
     TargetsFailedError,
 )
-from reaper.handler import lambda_handler
-from reaper.invoke import local_context
-from reaper.targets import MIN_PASS_SECONDS, timeouts_within
+from reaper.pg.gateway import Timeouts
 from tests.fix_aws import emf_metrics, log_records, metric
 from tests.fix_db import dsn_for, wait_until
 

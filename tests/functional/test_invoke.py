@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from reaper.cli.invoke import invoke_main, local_context
 from reaper.errors import EventError
-from reaper.invoke import invoke_main, local_context
 from tests.fix_aws import emf_metrics, json_lines, log_records, metric
 from tests.fix_db import dsn_for, wait_until
 from tests.functional.reaping import policy_document

@@ -1,4 +1,4 @@
-"""Throwaway clusters (reaper.local_postgres) and the server fixtures (tests.fix_db) really work."""
+"""Throwaway clusters (reaper.local.cluster) and the server fixtures (tests.fix_db) really work."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from reaper.errors import LocalPostgresError
-from reaper.local_postgres import LocalPostgres, PostgresBinaries, available_binaries
+from reaper.local.cluster import LocalPostgres, PostgresBinaries, available_binaries
 from tests.fix_db import dsn_for
 
 if TYPE_CHECKING:

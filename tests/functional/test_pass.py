@@ -8,11 +8,11 @@ from dataclasses import replace
 
 import pytest
 
-from reaper import engine
+from reaper.core.planning import Reason, plan
+from reaper.core.policy import policy_from_mapping
+from reaper.core.result import Outcome
 from reaper.errors import AuthenticationError, VisibilityError
-from reaper.planning import Reason, plan
-from reaper.policy import policy_from_mapping
-from reaper.result import Outcome
+from reaper.pg import gateway
 from reaper.run import run_pass
 from tests.fix_db import wait_until
 from tests.functional.reaping import (
@@ -102,8 +102,8 @@ def test_own_backend_and_background_workers_are_never_planned(pg_server, reaper)
         source="test",
     )
     # when it is planned against the live server
-    with engine.connect(reaper) as conn:
-        snapshot = engine.take_snapshot(conn)
+    with gateway.connect(reaper) as conn:
+        snapshot = gateway.take_snapshot(conn)
     decisions = plan(snapshot, everything)
     # then the reaper's own backend and every non-client backend are protected
     by_pid = {d.session.pid: d for d in decisions.decisions}
@@ -218,8 +218,8 @@ def test_cap_terminates_the_oldest_first(session_factory, app_role, reaper) -> N
 def test_target_utilization_terminates_just_enough(session_factory, app_role, reaper) -> None:
     pids = [open_app(session_factory, app_role, "orders")[0] for _ in range(5)]
     wait_past_threshold()
-    with engine.connect(reaper) as conn:
-        picture = engine.take_snapshot(conn).connections
+    with gateway.connect(reaper) as conn:
+        picture = gateway.take_snapshot(conn).connections
     # a target that allows two fewer client connections than there are now
     target = (picture.client_connections - 2) / picture.usable_connections
     result = run_pass(reaper, policy_for(session_factory, target_utilization=target))
@@ -289,24 +289,24 @@ def test_session_that_ran_a_query_after_the_snapshot_is_spared(
     pid, conn = open_app(session_factory, app_role, "orders")
     gone, gone_conn = open_app(session_factory, app_role, "orders")
     wait_past_threshold()
-    with engine.connect(reaper) as reaper_conn:
-        snapshot = engine.take_snapshot(reaper_conn)
+    with gateway.connect(reaper) as reaper_conn:
+        snapshot = gateway.take_snapshot(reaper_conn)
         planned = plan(snapshot, policy_for(session_factory)).to_terminate
         assert {d.session.pid for d in planned} == {pid, gone}
         # when one runs a query and the other disconnects before the signal
         conn.execute("SELECT 1")
         gone_conn.close()
-        outcomes = engine.terminate(
+        outcomes = gateway.terminate(
             reaper_conn,
             [
-                engine.PlannedSignal(
+                gateway.PlannedSignal(
                     d.session.pid, d.session.backend_start, d.session.state, d.session.state_change
                 )
                 for d in planned
             ],
         )
     # then neither is signalled, and the active one lives on
-    assert outcomes == {pid: engine.SignalOutcome.CHANGED, gone: engine.SignalOutcome.VANISHED}
+    assert outcomes == {pid: Outcome.CHANGED, gone: Outcome.VANISHED}
     assert alive(session_factory, pid)
     assert conn.execute("SELECT 1").fetchone() == (1,)
 
@@ -315,23 +315,23 @@ def test_a_reused_pid_is_not_signalled(session_factory, app_role, reaper) -> Non
     # given a planned session whose recorded backend_start no longer matches (pid reuse)
     pid, _ = open_app(session_factory, app_role, "orders")
     wait_past_threshold()
-    with engine.connect(reaper) as reaper_conn:
-        snapshot = engine.take_snapshot(reaper_conn)
+    with gateway.connect(reaper) as reaper_conn:
+        snapshot = gateway.take_snapshot(reaper_conn)
         [decision] = plan(snapshot, policy_for(session_factory)).to_terminate
         s = decision.session
         earlier = s.backend_start.replace(microsecond=(s.backend_start.microsecond + 1) % 10**6)
-        outcomes = engine.terminate(
-            reaper_conn, [engine.PlannedSignal(pid, earlier, s.state, s.state_change)]
+        outcomes = gateway.terminate(
+            reaper_conn, [gateway.PlannedSignal(pid, earlier, s.state, s.state_change)]
         )
-    assert outcomes == {pid: engine.SignalOutcome.VANISHED}
+    assert outcomes == {pid: Outcome.VANISHED}
     assert alive(session_factory, pid)
 
 
 def test_second_concurrent_pass_skips(session_factory, app_role, reaper) -> None:
     pid, _ = open_app(session_factory, app_role, "orders")
     wait_past_threshold()
-    with engine.connect(reaper) as holder:
-        assert engine.try_pass_lock(holder)
+    with gateway.connect(reaper) as holder:
+        assert gateway.try_pass_lock(holder)
         result = run_pass(reaper, policy_for(session_factory))
     assert result.skipped
     assert alive(session_factory, pid)
@@ -415,7 +415,7 @@ def test_connection_closes_and_leaves_no_transaction(session_factory, admin_conn
 
 
 def test_reaper_connection_sets_its_name_and_timeouts(reaper) -> None:
-    with engine.connect(reaper) as conn:
+    with gateway.connect(reaper) as conn:
         settings = conn.execute(
             "SELECT current_setting('application_name'), current_setting('statement_timeout'),"
             " current_setting('lock_timeout'),"

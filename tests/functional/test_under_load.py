@@ -14,7 +14,7 @@ import time
 import pytest
 from psycopg import sql
 
-from reaper.result import Outcome
+from reaper.core.result import Outcome
 from reaper.run import run_pass
 from tests.functional.reaping import policy_for, reaper_role, target_for
 from tests.functional.test_real_clients import PGBENCH

@@ -7,8 +7,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from reaper.policy import IDLE_STATES, Policy, policy_from_mapping
-from reaper.snapshot import CLIENT_BACKEND, ConnectionPicture, Session, Snapshot
+from reaper.core.policy import IDLE_STATES, Policy, policy_from_mapping
+from reaper.core.snapshot import CLIENT_BACKEND, ConnectionPicture, Session, Snapshot
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 OWN_PID = 1

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from reaper.aws.events import Invocation, parse_event, select_targets
 from reaper.errors import EventError
-from reaper.events import Invocation, parse_event, select_targets
 
 EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from reaper import observability
-from reaper.planning import Reason
-from reaper.result import Connections, Counts, Outcome, PassResult, SessionRecord
+from reaper.aws import observability
+from reaper.core.planning import Reason
+from reaper.core.result import Connections, Counts, Outcome, PassResult, SessionRecord
 from tests.fix_aws import emf_blobs, emf_metrics, log_records, metric
 
 

@@ -7,9 +7,9 @@ from fnmatch import fnmatchcase
 import pytest
 from hypothesis import given, settings
 
+from reaper.core.planning import KEEPABLE_STATE, Reason, check_visibility, plan
+from reaper.core.snapshot import CLIENT_BACKEND
 from reaper.errors import VisibilityError
-from reaper.planning import KEEPABLE_STATE, Reason, check_visibility, plan
-from reaper.snapshot import CLIENT_BACKEND
 from tests.unit.planning_data import (
     OWN_PID,
     own_session,

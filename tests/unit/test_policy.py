@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reaper.errors import PolicyError
-from reaper.policy import (
+from reaper.core.policy import (
     THRESHOLD_FLOOR_SECONDS,
     Policy,
     parse_policy,
@@ -18,6 +17,7 @@ from reaper.policy import (
     policy_schema,
     render_policy,
 )
+from reaper.errors import PolicyError
 from tests.unit.planning_data import policies_strategy
 
 MINIMAL = {"rules": [{"application_names": ["lambda:*"]}]}

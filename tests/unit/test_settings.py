@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reaper.aws.settings import LambdaSettings, LocalSettings, TargetEntry, load_lambda_settings
 from reaper.errors import SettingsError
-from reaper.settings import LambdaSettings, LocalSettings, TargetEntry, load_lambda_settings
 
 DSN = "postgresql://reaper:s3cret-pw@db.internal:5432/postgres"
 

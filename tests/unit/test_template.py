@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from reaper.policy import parse_policy
+from reaper.core.policy import parse_policy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = REPO_ROOT / "template.yaml"

@@ -11,12 +11,11 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from reaper.engine import SignalOutcome
-from reaper.planning import Reason
+from reaper.core.planning import Reason
 
 if TYPE_CHECKING:
-    from reaper.planning import Plan
-    from reaper.snapshot import Snapshot
+    from reaper.core.planning import Plan
+    from reaper.core.snapshot import Snapshot
 
 
 class Outcome(StrEnum):
@@ -28,14 +27,6 @@ class Outcome(StrEnum):
     VANISHED = "vanished"  # planned, but gone or replaced before the signal
     CHANGED = "changed"  # planned, but it ran something since the snapshot: spared
     SPARED = "spared"
-
-
-_SIGNAL_TO_OUTCOME = {
-    SignalOutcome.TERMINATED: Outcome.TERMINATED,
-    SignalOutcome.REFUSED: Outcome.REFUSED,
-    SignalOutcome.VANISHED: Outcome.VANISHED,
-    SignalOutcome.CHANGED: Outcome.CHANGED,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +115,7 @@ def summarize(
     target: str,
     snapshot: Snapshot,
     plan: Plan,
-    signals: dict[int, SignalOutcome],
+    signals: dict[int, Outcome],
     *,
     dry_run: bool,
     duration_seconds: float,
@@ -134,9 +125,7 @@ def summarize(
     for decision in plan.decisions:
         session = decision.session
         if decision.terminate:
-            outcome = (
-                Outcome.WOULD_TERMINATE if dry_run else _SIGNAL_TO_OUTCOME[signals[session.pid]]
-            )
+            outcome = Outcome.WOULD_TERMINATE if dry_run else signals[session.pid]
         elif decision.reason is Reason.NOT_SIGNALLABLE:
             outcome = Outcome.REFUSED
         else:

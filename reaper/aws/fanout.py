@@ -13,17 +13,17 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from reaper.credentials import build_target, uses_secret
-from reaper.engine import Timeouts
+from reaper.aws.credentials import build_target, uses_secret
 from reaper.errors import AuthenticationError, DeadlineExceededError
+from reaper.pg.gateway import Timeouts
 from reaper.run import run_pass
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from reaper.policy import Policy
-    from reaper.result import PassResult
-    from reaper.settings import LambdaSettings, TargetEntry
+    from reaper.aws.settings import LambdaSettings, TargetEntry
+    from reaper.core.policy import Policy
+    from reaper.core.result import PassResult
 
 # Below this a pass cannot even connect and look: do not start one.
 MIN_PASS_SECONDS = 2.0

@@ -167,7 +167,7 @@ def invoke_event(event: Any, context: LocalLambdaContext) -> Any:
     """
     with emulated_environment(runtime_environment(context)):
         # Imported here, as the runtime imports the handler module inside its environment.
-        from reaper.handler import lambda_handler
+        from reaper.aws.handler import lambda_handler
 
         return lambda_handler(event, context)
 

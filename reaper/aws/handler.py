@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from reaper.errors import PolicyError, ReaperError, TargetsFailedError
-from reaper.events import parse_event, select_targets
-from reaper.observability import (
+from reaper.aws.events import parse_event, select_targets
+from reaper.aws.fanout import run_on_targets
+from reaper.aws.observability import (
     audit,
     log_target_error,
     logger,
@@ -27,23 +27,23 @@ from reaper.observability import (
     record_result,
     record_target_error,
 )
-from reaper.policy_source import load_policy
-from reaper.settings import load_lambda_settings
-from reaper.targets import run_on_targets
+from reaper.aws.policy_source import load_policy
+from reaper.aws.settings import load_lambda_settings
+from reaper.errors import PolicyError, ReaperError, TargetsFailedError
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
-    from reaper.events import Invocation
-    from reaper.policy_source import LoadedPolicy
-    from reaper.settings import LambdaSettings
-    from reaper.targets import TargetRun
+    from reaper.aws.events import Invocation
+    from reaper.aws.fanout import TargetRun
+    from reaper.aws.policy_source import LoadedPolicy
+    from reaper.aws.settings import LambdaSettings
 
 
 @logger.inject_lambda_context
 @metrics.log_metrics
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
-    """The function's handler (template.yaml: reaper.handler.lambda_handler)."""
+    """The function's handler (template.yaml: reaper.aws.handler.lambda_handler)."""
     return handle(event, context)
 
 

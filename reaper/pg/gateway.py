@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -16,14 +15,15 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from reaper import sql
+from reaper.core.result import Outcome
+from reaper.core.snapshot import ConnectionPicture, Session, Snapshot
 from reaper.errors import AuthenticationError, PassAbortedError, TargetUnreachableError
-from reaper.snapshot import ConnectionPicture, Session, Snapshot
+from reaper.pg import statements
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
-    from reaper.target import Target
+    from reaper.pg.target import Target
 
 APPLICATION_NAME = "idle-reaper"
 
@@ -40,15 +40,6 @@ class Timeouts:
     statement_ms: int = 30_000
     lock_ms: int = 1_000
     idle_in_transaction_ms: int = 10_000
-
-
-class SignalOutcome(StrEnum):
-    """What happened when a planned session was re-verified at signal time."""
-
-    TERMINATED = "terminated"
-    REFUSED = "refused"
-    VANISHED = "vanished"  # gone, or its pid now belongs to a new backend
-    CHANGED = "changed"  # ran something (or changed state) since the snapshot: spared
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,14 +85,14 @@ def connect(target: Target, timeouts: Timeouts = Timeouts()) -> psycopg.Connecti
 
 def try_pass_lock(conn: psycopg.Connection[Any]) -> bool:
     """Take the session-level pass lock; False if another reaper holds it on this database."""
-    row = _fetch_one(conn, sql.TRY_PASS_LOCK, {"key": sql.PASS_LOCK_KEY})
+    row = _fetch_one(conn, statements.TRY_PASS_LOCK, {"key": statements.PASS_LOCK_KEY})
     return bool(row[0])
 
 
 def take_snapshot(conn: psycopg.Connection[Any]) -> Snapshot:
     """Read every session and the connection limits in one statement."""
     with _database_errors(), conn.cursor(row_factory=dict_row) as cursor:
-        rows = cursor.execute(sql.SNAPSHOT).fetchall()
+        rows = cursor.execute(statements.SNAPSHOT).fetchall()
     first = rows[0]  # never empty: the reaper's own backend is always listed
     sessions = tuple(
         Session(
@@ -140,7 +131,7 @@ def take_snapshot(conn: psycopg.Connection[Any]) -> Snapshot:
 
 def terminate(
     conn: psycopg.Connection[Any], planned: Sequence[PlannedSignal]
-) -> dict[int, SignalOutcome]:
+) -> dict[int, Outcome]:
     """Signal exactly the planned sessions that are provably unchanged; report each one.
 
     Returns:
@@ -159,28 +150,28 @@ def terminate(
     }
     try:
         with _database_errors(pg_errors.InsufficientPrivilege), conn.cursor() as cursor:
-            rows = cursor.execute(sql.TERMINATE, params).fetchall()
+            rows = cursor.execute(statements.TERMINATE, params).fetchall()
     except pg_errors.InsufficientPrivilege:
         return dict(_terminate_one_by_one(conn, planned))
     outcomes = {}
     for pid, same_backend, unchanged, may_signal, signalled in rows:
         if signalled:
-            outcomes[pid] = SignalOutcome.TERMINATED
+            outcomes[pid] = Outcome.TERMINATED
         elif not same_backend:
-            outcomes[pid] = SignalOutcome.VANISHED
+            outcomes[pid] = Outcome.VANISHED
         elif not unchanged:
-            outcomes[pid] = SignalOutcome.CHANGED
+            outcomes[pid] = Outcome.CHANGED
         elif not may_signal:
-            outcomes[pid] = SignalOutcome.REFUSED
+            outcomes[pid] = Outcome.REFUSED
         else:
             # Verified but the signal found no such process: it exited in between.
-            outcomes[pid] = SignalOutcome.VANISHED
+            outcomes[pid] = Outcome.VANISHED
     return outcomes
 
 
 def _terminate_one_by_one(
     conn: psycopg.Connection[Any], planned: Sequence[PlannedSignal]
-) -> Iterator[tuple[int, SignalOutcome]]:
+) -> Iterator[tuple[int, Outcome]]:
     for signal in planned:
         params = {
             "pid": signal.pid,
@@ -190,14 +181,14 @@ def _terminate_one_by_one(
         }
         try:
             with _database_errors(pg_errors.InsufficientPrivilege), conn.cursor() as cursor:
-                row = cursor.execute(sql.TERMINATE_ONE, params).fetchone()
+                row = cursor.execute(statements.TERMINATE_ONE, params).fetchone()
         except pg_errors.InsufficientPrivilege:
-            yield signal.pid, SignalOutcome.REFUSED
+            yield signal.pid, Outcome.REFUSED
             continue
         if row is None:
-            yield signal.pid, SignalOutcome.CHANGED
+            yield signal.pid, Outcome.CHANGED
         else:
-            yield signal.pid, SignalOutcome.TERMINATED if row[0] else SignalOutcome.VANISHED
+            yield signal.pid, Outcome.TERMINATED if row[0] else Outcome.VANISHED
 
 
 def _fetch_one(conn: psycopg.Connection[Any], query: Any, params: dict[str, Any]) -> Any:

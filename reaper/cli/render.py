@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from reaper.census import HISTOGRAM_BOUNDS
-from reaper.result import Outcome
+from reaper.core.census import HISTOGRAM_BOUNDS
+from reaper.core.result import Outcome
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from reaper.census import Census
-    from reaper.result import PassResult
+    from reaper.core.census import Census
+    from reaper.core.result import PassResult
 
 # Spared sessions with these reasons are the noise of every server; the table leaves them out
 # unless asked (they still count in "examined" and appear in --json).

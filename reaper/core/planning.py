@@ -16,14 +16,14 @@ from enum import StrEnum
 from fnmatch import translate
 from typing import TYPE_CHECKING
 
+from reaper.core.snapshot import CLIENT_BACKEND
 from reaper.errors import VisibilityError
-from reaper.snapshot import CLIENT_BACKEND
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from reaper.policy import Policy, Rule
-    from reaper.snapshot import Session, Snapshot
+    from reaper.core.policy import Policy, Rule
+    from reaper.core.snapshot import Session, Snapshot
 
 
 # keep_newest spares only plain idle sessions: a warm function can reuse those, while a session

@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from reaper import engine
-from reaper.census import take_census
-from reaper.local_postgres import LocalPostgres, embedded_binaries
-from reaper.policy import policy_from_mapping
-from reaper.render import render_census, render_pass
-from reaper.roles import REAPER_GRANTS, create_login_role
+from reaper.cli.render import render_census, render_pass
+from reaper.core.census import take_census
+from reaper.core.policy import policy_from_mapping
+from reaper.local.cluster import LocalPostgres, embedded_binaries
+from reaper.local.roles import REAPER_GRANTS, create_login_role
+from reaper.pg import gateway
+from reaper.pg.target import Target
 from reaper.run import run_pass
-from reaper.target import Target
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from reaper.policy import Policy
+    from reaper.core.policy import Policy
 
 # (application_name, role, how many, state) of the simulated fleet.
 _FLEET: tuple[tuple[str, str, int, str], ...] = (
@@ -151,8 +151,8 @@ def _start_long_query(conn: psycopg.Connection[Any]) -> threading.Thread:
 
 
 def _census(target: Target) -> str:
-    with engine.connect(target) as conn:
-        snapshot = engine.take_snapshot(conn)
+    with gateway.connect(target) as conn:
+        snapshot = gateway.take_snapshot(conn)
     return render_census(take_census(snapshot), target.name)
 
 

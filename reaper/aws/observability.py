@@ -19,11 +19,11 @@ from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import (
     AmazonCloudWatchEMFProvider,
 )
 
-from reaper.result import Outcome
-from reaper.settings import ObservabilitySettings
+from reaper.aws.settings import ObservabilitySettings
+from reaper.core.result import Outcome
 
 if TYPE_CHECKING:
-    from reaper.result import PassResult, SessionRecord
+    from reaper.core.result import PassResult, SessionRecord
 
 # Metric names: the template's alarms and dashboard use the same strings.
 SESSIONS_EXAMINED = "SessionsExamined"

@@ -19,9 +19,9 @@ from typing import Annotated, Any, Literal, TypeVar
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
+from reaper.aws.settings import TARGET_NAME_PATTERN
+from reaper.core.policy import describe_validation_error
 from reaper.errors import EventError
-from reaper.policy import describe_validation_error
-from reaper.settings import TARGET_NAME_PATTERN
 
 SCHEDULED_DETAIL_TYPE = "Scheduled Event"
 ALARM_DETAIL_TYPE = "CloudWatch Alarm State Change"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from reaper.snapshot import CLIENT_BACKEND
+from reaper.core.snapshot import CLIENT_BACKEND
 
 if TYPE_CHECKING:
-    from reaper.snapshot import Snapshot
+    from reaper.core.snapshot import Snapshot
 
 # Idle-age buckets (upper bounds in seconds) for the per-application histogram: a minute, the
 # usual Lambda freeze window, the 15-minute maximum function duration, an hour.

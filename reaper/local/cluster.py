@@ -553,7 +553,7 @@ class LocalPostgres:
             socket_dir = self._socket_dir
         lines = [
             "",
-            "# Added by reaper.local_postgres for a throwaway cluster.",
+            "# Added by reaper.local.cluster for a throwaway cluster.",
             f"listen_addresses = {_conf_value(self.host)}",
             f"unix_socket_directories = {_conf_value(str(socket_dir))}",
         ]

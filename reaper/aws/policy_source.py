@@ -17,13 +17,13 @@ from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterEr
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from reaper.core.policy import parse_policy, policy_from_mapping
 from reaper.errors import PolicyError
-from reaper.policy import parse_policy, policy_from_mapping
 from reaper.policy_file import policy_source_name, read_policy_file
 
 if TYPE_CHECKING:
-    from reaper.policy import Policy
-    from reaper.settings import LambdaSettings
+    from reaper.aws.settings import LambdaSettings
+    from reaper.core.policy import Policy
 
 DEFAULT_POLICY_SOURCE = "built-in default policy"
 

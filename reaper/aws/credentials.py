@@ -17,13 +17,13 @@ from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 from botocore.exceptions import BotoCoreError, ClientError
 
+from reaper.aws.policy_source import AWS_CLIENT_CONFIG, aws_error_reason
+from reaper.aws.settings import DEFAULT_DBNAME, DEFAULT_PORT
 from reaper.errors import CredentialsError
-from reaper.policy_source import AWS_CLIENT_CONFIG, aws_error_reason
-from reaper.settings import DEFAULT_DBNAME, DEFAULT_PORT
-from reaper.target import Target
+from reaper.pg.target import Target
 
 if TYPE_CHECKING:
-    from reaper.settings import LambdaSettings, TargetEntry
+    from reaper.aws.settings import LambdaSettings, TargetEntry
 
 # The keys of an RDS database secret (the format RDS and the rotation functions write) that the
 # reaper needs; host, port and dbname may come from REAPER_TARGETS instead.

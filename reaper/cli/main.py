@@ -20,21 +20,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reaper import __version__, errors
-from reaper.engine import Timeouts
-from reaper.policy import (
+from reaper.core.policy import (
     IDLE_STATES,
     policy_from_mapping,
     policy_schema,
     render_policy,
 )
+from reaper.pg.gateway import Timeouts
 from reaper.policy_file import read_policy_file
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from reaper.policy import Policy
-    from reaper.result import PassResult
-    from reaper.target import Target
+    from reaper.core.policy import Policy
+    from reaper.core.result import PassResult
+    from reaper.pg.target import Target
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -186,7 +186,7 @@ def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_run(args: argparse.Namespace) -> int:
-    from reaper.render import render_pass
+    from reaper.cli.render import render_pass
     from reaper.run import run_pass
 
     policy = _policy_from_args(args)
@@ -204,14 +204,14 @@ def _command_run(args: argparse.Namespace) -> int:
 
 
 def _command_report(args: argparse.Namespace) -> int:
-    from reaper import engine
-    from reaper.census import take_census
-    from reaper.planning import check_visibility
-    from reaper.render import render_census
+    from reaper.cli.render import render_census
+    from reaper.core.census import take_census
+    from reaper.core.planning import check_visibility
+    from reaper.pg import gateway
 
     target = _target_from_args(args)
-    with engine.connect(target, _timeouts_from_args(args)) as conn:
-        snapshot = engine.take_snapshot(conn)
+    with gateway.connect(target, _timeouts_from_args(args)) as conn:
+        snapshot = gateway.take_snapshot(conn)
     check_visibility(snapshot)
     census = take_census(snapshot)
     if args.json:
@@ -232,7 +232,7 @@ def _command_policy_schema(_args: argparse.Namespace) -> int:
 
 
 def _command_invoke(args: argparse.Namespace) -> int:
-    from reaper.invoke import invoke_main
+    from reaper.cli.invoke import invoke_main
 
     return invoke_main(
         args.event_file,
@@ -243,7 +243,7 @@ def _command_invoke(args: argparse.Namespace) -> int:
 
 
 def _command_demo(args: argparse.Namespace) -> int:
-    from reaper.demo import run_demo
+    from reaper.cli.demo import run_demo
 
     return run_demo(idle_seconds=args.idle_seconds)
 
@@ -278,8 +278,8 @@ def _policy_from_args(args: argparse.Namespace) -> Policy:
 
 
 def _target_from_args(args: argparse.Namespace) -> Target:
-    from reaper.settings import LocalSettings
-    from reaper.target import Target
+    from reaper.aws.settings import LocalSettings
+    from reaper.pg.target import Target
 
     dsn = args.dsn or LocalSettings().database_url_value()
     if not dsn:

@@ -1,0 +1,1 @@
+"""The AWS shell: the Lambda handler, its events, settings, credentials, policy source, fan-out."""

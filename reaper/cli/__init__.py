@@ -1,0 +1,1 @@
+"""The command-line shell: argparse commands, rendering, `reaper invoke` and `reaper demo`."""
