@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from reaper import __version__, errors
 from reaper.core.policy import (
     IDLE_STATES,
-    policy_from_mapping,
+    one_rule_policy,
     policy_schema,
     render_policy,
 )
@@ -260,20 +260,13 @@ def _policy_from_args(args: argparse.Namespace) -> Policy:
         raise errors.SettingsError(
             "say what to reap: --application-name GLOB (repeatable) or --policy FILE"
         )
-    states = args.state or ["idle"]
-    return policy_from_mapping(
-        {
-            "rules": [
-                {
-                    "name": "cli",
-                    "application_names": args.application_name,
-                    "states": dict.fromkeys(states, args.idle_seconds),
-                }
-            ],
-            "max_terminations": args.max_terminations,
-            "allow_short_thresholds": args.allow_short_thresholds,
-        },
+    return one_rule_policy(
+        args.application_name,
+        idle_seconds=args.idle_seconds,
+        states=args.state or ["idle"],
         source="command-line flags",
+        max_terminations=args.max_terminations,
+        allow_short_thresholds=args.allow_short_thresholds,
     )
 
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from reaper.errors import PolicyError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 SessionState = Literal["idle", "idle in transaction", "idle in transaction (aborted)"]
 IDLE_STATES: tuple[SessionState, ...] = get_args(SessionState)
@@ -200,6 +203,34 @@ def policy_from_mapping(document: Any, *, source: str) -> Policy:
         return Policy.model_validate(document)
     except ValidationError as exc:
         raise PolicyError(f"invalid policy in {source}: {describe_validation_error(exc)}") from exc
+
+
+def one_rule_policy(
+    application_names: Sequence[str],
+    *,
+    idle_seconds: float,
+    source: str,
+    states: Sequence[str] = ("idle",),
+    rule_name: str = "cli",
+    keep_newest: int = 0,
+    **settings: Any,
+) -> Policy:
+    """The policy of one rule: these applications, idle in these states past `idle_seconds`.
+
+    The shape `reaper run --application-name GLOB --idle-seconds N` builds; the demo, the bench
+    and the tests build theirs here too. `settings` are further top-level fields
+    (`max_terminations`, `allow_short_thresholds`, `dry_run`, ...), validated like a document.
+
+    Raises:
+        PolicyError: naming `source` and each bad field.
+    """
+    rule = {
+        "name": rule_name,
+        "application_names": list(application_names),
+        "states": dict.fromkeys(states, idle_seconds),
+        "keep_newest": keep_newest,
+    }
+    return policy_from_mapping({"rules": [rule], **settings}, source=source)
 
 
 def policy_schema() -> dict[str, Any]:
