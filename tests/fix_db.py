@@ -19,11 +19,10 @@ import contextlib
 import gc
 import os
 import secrets
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, get_args
+from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar
 
 import psycopg
 import pytest
@@ -31,15 +30,17 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from reaper.errors import LocalPostgresError
-from reaper.local.cluster import LocalPostgres, PostgresBinaries, available_binaries
+from reaper.local.binaries import PostgresBinaries, available_binaries
+from reaper.local.cluster import LocalPostgres
 from reaper.local.roles import REAPER_GRANTS, create_login_role
+from reaper.local.sessions import Connection, OpenSessions, SessionState, shown_state
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
 T = TypeVar("T")
-Connection = psycopg.Connection[tuple[Any, ...]]
-SessionState = Literal["idle", "idle in transaction", "idle in transaction (aborted)", "active"]
+# Connection and SessionState are re-exported for the tests' annotations.
+__all__ = ["Connection", "SessionState"]
 
 TEST_DSN_VARIABLE = "REAPER_TEST_DSN"
 DOCKER_IMAGE = "postgres:16"
@@ -293,8 +294,7 @@ class SessionFactory:
         self.server = server
         self.prefix = f"lambda:t{secrets.token_hex(4)}"
         self._admin_conn = admin_conn
-        self._connections: list[Connection] = []
-        self._sleepers: list[tuple[Connection, threading.Thread]] = []
+        self._sessions = OpenSessions()
 
     def app(self, suffix: str) -> str:
         """Return an application_name unique to this test: `{prefix}-{suffix}`."""
@@ -314,7 +314,7 @@ class SessionFactory:
         dbname: str = "postgres",
         state: SessionState = "idle",
     ) -> Connection:
-        """Open a session in `state` and return its connection (closed at teardown).
+        """Open a session in `state` (see `reaper.local.sessions`); closed at teardown.
 
         Args:
             application_name: Reported in pg_stat_activity; None leaves it empty. Use
@@ -322,36 +322,20 @@ class SessionFactory:
             user: Role to log in as; None means the superuser with its password.
             password: Password for `user`; None sends none (with `user` None: the superuser's).
             dbname: Database to connect to.
-            state: "idle" (ran SELECT 1), "idle in transaction" (BEGIN; SELECT 1),
-                "idle in transaction (aborted)" (BEGIN; a failing statement) or "active"
-                (SELECT pg_sleep(600) running in a thread, cancelled at teardown). Returns
-                once pg_stat_activity shows the state.
+            state: The state to leave it in. Returns once pg_stat_activity shows the state.
         """
-        if state not in get_args(SessionState):
-            raise ValueError(f"unknown session state {state!r}")
         if user is None:
             user = self.server.admin_user
             if password is None:
                 password = self.server.admin_password
         # An empty password is what libpq treats as "no password".
-        overrides: dict[str, Any] = {"user": user, "password": password or "", "dbname": dbname}
-        if application_name is not None:
-            overrides["application_name"] = application_name
-        conninfo = make_conninfo(self.server.admin_dsn, **overrides)
-        in_transaction = state in ("idle in transaction", "idle in transaction (aborted)")
-        conn = psycopg.connect(conninfo, autocommit=not in_transaction)
-        self._connections.append(conn)
-        if state in ("idle", "idle in transaction"):
-            # Without autocommit psycopg sends BEGIN first, leaving the transaction open.
-            conn.execute("SELECT 1")
-        elif state == "idle in transaction (aborted)":
-            with contextlib.suppress(psycopg.errors.DivisionByZero):
-                conn.execute("SELECT 1 / 0")
-        else:
-            self._start_sleeping(conn)
+        conninfo = make_conninfo(
+            self.server.admin_dsn, user=user, password=password or "", dbname=dbname
+        )
+        conn = self._sessions.open(conninfo, state, application_name=application_name)
         pid = self.pid_of(conn)
         wait_until(
-            lambda: self.state_of(pid) == state,
+            lambda: self.state_of(pid) == shown_state(state),
             message=f"backend {pid} in state {state!r}",
         )
         return conn
@@ -363,30 +347,9 @@ class SessionFactory:
         ).fetchone()
         return None if row is None else row[0]
 
-    def _start_sleeping(self, conn: Connection) -> None:
-        def sleep() -> None:
-            # Cancelled at teardown or terminated by the test: both end the query on purpose.
-            with contextlib.suppress(psycopg.Error):
-                conn.execute("SELECT pg_sleep(600)")
-
-        thread = threading.Thread(target=sleep, name=f"active-session-{self.pid_of(conn)}")
-        thread.daemon = True
-        thread.start()
-        self._sleepers.append((conn, thread))
-
     def close_all(self) -> None:
-        """End every session this factory opened (cancelling running sleeps first)."""
-        for conn, thread in self._sleepers:
-            if thread.is_alive():
-                with contextlib.suppress(psycopg.Error):
-                    conn.cancel_safe(timeout=5)
-                thread.join(timeout=10)
-            if thread.is_alive():
-                with contextlib.suppress(psycopg.Error):
-                    self._admin_conn.execute("SELECT pg_terminate_backend(%s)", [self.pid_of(conn)])
-                thread.join(timeout=10)
-        for conn in self._connections:
-            conn.close()
+        """End every session this factory opened (cancelling running queries first)."""
+        self._sessions.close()
 
 
 @pytest.fixture

@@ -11,17 +11,18 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from reaper.cli.render import render_census, render_pass
 from reaper.core.census import take_census
-from reaper.core.policy import policy_from_mapping
-from reaper.local.cluster import LocalPostgres, embedded_binaries
+from reaper.core.policy import one_rule_policy
+from reaper.local.binaries import embedded_binaries
+from reaper.local.cluster import LocalPostgres
 from reaper.local.roles import REAPER_GRANTS, create_login_role
+from reaper.local.sessions import open_sessions
 from reaper.pg import gateway
 from reaper.pg.target import Target
 from reaper.run import run_pass
@@ -30,9 +31,10 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from reaper.core.policy import Policy
+    from reaper.local.sessions import SessionState
 
 # (application_name, role, how many, state) of the simulated fleet.
-_FLEET: tuple[tuple[str, str, int, str], ...] = (
+_FLEET: tuple[tuple[str, str, int, SessionState], ...] = (
     ("lambda:orders-api", "app", 4, "idle"),
     ("lambda:payments", "app", 3, "idle"),
     ("lambda:thumbnails", "app", 2, "idle"),
@@ -47,20 +49,15 @@ _FLEET: tuple[tuple[str, str, int, str], ...] = (
 
 def demo_policy(idle_seconds: float) -> Policy:
     """Lambda sessions idle (or idle in a transaction) past the threshold; one kept warm per app."""
-    return policy_from_mapping(
-        {
-            "rules": [
-                {
-                    "name": "lambda",
-                    "application_names": ["lambda:*"],
-                    "states": {"idle": idle_seconds, "idle in transaction": idle_seconds},
-                    "keep_newest": 1,
-                }
-            ],
-            "max_terminations": 50,
-            "allow_short_thresholds": True,
-        },
+    return one_rule_policy(
+        ["lambda:*"],
+        idle_seconds=idle_seconds,
+        states=("idle", "idle in transaction"),
+        rule_name="lambda",
+        keep_newest=1,
         source="the demo",
+        max_terminations=50,
+        allow_short_thresholds=True,
     )
 
 
@@ -104,50 +101,18 @@ def _create_roles(server: LocalPostgres) -> str:
 
 @contextlib.contextmanager
 def _fleet(server: LocalPostgres) -> Iterator[int]:
-    connections: list[psycopg.Connection[Any]] = []
-    workers: list[threading.Thread] = []
-    try:
+    with open_sessions() as sessions:
         for application, role, count, state in _FLEET:
+            password = server.password if role == "postgres" else "app-password"
             for _ in range(count):
-                conn = psycopg.connect(
-                    server.dsn(
-                        user=role,
-                        password=server.password if role == "postgres" else "app-password",
-                    ),
+                sessions.open(
+                    server.dsn(user=role, password=password),
+                    state,
                     application_name=application,
-                    autocommit=state != "idle in transaction",
                 )
-                connections.append(conn)
-                if state == "idle in transaction":
-                    conn.execute("SELECT 1")
-                elif state == "listen":
-                    conn.execute("LISTEN orders_changed")
-                elif state == "active":
-                    workers.append(_start_long_query(conn))
-                else:
-                    conn.execute("SELECT 1")
                 # Spread the state_change times so "oldest first" and keep_newest are visible.
                 time.sleep(0.05)
-        yield len(connections)
-    finally:
-        for conn in connections:
-            with contextlib.suppress(psycopg.Error):
-                conn.cancel_safe()
-            with contextlib.suppress(psycopg.Error):
-                conn.close()
-        for worker in workers:
-            worker.join(timeout=5)
-
-
-def _start_long_query(conn: psycopg.Connection[Any]) -> threading.Thread:
-    def query() -> None:
-        # Ends when the demo cancels it (or the server stops): either is expected.
-        with contextlib.suppress(psycopg.Error):
-            conn.execute("SELECT pg_sleep(3600)")
-
-    worker = threading.Thread(target=query, name="demo-active-query", daemon=True)
-    worker.start()
-    return worker
+        yield len(sessions.connections)
 
 
 def _census(target: Target) -> str:
@@ -157,10 +122,15 @@ def _census(target: Target) -> str:
 
 
 def _countdown(seconds: float) -> None:
+    message = "for the sessions to pass the idle threshold..."
+    if not sys.stdout.isatty():
+        # A log or a pipe gets one line, not a tick every 0.2 s run together by "\r".
+        print(f"Waiting {seconds:.1f}s {message}", flush=True)
+        time.sleep(seconds)
+        return
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
-        print(f"\rWaiting {left:4.1f}s for the sessions to pass the idle threshold...", end="")
-        sys.stdout.flush()
+        print(f"\rWaiting {left:4.1f}s {message}", end="", flush=True)
         time.sleep(min(0.2, left))
     print()
 

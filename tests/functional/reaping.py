@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from reaper.core.policy import Policy, policy_from_mapping
+from reaper.core.policy import Policy, one_rule_policy, policy_from_mapping, render_policy
 from reaper.pg.target import Target
 from tests.fix_db import dsn_for, wait_until
 
@@ -32,25 +31,41 @@ def target_for(pg_server: PgServer, role: Role) -> Target:
 
 
 def policy_for(factory: SessionFactory, **overrides: Any) -> Policy:
-    """Reap this test's sessions only (its application prefix), idle past THRESHOLD."""
-    rule: dict[str, Any] = {
-        "name": "test",
-        "application_names": [f"{factory.prefix}*"],
-        "states": {"idle": THRESHOLD},
-    }
-    rule.update(overrides.pop("rule", {}))
-    return policy_from_mapping(
-        {"rules": [rule], "allow_short_thresholds": True, **overrides}, source="test"
+    """Reap this test's sessions only (its application prefix), idle past THRESHOLD.
+
+    `overrides` are top-level policy fields; `rule={...}` changes fields of the one rule
+    (`states` all with one threshold, `keep_newest`, or any other rule field).
+    """
+    rule: dict[str, Any] = dict(overrides.pop("rule", {}))
+    states: dict[str, float] = rule.pop("states", {"idle": THRESHOLD})
+    (threshold,) = set(states.values())
+    policy = one_rule_policy(
+        [f"{factory.prefix}*"],
+        idle_seconds=threshold,
+        states=tuple(states),
+        rule_name="test",
+        keep_newest=rule.pop("keep_newest", 0),
+        source="test",
+        allow_short_thresholds=True,
+        **overrides,
     )
+    if not rule:
+        return policy
+    # Rule fields one_rule_policy does not take (databases, client_addresses) are laid over it.
+    document = policy.model_dump(mode="json")
+    document["rules"][0].update(rule)
+    return policy_from_mapping(document, source="test")
 
 
 def policy_document(application_names: list[str], threshold: float) -> str:
     """A policy as JSON text: reap these applications idle past `threshold`."""
-    return json.dumps(
-        {
-            "rules": [{"application_names": application_names, "states": {"idle": threshold}}],
-            "allow_short_thresholds": True,
-        }
+    return render_policy(
+        one_rule_policy(
+            application_names,
+            idle_seconds=threshold,
+            source="test",
+            allow_short_thresholds=True,
+        )
     )
 
 

@@ -9,8 +9,10 @@ import psycopg
 import pytest
 
 from reaper.errors import LocalPostgresError
-from reaper.local.cluster import LocalPostgres, PostgresBinaries, available_binaries
-from tests.fix_db import dsn_for
+from reaper.local.binaries import PostgresBinaries, available_binaries
+from reaper.local.cluster import LocalPostgres
+from reaper.local.sessions import LISTEN_CHANNEL, open_sessions
+from tests.fix_db import dsn_for, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -148,6 +150,20 @@ def test_clusters_of_every_version_run_side_by_side() -> None:
     assert majors == [each.major for each in BINARIES]
 
 
+def test_binaries_from_a_bare_bindir_detect_their_major(binaries: PostgresBinaries) -> None:
+    found = PostgresBinaries(bindir=binaries.bindir)
+
+    assert found.major == binaries.major
+    assert str(binaries.bindir) in found.label
+
+
+def test_cluster_runs_binaries_known_only_by_their_bindir(binaries: PostgresBinaries) -> None:
+    by_bindir = PostgresBinaries(bindir=binaries.bindir, os_user_as_root=binaries.os_user_as_root)
+
+    with LocalPostgres(by_bindir) as cluster, psycopg.connect(cluster.dsn()) as conn:
+        assert int(_fetch_one(conn, "SHOW server_version_num")) // 10000 == binaries.major
+
+
 def test_many_connections_setting_starts(binaries: PostgresBinaries) -> None:
     with (
         LocalPostgres(binaries, settings={"max_connections": 5000}) as cluster,
@@ -187,6 +203,32 @@ def test_session_factory_opens_sessions_in_the_requested_state(
     ).fetchone()
     assert row == (application_name, state)
     assert application_name.startswith(session_factory.prefix)
+
+
+def test_listen_session_is_idle_and_shows_its_listen(
+    pg_server: PgServer, admin_conn: Connection
+) -> None:
+    with open_sessions() as sessions:
+        conn = sessions.open(pg_server.admin_dsn, "listen", application_name="listener")
+
+        row = admin_conn.execute(
+            "SELECT state, query FROM pg_stat_activity WHERE pid = %s", [conn.info.backend_pid]
+        ).fetchone()
+
+    assert row == ("idle", f"LISTEN {LISTEN_CHANNEL}")
+
+
+def test_closing_sessions_ends_a_running_query(pg_server: PgServer, admin_conn: Connection) -> None:
+    with open_sessions() as sessions:
+        pid = sessions.open(pg_server.admin_dsn, "active").info.backend_pid
+
+    wait_until(
+        lambda: (
+            admin_conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+            is None
+        ),
+        message=f"backend {pid} gone",
+    )
 
 
 def test_role_factory_role_logs_in_with_its_password(

