@@ -6,6 +6,7 @@ The CLI and the Lambda handler both call `run_pass`; neither decides anything on
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from reaper.core.planning import check_visibility, plan
@@ -18,12 +19,33 @@ if TYPE_CHECKING:
     from reaper.pg.target import Target
 
 
+# Told each step's name and seconds as it ends: connect, lock, snapshot, plan, terminate, close,
+# result (a skipped pass stops after lock). For the bench's breakdown of a pass.
+StepObserver = Callable[[str, float], None]
+
+
+class _Laps:
+    """Times the steps for an observer; without one it does nothing."""
+
+    def __init__(self, observer: StepObserver | None) -> None:
+        self._observer = observer
+        self._last = time.perf_counter() if observer else 0.0
+
+    def end(self, step: str) -> None:
+        if self._observer is None:
+            return
+        self._observer(step, time.perf_counter() - self._last)
+        # Restarted after the call, so the observer's own time is in no step.
+        self._last = time.perf_counter()
+
+
 def run_pass(
     target: Target,
     policy: Policy,
     *,
     timeouts: gateway.Timeouts | None = None,
     force_dry_run: bool = False,
+    on_step: StepObserver | None = None,
 ) -> PassResult:
     """Run one pass of the policy on one target.
 
@@ -33,6 +55,7 @@ def run_pass(
         timeouts: limits on the reaper's own connection.
         force_dry_run: plan and report only, whatever the policy says. (Nothing can force a
             real pass when the policy asks for a dry run.)
+        on_step: called with each step's name and duration as it ends (see StepObserver).
 
     Raises:
         TargetUnreachableError: the database cannot be reached or refused the login.
@@ -42,14 +65,20 @@ def run_pass(
     """
     started = time.monotonic()
     dry_run = policy.dry_run or force_dry_run
+    laps = _Laps(on_step)
     with gateway.connect(target, timeouts or gateway.Timeouts()) as conn:
-        if not gateway.try_pass_lock(conn):
+        laps.end("connect")
+        locked = gateway.try_pass_lock(conn)
+        laps.end("lock")
+        if not locked:
             return skipped_result(
                 target.name, dry_run=dry_run, duration_seconds=time.monotonic() - started
             )
         snapshot = gateway.take_snapshot(conn)
+        laps.end("snapshot")
         check_visibility(snapshot)
         decisions = plan(snapshot, policy)
+        laps.end("plan")
         signals = (
             {}
             if dry_run
@@ -66,7 +95,9 @@ def run_pass(
                 ],
             )
         )
-    return summarize(
+        laps.end("terminate")
+    laps.end("close")
+    result = summarize(
         target.name,
         snapshot,
         decisions,
@@ -74,3 +105,5 @@ def run_pass(
         dry_run=dry_run,
         duration_seconds=time.monotonic() - started,
     )
+    laps.end("result")
+    return result
