@@ -1,15 +1,10 @@
 """The statement a DBA would type into psql to do the reaper's job, in one statement.
 
-It selects what the benchmark's policy selects (Lambda applications, idle longer than the
-threshold, client backends other than its own) and, like the reaper, leaves superusers' sessions
-alone: run by the reaper's least-privilege role, a single superuser's backend in the set would
-make `pg_terminate_backend` raise "must be a superuser to terminate superuser process" and abort
-the statement, terminating nothing at all. What it does not do, and the
-reaper does: re-check each session at signal time (pid reuse, a session that ran something
-since), spare LISTEN sessions, cap the terminations, report a reason per session.
-
-The same text is sent by psycopg (in-process timing) and by `psql -c` (process timing); the
-threshold is a literal, as typed by hand.
+It selects what the benchmark's policy selects and, like the reaper, leaves superusers alone:
+for the reaper's least-privilege role one superuser's backend in the set would abort the whole
+statement ("must be a superuser to terminate superuser process"). It does not re-check sessions
+at signal time, spare LISTEN sessions, cap terminations or give reasons, as the reaper does.
+psycopg and `psql -c` send the same text; the threshold is a literal, as typed by hand.
 """
 
 from __future__ import annotations

@@ -1,0 +1,85 @@
+"""The bench's options and fixtures: one server per installed major, the fleet, its sizes.
+
+`binaries` and `size` are session-scoped parameters, so pytest runs every measurement of one
+server and one fleet size together, and the fleet is opened once per size (and again, untimed,
+before each run that terminated it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import pytest
+
+from bench.fleet import HEADROOM_CONNECTIONS, Checker, bench_server, fleet_worker, spared_sessions
+from reaper.errors import LocalPostgresError
+from reaper.local.binaries import debian_binaries, embedded_binaries
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from bench.fleet import BenchServer, Fleet
+    from reaper.local.binaries import PostgresBinaries
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("idle-reaper bench")
+    group.addoption("--bench-sizes", default="100,1000,4000", help="fleet sizes (100,1000,4000)")
+    group.addoption("--bench-majors", default="18,15", help="PostgreSQL majors, if installed")
+    group.addoption("--bench-rounds", type=int, help="rounds per measurement (5; 3 above 1,000)")
+    group.addoption("--bench-concurrency", type=int, default=64, help="sessions opened at once")
+    group.addoption("--bench-cold-start-runs", type=int, default=7, help="interpreters per import")
+    group.addoption("--bench-output-dir", help="where results.json and the PNG go (bench/)")
+
+
+def _numbers(config: pytest.Config, name: str) -> list[int]:
+    return [int(part) for part in str(config.getoption(name)).split(",") if part]
+
+
+def _installed(majors: list[int]) -> list[PostgresBinaries]:
+    embedded = None
+    with contextlib.suppress(LocalPostgresError):
+        embedded = embedded_binaries()
+    found = [embedded if embedded and embedded.major == m else debian_binaries(m) for m in majors]
+    return [binaries for binaries in found if binaries is not None]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "binaries" in metafunc.fixturenames:
+        installed = _installed(_numbers(metafunc.config, "bench_majors"))
+        ids = [f"pg{binaries.major}" for binaries in installed]
+        metafunc.parametrize("binaries", installed, ids=ids, scope="session")
+    if "size" in metafunc.fixturenames:
+        sizes = _numbers(metafunc.config, "bench_sizes")
+        metafunc.parametrize("size", sizes, ids=str, scope="session")
+
+
+def rounds_for(config: pytest.Config, size: int) -> int:
+    """Rounds of one measurement: --bench-rounds, else 5 up to 1,000 sessions and 3 above."""
+    rounds: int | None = config.getoption("bench_rounds")
+    return rounds or (5 if size <= 1_000 else 3)
+
+
+@pytest.fixture(scope="session")
+def server(binaries: PostgresBinaries, pytestconfig: pytest.Config) -> Iterator[BenchServer]:
+    """A throwaway server of this major with room for the largest fleet."""
+    largest = max(_numbers(pytestconfig, "bench_sizes"))
+    with bench_server(binaries, largest + HEADROOM_CONNECTIONS) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def fleet(server: BenchServer, pytestconfig: pytest.Config) -> Iterator[Fleet]:
+    """The fleet's worker beside the spared sessions, which are checked once more at the end."""
+    with spared_sessions(server) as spared:
+        checker = Checker(server.cluster.dsn(), spared)
+        try:
+            with fleet_worker(
+                server.app_dsn, checker, pytestconfig.getoption("bench_concurrency")
+            ) as held:
+                yield held
+            checker.wait_until_drained()
+            checker.check_spared()
+        finally:
+            checker.close()
