@@ -42,8 +42,9 @@ format: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
+# e.g. make bench BENCH_ARGS="--bench-sizes 100,1000 --bench-majors 18" (see docs/benchmarks.md)
 bench: $(VENV)/.installed-dev
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # sam is installed outside the project venv (its pins clash with ours); see docs/deploying.md.
 # --build-in-source: SAM would otherwise copy the whole tree, .venv included, before building.

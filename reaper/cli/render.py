@@ -1,4 +1,9 @@
-"""Readable text for a terminal: pass results and censuses as aligned tables. Returns strings."""
+"""Readable text for a terminal: pass results and censuses as aligned tables. Returns strings.
+
+Plain text on purpose, not a terminal library such as rich: the same output goes to pipes, cron
+mail and CI logs, where it must stay greppable and not wrap to a terminal's width, and aligned
+columns take one ten-line function here.
+"""
 
 from __future__ import annotations
 
