@@ -47,7 +47,7 @@ _FLEET: tuple[tuple[str, str, int, SessionState], ...] = (
 )
 
 
-def demo_policy(idle_seconds: float) -> Policy:
+def _demo_policy(idle_seconds: float) -> Policy:
     """Lambda sessions idle (or idle in a transaction) past the threshold; one kept warm per app."""
     return one_rule_policy(
         ["lambda:*"],
@@ -77,7 +77,7 @@ def run_demo(idle_seconds: float = 3.0) -> int:
                 target = Target.from_dsn(
                     server.dsn(user="idle_reaper", password=reaper_password), name="demo"
                 )
-                policy = demo_policy(idle_seconds)
+                policy = _demo_policy(idle_seconds)
                 _section("Census before (reaper report)")
                 _say(_census(target))
                 _section("Dry run (reaper run --dry-run): nothing is terminated")

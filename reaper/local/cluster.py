@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 # PostgresBinaries and available_binaries are re-exported for callers of the former one module.
 __all__ = ["LocalPostgres", "LocalPostgresError", "PostgresBinaries", "available_binaries"]
 
-HOST = "127.0.0.1"
+_HOST = "127.0.0.1"
 
 # A throwaway cluster trades durability for speed: nothing in it must survive an OS crash.
 _DEFAULT_SETTINGS: dict[str, str | int] = {
@@ -68,7 +68,7 @@ def _free_port() -> int:
     # Another process may take the port between close() and the server's bind(); start()
     # retries with a fresh port when the server log says so.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
+        probe.bind((_HOST, 0))
         port: int = probe.getsockname()[1]
         return port
 
@@ -122,7 +122,7 @@ class LocalPostgres:
             merged[name] = value
         self.binaries = binaries
         self.settings: Mapping[str, str | int] = merged
-        self.host = HOST
+        self.host = _HOST
         self.superuser = superuser
         self.password = secrets.token_urlsafe(24) if password is None else password
         self._base_dir = base_dir

@@ -22,7 +22,7 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 SessionState = Literal[
     "idle", "idle in transaction", "idle in transaction (aborted)", "active", "listen"
 ]
-SESSION_STATES: tuple[SessionState, ...] = get_args(SessionState)
+_STATES: tuple[SessionState, ...] = get_args(SessionState)
 
 # The channel a "listen" session waits on; its pg_stat_activity.query shows `LISTEN <channel>`.
 LISTEN_CHANNEL = "orders_changed"
@@ -60,7 +60,7 @@ class OpenSessions:
             ValueError: an unknown state.
             psycopg.Error: the connection failed.
         """
-        if state not in SESSION_STATES:
+        if state not in _STATES:
             raise ValueError(f"unknown session state {state!r}")
         in_transaction = state.startswith("idle in transaction")
         conn: Connection = psycopg.connect(
