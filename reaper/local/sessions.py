@@ -12,6 +12,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ class OpenSessions:
             with contextlib.suppress(psycopg.errors.DivisionByZero):
                 conn.execute("SELECT 1 / 0")
         elif state == "listen":
-            conn.execute(f"LISTEN {LISTEN_CHANNEL}")
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(LISTEN_CHANNEL)))
         else:
             # Without autocommit psycopg sends BEGIN first, leaving the transaction open.
             conn.execute("SELECT 1")
