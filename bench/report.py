@@ -159,7 +159,7 @@ def plot_pass_time(results: dict[str, Any], path: Path) -> None:
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     for axis, mode in zip(axes, ("real", "dry"), strict=True):
-        for major, _label in _servers(results):
+        for colour, (major, _label) in enumerate(_servers(results)):
             for kind, style in (("reaper_pass", "-"), ("bare_sql", "--")):
                 rows = sorted(
                     (r["sessions"], r["median"])
@@ -168,9 +168,13 @@ def plot_pass_time(results: dict[str, Any], path: Path) -> None:
                 )
                 if rows:
                     sizes, medians = zip(*rows, strict=True)
-                    axis.plot(sizes, medians, style, marker="o", label=f"PG {major} {kind}")
+                    label = f"PG {major} {kind}"
+                    axis.plot(sizes, medians, style, marker="o", color=f"C{colour}", label=label)
         axis.set_xscale("log")
         axis.set_yscale("log")
+        ticks = sorted({r["sessions"] for r in results["measurements"]})
+        axis.set_xticks(ticks, [f"{size:,}" for size in ticks])
+        axis.minorticks_off()
         axis.set_title("real mode (terminates)" if mode == "real" else "dry run")
         axis.set_xlabel("idle Lambda sessions")
         axis.grid(visible=True, which="both", alpha=0.3)
