@@ -72,10 +72,12 @@ bench: $(VENV)/.installed-dev
 # sam is installed outside the project venv (its pins clash with ours); see docs/deploying.md.
 # --build-in-source: SAM would otherwise copy the whole tree, .venv included, before building.
 # ARCH=x86_64 builds for x86_64: it overrides the template's Architecture parameter, and the
-# build script checks that SAM and ARCH agree. Deploy with the same Architecture.
+# build script checks that SAM and ARCH agree. The built template is then pinned to what was
+# packed, so a later `sam deploy` with another Architecture cannot mismatch the libraries.
 SAM ?= sam
 build:
 	$(SAM) build --build-in-source $(if $(ARCH),--parameter-overrides Architecture=$(ARCH))
+	$(PYTHON) scripts/pin_architecture.py .aws-sam/build
 
 # Called by `sam build` (BuildMethod: makefile): cross-platform wheels, no Docker needed.
 build-ReaperFunction:

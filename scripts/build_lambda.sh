@@ -31,24 +31,66 @@ lambda_python="${LAMBDA_PYTHON:-python${runtime_version}}"
 project_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # The architecture SAM builds this function for. SAM hands a makefile build nothing but
-# ARTIFACTS_DIR, but it writes its resolved build graph (with each function's architecture)
-# to build.toml beside the build directory before it runs any build.
+# ARTIFACTS_DIR, but before it runs any build it writes its resolved build graph (each
+# function's architecture, after --parameter-overrides and samconfig.toml) to build.toml beside
+# the build directory. Only a build.toml written by the `sam` process running this build counts:
+# `sam build ReaperFunction` (one resource by name) leaves an older one in place.
 sam_architecture="$(
-    "$python" - "$artifacts_dir" "${SAM_BUILD_TOML:-}" <<'PY'
+    "$python" - "$artifacts_dir" "${SAM_BUILD_TOML:-}" "$PPID" <<'PY'
+import os
 import pathlib
+import subprocess
 import sys
+import time
 import tomllib
 
-artifacts, explicit = pathlib.Path(sys.argv[1]).resolve(), sys.argv[2]
-# .aws-sam/build/ReaperFunction and, for --cached builds, .aws-sam/cache/<id>: both two below.
-candidates = [pathlib.Path(explicit)] if explicit else [artifacts.parent.parent / "build.toml"]
-for path in candidates:
-    if path.is_file():
-        graph = tomllib.loads(path.read_text(encoding="utf-8"))
-        for definition in graph.get("function_build_definitions", {}).values():
-            if any(name.split("/")[-1] == "ReaperFunction" for name in definition.get("functions", [])):
-                print(definition.get("architecture", ""))
-                break
+artifacts, explicit, pid = pathlib.Path(sys.argv[1]).resolve(), sys.argv[2], sys.argv[3]
+
+
+def elapsed_seconds(pid: str, etime: str) -> float:
+    """How long the process has run: to the clock tick from /proc on Linux, else ps's etime
+    ([[dd-]hh:]mm:ss, whole seconds)."""
+    stat, uptime = pathlib.Path(f"/proc/{pid}/stat"), pathlib.Path("/proc/uptime")
+    if stat.is_file() and uptime.is_file():
+        start_ticks = int(stat.read_text().rsplit(")", 1)[1].split()[19])
+        since_boot = float(uptime.read_text().split()[0])
+        return since_boot - start_ticks / os.sysconf("SC_CLK_TCK")
+    days, _, clock = etime.rpartition("-")
+    seconds = 0
+    for part in clock.split(":"):
+        seconds = seconds * 60 + int(part)
+    return seconds + int(days or 0) * 86400 + 1
+
+
+def sam_started_at(pid: str) -> float | None:
+    """When the nearest `sam` ancestor process started (ps works on Linux and macOS)."""
+    for _ in range(8):
+        row = subprocess.run(
+            ["ps", "-o", "ppid=,etime=,args=", "-p", pid], capture_output=True, text=True
+        ).stdout.split(None, 2)
+        if len(row) < 3:
+            return None
+        parent, etime, args = row
+        if any(pathlib.Path(word).name == "sam" for word in args.split()[:3]):
+            return time.time() - elapsed_seconds(pid, etime)
+        pid = parent
+    return None
+
+
+if explicit:
+    path = pathlib.Path(explicit)
+else:
+    # .aws-sam/build/ReaperFunction and, for --cached builds, .aws-sam/cache/<id>: both two below.
+    path = artifacts.parent.parent / "build.toml"
+    started = sam_started_at(pid)
+    if started is None or not path.is_file() or path.stat().st_mtime < started - 0.05:
+        sys.exit(0)
+if path.is_file():
+    graph = tomllib.loads(path.read_text(encoding="utf-8"))
+    for definition in graph.get("function_build_definitions", {}).values():
+        if any(name.split("/")[-1] == "ReaperFunction" for name in definition.get("functions", [])):
+            print(definition.get("architecture", ""))
+            break
 PY
 )"
 
@@ -76,9 +118,10 @@ if [[ -n "${ARCH:-}" ]]; then
 elif [[ -n "$sam_architecture" ]]; then
     architecture="$sam_architecture"
 else
-    echo "build_lambda: cannot tell which architecture to build for: no ARCH, and no SAM" \
-        "build.toml beside ${artifacts_dir}. Set ARCH=arm64 or ARCH=x86_64 to the function's" \
-        "Architecture parameter (or SAM_BUILD_TOML to SAM's build.toml)." >&2
+    echo "build_lambda: cannot tell which architecture to build for: no ARCH, and no build.toml" \
+        "written by this sam build beside ${artifacts_dir} (SAM does not write one when it" \
+        "builds a single resource by name). Set ARCH=arm64 or ARCH=x86_64 to the function's" \
+        "Architecture parameter: 'make build ARCH=...' does both." >&2
     exit 2
 fi
 case "$architecture" in
