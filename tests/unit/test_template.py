@@ -10,12 +10,14 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+import reaper
 from reaper.core.policy import parse_policy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -491,28 +493,266 @@ def test_build_needs_no_docker(template: dict[str, Any], function: dict[str, Any
     assert build_script.stat().st_mode & 0o111
 
 
+def _project() -> dict[str, Any]:
+    with (REPO_ROOT / "pyproject.toml").open("rb") as stream:
+        project: dict[str, Any] = tomllib.load(stream)["project"]
+    return project
+
+
 def test_serverless_repo_metadata_is_complete(template: dict[str, Any]) -> None:
     application = template["Metadata"]["AWS::ServerlessRepo::Application"]
+    homepage = _project()["urls"]["Homepage"]
 
+    assert set(application) == {
+        "Name",
+        "Description",
+        "Author",
+        "SpdxLicenseId",
+        "LicenseUrl",
+        "ReadmeUrl",
+        "HomePageUrl",
+        "SourceCodeUrl",
+        "Labels",
+        "SemanticVersion",
+    }
     assert application["Name"] == "idle-reaper"
-    assert application["SpdxLicenseId"] == "Apache-2.0"
-    assert application["SemanticVersion"] == "0.1.0"
+    assert application["SpdxLicenseId"] == _project()["license"] == "Apache-2.0"
+    assert application["HomePageUrl"] == homepage
+    assert application["SourceCodeUrl"] == f"{homepage}/tree/v{application['SemanticVersion']}"
     assert application["Description"]
     assert application["Author"]
     assert application["Labels"]
-    # Files the application points at must exist: SAR uploads them at `sam package`.
-    for key in ("ReadmeUrl", "LicenseUrl"):
-        if key in application:
-            assert (REPO_ROOT / application[key]).is_file(), key
+    # Files the application points at must exist: `sam package` uploads them.
+    assert (REPO_ROOT / application["ReadmeUrl"]).is_file()
+    assert (
+        (REPO_ROOT / application["LicenseUrl"])
+        .read_text(encoding="utf-8")
+        .lstrip()
+        .startswith("Apache License\n                           Version 2.0, January 2004")
+    )
+
+
+def test_the_published_version_is_the_package_version(template: dict[str, Any]) -> None:
+    application = template["Metadata"]["AWS::ServerlessRepo::Application"]
+    with (REPO_ROOT / "pyproject.toml").open("rb") as stream:
+        pyproject = tomllib.load(stream)
+
+    # pyproject takes its version from reaper.__version__: one source, which the template copies.
+    assert "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "reaper.__version__"}
+    assert application["SemanticVersion"] == reaper.__version__
+    assert re.fullmatch(r"\d+\.\d+\.\d+", reaper.__version__)
+
+
+def test_readme_links_are_absolute_for_the_repository_console() -> None:
+    # The Serverless Application Repository renders README.md away from the repository: a
+    # relative link there leads nowhere.
+    homepage = _project()["urls"]["Homepage"]
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)\s]+)\)", readme)
+
+    assert targets
+    for target in targets:
+        assert target.startswith("https://"), target
+        if target.startswith(f"{homepage}/blob/main/"):
+            path = target.removeprefix(f"{homepage}/blob/main/").split("#")[0]
+            assert (REPO_ROOT / path).is_file(), target
 
 
 def test_outputs_name_function_policy_logs_and_dashboard(template: dict[str, Any]) -> None:
     assert set(template["Outputs"]) >= {
         "FunctionArn",
+        "FunctionName",
         "PolicyParameterName",
         "LogGroupName",
         "DashboardUrl",
+        "AlarmTopicArn",
     }
+
+
+def test_function_has_no_fixed_name(function: dict[str, Any]) -> None:
+    # <stack>-reaper overflows Lambda's 64 characters under StackSet stack names.
+    assert "FunctionName" not in function
+
+
+def test_dashboard_name_is_unique_per_stack_and_region(template: dict[str, Any]) -> None:
+    # Dashboards are global to an account: one stack name in two Regions must not collide.
+    name = template["Resources"]["ReaperDashboard"]["Properties"]["DashboardName"]["Fn::Sub"]
+
+    assert "${AWS::StackName}" in name
+    assert "${AWS::Region}" in name
+
+
+def test_dashboard_shows_only_this_stacks_metrics(template: dict[str, Any]) -> None:
+    raw_body = template["Resources"]["ReaperDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    body = json.loads(_substitute(raw_body, _sub_values(template)))
+    expressions = [
+        metric[0]["expression"]
+        for widget in body["widgets"]
+        for metric in widget["properties"]["metrics"]
+        if isinstance(metric[0], dict)
+    ]
+
+    assert expressions
+    for expression in expressions:
+        assert 'service="reaper-test"' in expression, expression
+
+
+@pytest.mark.parametrize(
+    ("partition", "host"),
+    [
+        ("aws", "eu-west-1.console.aws.amazon.com"),
+        ("aws-cn", "eu-west-1.console.amazonaws.cn"),
+        ("aws-us-gov", "eu-west-1.console.amazonaws-us-gov.com"),
+    ],
+)
+def test_dashboard_url_uses_the_console_of_the_stacks_partition(
+    template: dict[str, Any], partition: str, host: str
+) -> None:
+    url_template, variables = template["Outputs"]["DashboardUrl"]["Value"]["Fn::Sub"]
+    mapping_name, key, attribute = variables["ConsoleHost"]["Fn::FindInMap"]
+    console_host = template["Mappings"][mapping_name][partition][attribute]
+
+    url = _substitute(
+        url_template, _sub_values(template, ConsoleHost=console_host, ReaperDashboard="d")
+    )
+
+    assert key == {"Ref": "AWS::Partition"}
+    assert url.startswith(f"https://{host}/cloudwatch/home?region=eu-west-1#dashboards:name=")
+
+
+def test_secret_kms_condition_names_the_service_endpoint_of_the_partition(
+    function: dict[str, Any],
+) -> None:
+    (statement,) = [s for s in _inline_statements(function) if s["Action"] == "kms:Decrypt"]
+
+    assert statement["Condition"]["StringEquals"]["kms:ViaService"] == {
+        "Fn::Sub": "secretsmanager.${AWS::Region}.${AWS::URLSuffix}"
+    }
+
+
+def test_an_alarm_email_creates_a_topic_with_that_subscription(template: dict[str, Any]) -> None:
+    topic = template["Resources"]["AlarmTopic"]
+
+    assert topic["Condition"] == "CreateAlarmTopic"
+    assert topic["Properties"]["Subscription"] == [
+        {"Protocol": "email", "Endpoint": {"Ref": "AlarmEmail"}}
+    ]
+    assert template["Conditions"]["CreateAlarmTopic"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]
+    }
+    assert template["Rules"]["OneAlarmTopic"]["Assertions"][0]["Assert"] == {
+        "Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]
+    }
+
+
+@pytest.mark.parametrize(
+    ("metric_name", "treat_missing_data"),
+    [
+        # No invocation in a period is exactly what these two watch for: missing data breaches.
+        ("Invocations", "breaching"),
+        ("TargetErrors", "breaching"),
+        ("Errors", "notBreaching"),
+        ("Throttles", "notBreaching"),
+        ("TerminationsRefused", "notBreaching"),
+        ("ConnectionUtilization", "missing"),
+    ],
+)
+def test_a_reaper_that_stops_running_alarms(
+    template: dict[str, Any], metric_name: str, treat_missing_data: str
+) -> None:
+    assert _alarm(template, metric_name)["TreatMissingData"] == treat_missing_data
+
+
+def test_missed_schedule_alarm_fires_after_two_periods_without_an_invocation(
+    template: dict[str, Any],
+) -> None:
+    alarm = _alarm(template, "Invocations")
+
+    assert alarm["Namespace"] == "AWS/Lambda"
+    assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "ReaperFunction"}}]
+    assert alarm["Statistic"] == "Sum"
+    assert alarm["EvaluationPeriods"] == alarm["DatapointsToAlarm"] == 2
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "LessThanThreshold"
+
+
+def test_throttles_alarm_fires_on_the_first_throttle(template: dict[str, Any]) -> None:
+    alarm = _alarm(template, "Throttles")
+
+    assert alarm["Namespace"] == "AWS/Lambda"
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+
+
+@pytest.mark.parametrize(
+    ("parameter", "value", "accepted"),
+    [
+        ("DatabaseSecretArn", "", True),
+        (
+            "DatabaseSecretArn",
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/reaper-AbC123",
+            True,
+        ),
+        (
+            "DatabaseSecretArn",
+            "arn:aws-us-gov:secretsmanager:us-gov-west-1:123456789012:secret:reaper-AbC123",
+            True,
+        ),
+        # Without the random suffix the IAM permission names no secret: AccessDenied at run time.
+        ("DatabaseSecretArn", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod", False),
+        ("DatabaseSecretArn", "prod/reaper", False),
+        ("DatabaseSecretKmsKeyArn", "arn:aws:kms:eu-west-1:123456789012:alias/reaper", False),
+        (
+            "DatabaseSecretKmsKeyArn",
+            "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            True,
+        ),
+        ("AlarmTopicArn", "arn:aws:sns:eu-west-1:123456789012:ops-alarms", True),
+        ("AlarmTopicArn", "ops-alarms", False),
+        ("AlarmEmail", "ops@example.com", True),
+        ("AlarmEmail", "ops", False),
+        ("DbResourceId", "db-ABCDEFGHIJKLMNOP", True),
+        ("DbResourceId", "cluster-ABCDEFGHIJKLMNOP", True),
+        ("DbResourceId", "mydb", False),
+        ("Targets", "", True),
+        ("Targets", '[{"name":"writer","host":"w.example.com"},{"name":"reader"}]', True),
+        # A DSN may hold a password, and stack parameters are stored and shown in plain text.
+        ("Targets", '[{"name":"w","dsn":"postgresql://u:secret@h/postgres"}]', False),
+        ("Targets", '{"name":"writer"}', False),
+        ("AlarmTargetName", "writer", True),
+        ("AlarmTargetName", "bad name", False),
+        ("MetricsNamespace", "IdleReaper", True),
+        ("MetricsNamespace", "AWS/Lambda", False),
+        ("SslRootCert", "/var/task/certs/rds-global-bundle.pem", True),
+        ("SslRootCert", "certs/x.pem", False),
+        ("IamAuthUser", "idle_reaper", True),
+        ("IamAuthUser", "idle reaper", False),
+    ],
+)
+def test_parameters_are_validated_at_deploy_time(
+    template: dict[str, Any], parameter: str, value: str, accepted: bool
+) -> None:
+    # CloudFormation matches AllowedPattern against the whole value (Java regex; these patterns
+    # use nothing Python's re reads differently).
+    pattern = template["Parameters"][parameter]["AllowedPattern"]
+
+    assert (re.fullmatch(pattern, value) is not None) is accepted
+    assert template["Parameters"][parameter]["ConstraintDescription"]
+
+
+def test_every_free_text_parameter_has_a_pattern_or_allowed_values(
+    template: dict[str, Any],
+) -> None:
+    unchecked = [
+        name
+        for name, parameter in template["Parameters"].items()
+        if parameter["Type"] == "String"
+        and "AllowedPattern" not in parameter
+        and "AllowedValues" not in parameter
+    ]
+
+    assert unchecked == []
 
 
 def test_cfn_lint_reports_nothing() -> None:
