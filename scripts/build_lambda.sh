@@ -47,32 +47,42 @@ import tomllib
 artifacts, explicit, pid = pathlib.Path(sys.argv[1]).resolve(), sys.argv[2], sys.argv[3]
 
 
-def elapsed_seconds(pid: str, etime: str) -> float:
-    """How long the process has run: to the clock tick from /proc on Linux, else ps's etime
-    ([[dd-]hh:]mm:ss, whole seconds)."""
-    stat, uptime = pathlib.Path(f"/proc/{pid}/stat"), pathlib.Path("/proc/uptime")
-    if stat.is_file() and uptime.is_file():
-        start_ticks = int(stat.read_text().rsplit(")", 1)[1].split()[19])
-        since_boot = float(uptime.read_text().split()[0])
-        return since_boot - start_ticks / os.sysconf("SC_CLK_TCK")
-    days, _, clock = etime.rpartition("-")
-    seconds = 0
-    for part in clock.split(":"):
-        seconds = seconds * 60 + int(part)
-    return seconds + int(days or 0) * 86400 + 1
-
-
-def sam_started_at(pid: str) -> float | None:
-    """When the nearest `sam` ancestor process started (ps works on Linux and macOS)."""
-    for _ in range(8):
+def process(pid: str) -> tuple[str, float, list[str]] | None:
+    """(parent pid, seconds running, command line) of a process: from /proc on Linux, to the
+    clock tick; else from ps (macOS), whose etime is whole seconds ([[dd-]hh:]mm:ss)."""
+    proc = pathlib.Path("/proc", pid)
+    if proc.is_dir():
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            since_boot = float(pathlib.Path("/proc/uptime").read_text().split()[0])
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            return None
+        return fields[1], since_boot - int(fields[19]) / os.sysconf("SC_CLK_TCK"), args
+    try:
         row = subprocess.run(
             ["ps", "-o", "ppid=,etime=,args=", "-p", pid], capture_output=True, text=True
         ).stdout.split(None, 2)
-        if len(row) < 3:
+    except OSError:
+        return None
+    if len(row) < 3:
+        return None
+    days, _, clock = row[1].rpartition("-")
+    seconds = 0
+    for part in clock.split(":"):
+        seconds = seconds * 60 + int(part)
+    return row[0], seconds + int(days or 0) * 86400 + 1, row[2].split()
+
+
+def sam_started_at(pid: str) -> float | None:
+    """When the nearest `sam` ancestor process started."""
+    for _ in range(8):
+        found = process(pid)
+        if found is None:
             return None
-        parent, etime, args = row
-        if any(pathlib.Path(word).name == "sam" for word in args.split()[:3]):
-            return time.time() - elapsed_seconds(pid, etime)
+        parent, elapsed, args = found
+        if any(pathlib.Path(word).name == "sam" for word in args[:3]):
+            return time.time() - elapsed
         pid = parent
     return None
 

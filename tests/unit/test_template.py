@@ -354,6 +354,16 @@ def test_an_update_never_rewrites_a_policy_managed_in_ssm(template: dict[str, An
     assert "${" not in seed
 
 
+def test_a_stack_deployed_with_default_policy_parameters_keeps_its_policy_when_upgraded(
+    template: dict[str, Any],
+) -> None:
+    # Before PolicyManagement the value was the stack-managed text; with the default parameters
+    # it is character for character the ssm seed, so CloudFormation sees no change to write.
+    _condition, raw_policy, seed = _policy_value(template)
+
+    assert _substitute(raw_policy, _sub_values(template)) == seed
+
+
 def test_policy_parameters_are_refused_unless_the_stack_manages_the_policy(
     template: dict[str, Any],
 ) -> None:
