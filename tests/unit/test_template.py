@@ -169,7 +169,8 @@ def test_reserved_concurrency_is_opt_in_so_a_new_account_can_deploy(
     template: dict[str, Any], function: dict[str, Any]
 ) -> None:
     # Reserving even one execution fails where the account quota leaves under 100 unreserved
-    # (new accounts have 10); the advisory lock keeps two passes from acting on one target.
+    # (new accounts have 10); the advisory lock keeps two passes from acting on one target
+    # (tests/functional/test_pass.py::test_two_passes_at_once_terminate_each_session_once).
     parameter = template["Parameters"]["ReserveConcurrency"]
 
     assert parameter["Default"] == "false"
