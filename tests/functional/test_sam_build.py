@@ -3,9 +3,10 @@ the function's architecture only, byte-compiled for Python 3.12, and the x86_64 
 the handler on this machine's Python 3.12.
 
 Slow: SAM is installed once into a venv of its own, outside the repository
-($REAPER_TOOLS_DIR, default ~/.cache/idle-reaper/sam-venv, about 30 s the first time). Each build
-then takes 15-30 s with pip's wheel cache warm (about 30 MB of wheels per architecture to
-download the first time); four builds, about 1.5 minutes in all.
+($REAPER_TOOLS_DIR/sam-venv, default ~/.cache/idle-reaper/sam-venv: about 30 s and 150 MB the
+first time). Three builds then take 15-40 s each with pip's wheel cache warm (about 30 MB of
+wheels per architecture to download the first time), plus one that fails before pip runs:
+2.5 minutes in all on a busy two-core machine, most of it pip.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The Makefile's TOOLS_DIR (checkov's venv) defaults to the same place.
 TOOLS_DIR = Path(os.environ.get("REAPER_TOOLS_DIR", Path.home() / ".cache" / "idle-reaper"))
 SAM_VENV = TOOLS_DIR / "sam-venv"
 # SAM's own pins clash with the project's dependencies: never in the project's venv.

@@ -752,6 +752,13 @@ def test_parameters_are_validated_at_deploy_time(
     assert template["Parameters"][parameter]["ConstraintDescription"]
 
 
+def test_every_parameter_is_in_one_console_group(template: dict[str, Any]) -> None:
+    groups = template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    grouped = [name for group in groups for name in group["Parameters"]]
+
+    assert sorted(grouped) == sorted(template["Parameters"])
+
+
 def test_every_free_text_parameter_has_a_pattern_or_allowed_values(
     template: dict[str, Any],
 ) -> None:
