@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 .PHONY: demo test lint security format typecheck bench build build-ReaperFunction cfn clean
 
 # Tools whose pinned dependencies clash with ours live in venvs of their own, outside the tree.
-TOOLS_DIR ?= $(HOME)/.cache/idle-reaper
+TOOLS_DIR ?= $(or $(REAPER_TOOLS_DIR),$(HOME)/.cache/idle-reaper)
 CHECKOV_VERSION := 3.3.30
 CHECKOV := $(TOOLS_DIR)/checkov-venv/bin/checkov
 CFN_TEMPLATE := dist/idle-reaper.cfn.yaml

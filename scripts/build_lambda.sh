@@ -13,7 +13,8 @@
 #                   they must agree; when neither is, the build fails.
 #   SAM_BUILD_TOML  that build.toml, when SAM's build directory is not ARTIFACTS_DIR/..
 #   PYTHON          interpreter that runs pip (default python3).
-#   LAMBDA_PYTHON   the runtime's interpreter, which byte-compiles (default python3.12).
+#   LAMBDA_PYTHON   the runtime's interpreter, which byte-compiles (default python3.12 on PATH,
+#                   else a pyenv-installed 3.12).
 #   BYTE_COMPILE    0 to skip byte-compiling on purpose (slower cold starts); anything else
 #                   requires LAMBDA_PYTHON.
 set -euo pipefail
@@ -28,6 +29,15 @@ python="${PYTHON:-python3}"
 # The function's runtime: template.yaml says python3.12; the wheels and the bytecode follow it.
 runtime_version=3.12
 lambda_python="${LAMBDA_PYTHON:-python${runtime_version}}"
+# Without LAMBDA_PYTHON, a pyenv-installed 3.12 also serves when no python3.12 is on PATH (pyenv's
+# shim only runs it when that version is selected).
+if [[ -z "${LAMBDA_PYTHON:-}" ]] && ! "$lambda_python" -c "" 2>/dev/null; then
+    for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"${runtime_version}".*/bin/python"${runtime_version}"; do
+        if [[ -x "$candidate" ]]; then
+            lambda_python="$candidate"
+        fi
+    done
+fi
 project_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # The architecture SAM builds this function for. SAM hands a makefile build nothing but

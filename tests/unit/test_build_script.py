@@ -9,6 +9,7 @@ runs real builds).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,11 +31,14 @@ functions = ["ReaperFunction"]
 """
 
 
+BASH = shutil.which("bash") or "/bin/bash"
+
+
 def _build(tmp_path: Path, **environment: str) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if key not in ("ARCH", "LAMBDA_PYTHON")}
     env.update(PYTHON=sys.executable, **environment)
     return subprocess.run(
-        ["bash", str(BUILD_SCRIPT), str(tmp_path / "build" / "ReaperFunction")],
+        [BASH, str(BUILD_SCRIPT), str(tmp_path / "build" / "ReaperFunction")],
         capture_output=True,
         text=True,
         env=env,
@@ -98,6 +102,25 @@ def test_build_refuses_to_byte_compile_with_another_python_than_the_runtime(
     assert completed.returncode == 2
     assert "byte-compiling needs Python 3.12" in completed.stderr
     assert "BYTE_COMPILE=0" in completed.stderr
+
+
+def test_build_without_any_python_312_fails_rather_than_skip_byte_compiling(
+    tmp_path: Path,
+) -> None:
+    # A PATH with no python3.12 and a pyenv root without versions: nothing to compile with.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dirname",):
+        found = shutil.which(tool)
+        assert found is not None
+        (bin_dir / tool).symlink_to(found)
+
+    completed = _build(
+        tmp_path, ARCH="arm64", PATH=str(bin_dir), PYENV_ROOT=str(tmp_path / "no-pyenv")
+    )
+
+    assert completed.returncode == 2
+    assert "'python3.12' is not runnable" in completed.stderr
 
 
 def test_build_script_follows_the_template_runtime() -> None:
