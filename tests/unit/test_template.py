@@ -10,12 +10,14 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+import reaper
 from reaper.core.policy import parse_policy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -163,24 +165,49 @@ def test_function_architecture_defaults_to_arm64(
     assert set(template["Parameters"]["Architecture"]["AllowedValues"]) == {"arm64", "x86_64"}
 
 
-def test_function_never_runs_two_passes_at_once(function: dict[str, Any]) -> None:
-    assert function["ReservedConcurrentExecutions"] == 1
-
-
-def test_function_times_out_before_the_next_scheduled_pass(
+def test_reserved_concurrency_is_opt_in_so_a_new_account_can_deploy(
     template: dict[str, Any], function: dict[str, Any]
 ) -> None:
-    period = _schedule_period_seconds(template["Parameters"]["ScheduleExpression"]["Default"])
+    # Reserving even one execution fails where the account quota leaves under 100 unreserved
+    # (new accounts have 10); the advisory lock keeps two passes from acting on one target
+    # (tests/functional/test_pass.py::test_two_passes_at_once_terminate_each_session_once).
+    parameter = template["Parameters"]["ReserveConcurrency"]
 
-    assert period == 300
-    assert function["Timeout"] < period
+    assert parameter["Default"] == "false"
+    assert function["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["ReserveOneExecution", 1, {"Ref": "AWS::NoValue"}]
+    }
+    assert template["Conditions"]["ReserveOneExecution"] == {
+        "Fn::Equals": [{"Ref": "ReserveConcurrency"}, "true"]
+    }
+
+
+def test_every_schedule_period_outlasts_the_timeout_and_drives_the_missed_schedule_alarm(
+    template: dict[str, Any], function: dict[str, Any]
+) -> None:
+    parameter = template["Parameters"]["ScheduleMinutes"]
+    periods = template["Mappings"]["Schedule"]
+
+    assert parameter["Default"] == "5"
+    assert set(parameter["AllowedValues"]) == set(periods)
+    for minutes, entry in periods.items():
+        assert (
+            _schedule_period_seconds(entry["Rate"]) == entry["PeriodSeconds"] == int(minutes) * 60
+        )
+        assert function["Timeout"] < entry["PeriodSeconds"]
+    missed = _alarm(template, "Invocations")
+    assert missed["Period"] == {
+        "Fn::FindInMap": ["Schedule", {"Ref": "ScheduleMinutes"}, "PeriodSeconds"]
+    }
 
 
 def test_schedule_runs_the_function_on_the_schedule_parameter(function: dict[str, Any]) -> None:
     schedule = function["Events"]["Schedule"]
 
     assert schedule["Type"] == "ScheduleV2"
-    assert schedule["Properties"]["ScheduleExpression"] == {"Ref": "ScheduleExpression"}
+    assert schedule["Properties"]["ScheduleExpression"] == {
+        "Fn::FindInMap": ["Schedule", {"Ref": "ScheduleMinutes"}, "Rate"]
+    }
 
 
 def test_scheduled_input_is_shaped_like_a_scheduled_event(
@@ -231,15 +258,13 @@ def test_secrets_and_database_permissions_always_name_their_resource(
             assert "*" not in json.dumps(resource), statement["Sid"]
 
 
-def test_only_the_aws_vpc_policy_is_attached_besides_inline_statements(
-    function: dict[str, Any],
-) -> None:
-    # SAM policy templates such as SSMParameterReadPolicy add "*" statements of their own.
-    named_policies = [policy for policy in function["Policies"] if isinstance(policy, str)]
-    inline_documents = [policy for policy in function["Policies"] if isinstance(policy, dict)]
-
-    assert named_policies == ["AWSLambdaVPCAccessExecutionRole"]
-    assert all("Statement" in document for document in inline_documents)
+def test_only_inline_statements_are_attached(function: dict[str, Any]) -> None:
+    # SAM policy templates such as SSMParameterReadPolicy add "*" statements of their own; SAM
+    # attaches the AWS managed VPC access policy for VpcConfig by itself (test_cfn checks it).
+    assert all(
+        isinstance(policy, dict) and set(policy) == {"Version", "Statement"}
+        for policy in function["Policies"]
+    )
 
 
 def test_optional_permissions_exist_only_with_their_settings(function: dict[str, Any]) -> None:
@@ -275,28 +300,85 @@ def test_policy_permission_names_exactly_the_policy_parameter(
     }
 
 
+# The policy the stack writes under PolicyManagement=ssm. CloudFormation rewrites the SSM
+# parameter whenever this text changes, which would reset every deployed stack's tuned policy:
+# change it only on purpose, and say so in the release notes.
+PINNED_SSM_SEED = (
+    '{"rules":[{"name":"lambda","application_names":["lambda:*"],"states":{"idle":900}}],'
+    '"dry_run":true,"max_terminations":50}'
+)
+
+
+def _policy_value(template: dict[str, Any]) -> tuple[str, str, str]:
+    condition, from_stack, seed = template["Resources"]["PolicyParameter"]["Properties"]["Value"][
+        "Fn::If"
+    ]
+    return condition, from_stack["Fn::Sub"], seed
+
+
 @pytest.mark.parametrize(("dry_run", "expected"), [("true", True), ("false", False)])
-def test_initial_policy_follows_the_dry_run_parameter(
+def test_stack_managed_policy_follows_the_dry_run_parameter(
     template: dict[str, Any], dry_run: str, expected: bool
 ) -> None:
-    raw_policy = template["Resources"]["PolicyParameter"]["Properties"]["Value"]["Fn::Sub"]
+    condition, raw_policy, _seed = _policy_value(template)
 
     text = _substitute(raw_policy, _sub_values(template, DryRun=dry_run))
 
+    assert template["Conditions"][condition] == {
+        "Fn::Equals": [{"Ref": "PolicyManagement"}, "stack"]
+    }
     assert json.loads(text)["dry_run"] is expected
     assert parse_policy(text, source="template.yaml").dry_run is expected
 
 
 def test_first_deploy_is_a_dry_run_with_the_documented_policy(template: dict[str, Any]) -> None:
-    raw_policy = template["Resources"]["PolicyParameter"]["Properties"]["Value"]["Fn::Sub"]
-
-    document = json.loads(_substitute(raw_policy, _sub_values(template)))
-
-    assert template["Resources"]["PolicyParameter"]["Properties"]["Type"] == "String"
-    assert document == {
+    _condition, raw_policy, seed = _policy_value(template)
+    documented = {
         "rules": [{"name": "lambda", "application_names": ["lambda:*"], "states": {"idle": 900}}],
         "dry_run": True,
         "max_terminations": 50,
+    }
+
+    assert template["Parameters"]["PolicyManagement"]["Default"] == "ssm"
+    assert template["Resources"]["PolicyParameter"]["Properties"]["Type"] == "String"
+    assert json.loads(seed) == documented
+    assert json.loads(_substitute(raw_policy, _sub_values(template))) == documented
+    assert parse_policy(seed, source="template.yaml").dry_run is True
+
+
+def test_an_update_never_rewrites_a_policy_managed_in_ssm(template: dict[str, Any]) -> None:
+    # Under ssm the value depends on no parameter and on no release: CloudFormation only writes
+    # the parameter when its value changes, so an SSM edit survives every stack update.
+    _condition, _raw_policy, seed = _policy_value(template)
+
+    assert seed == PINNED_SSM_SEED
+    assert "${" not in seed
+
+
+def test_a_stack_deployed_with_default_policy_parameters_keeps_its_policy_when_upgraded(
+    template: dict[str, Any],
+) -> None:
+    # Before PolicyManagement the value was the stack-managed text; with the default parameters
+    # it is character for character the ssm seed, so CloudFormation sees no change to write.
+    _condition, raw_policy, seed = _policy_value(template)
+
+    assert _substitute(raw_policy, _sub_values(template)) == seed
+
+
+def test_policy_parameters_are_refused_unless_the_stack_manages_the_policy(
+    template: dict[str, Any],
+) -> None:
+    rule = template["Rules"]["PolicyParametersNeedStackManagement"]
+    defaults = _defaults(template)
+
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "PolicyManagement"}, "ssm"]}
+    (assertion,) = rule["Assertions"]
+    required = {
+        equals["Fn::Equals"][0]["Ref"]: equals["Fn::Equals"][1]
+        for equals in assertion["Assert"]["Fn::And"]
+    }
+    assert required == {
+        name: defaults[name] for name in ("DryRun", "IdleSeconds", "MaxTerminations")
     }
 
 
@@ -313,7 +395,9 @@ def test_environment_names_the_service_and_namespace_the_alarms_watch(
 ) -> None:
     variables = function["Environment"]["Variables"]
 
-    for metric_name in ("ConnectionUtilization", "TerminationsRefused"):
+    # The stack's identity: two stacks in one account and Region never share a metric.
+    assert variables["POWERTOOLS_SERVICE_NAME"] == {"Ref": "AWS::StackName"}
+    for metric_name in ("ConnectionUtilization", "TerminationsRefused", "TargetErrors"):
         alarm = _alarm(template, metric_name)
         dimensions = {d["Name"]: d["Value"] for d in alarm["Dimensions"]}
         # EMF metrics match only on the exact dimension set: Powertools' service plus Target.
@@ -334,9 +418,7 @@ def test_log_group_keeps_events_for_the_configured_retention(
 
     assert log_group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
     assert function["LoggingConfig"]["LogGroup"] == {"Ref": "ReaperLogGroup"}
-    assert _substitute(log_group["LogGroupName"]["Fn::Sub"], values) == "/aws/lambda/" + (
-        _substitute(function["FunctionName"]["Fn::Sub"], values)
-    )
+    assert _substitute(log_group["LogGroupName"]["Fn::Sub"], values) == "/idle-reaper/reaper-test"
 
 
 def test_function_errors_alarm_fires_on_the_first_error(template: dict[str, Any]) -> None:
@@ -368,12 +450,21 @@ def test_alarms_notify_the_topic_only_when_one_is_given(template: dict[str, Any]
         for resource in template["Resources"].values()
         if resource["Type"] == "AWS::CloudWatch::Alarm"
     ]
+    notify = {
+        "Fn::If": [
+            "NotifyAlarms",
+            [{"Fn::If": ["HasAlarmTopic", {"Ref": "AlarmTopicArn"}, {"Ref": "AlarmTopic"}]}],
+            {"Ref": "AWS::NoValue"},
+        ]
+    }
 
-    assert len(alarms) == 3
+    assert len(alarms) >= 6
     for alarm in alarms:
-        assert alarm["AlarmActions"] == {
-            "Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]
-        }
+        assert alarm["AlarmActions"] == notify, alarm["MetricName"]
+        assert alarm["OKActions"] == notify, alarm["MetricName"]
+    assert template["Conditions"]["NotifyAlarms"] == {
+        "Fn::Or": [{"Condition": "HasAlarmTopic"}, {"Condition": "CreateAlarmTopic"}]
+    }
 
 
 def test_dashboard_is_valid_json_and_shows_every_metric(template: dict[str, Any]) -> None:
@@ -407,34 +498,279 @@ def test_connection_alarm_triggers_a_pass_only_on_entering_alarm(
 def test_build_needs_no_docker(template: dict[str, Any], function: dict[str, Any]) -> None:
     build_script = REPO_ROOT / "scripts" / "build_lambda.sh"
 
-    assert template["Resources"]["ReaperFunction"]["Metadata"] == {"BuildMethod": "makefile"}
+    assert template["Resources"]["ReaperFunction"]["Metadata"]["BuildMethod"] == "makefile"
     assert function["CodeUri"] == "."
     assert build_script.is_file()
     assert build_script.stat().st_mode & 0o111
 
 
+def _project() -> dict[str, Any]:
+    with (REPO_ROOT / "pyproject.toml").open("rb") as stream:
+        project: dict[str, Any] = tomllib.load(stream)["project"]
+    return project
+
+
 def test_serverless_repo_metadata_is_complete(template: dict[str, Any]) -> None:
     application = template["Metadata"]["AWS::ServerlessRepo::Application"]
+    homepage = _project()["urls"]["Homepage"]
 
+    assert set(application) == {
+        "Name",
+        "Description",
+        "Author",
+        "SpdxLicenseId",
+        "LicenseUrl",
+        "ReadmeUrl",
+        "HomePageUrl",
+        "SourceCodeUrl",
+        "Labels",
+        "SemanticVersion",
+    }
     assert application["Name"] == "idle-reaper"
-    assert application["SpdxLicenseId"] == "Apache-2.0"
-    assert application["SemanticVersion"] == "0.1.0"
+    assert application["SpdxLicenseId"] == _project()["license"] == "Apache-2.0"
+    assert application["HomePageUrl"] == homepage
+    assert application["SourceCodeUrl"] == f"{homepage}/tree/v{application['SemanticVersion']}"
     assert application["Description"]
     assert application["Author"]
     assert application["Labels"]
-    # Files the application points at must exist: SAR uploads them at `sam package`.
-    for key in ("ReadmeUrl", "LicenseUrl"):
-        if key in application:
-            assert (REPO_ROOT / application[key]).is_file(), key
+    # Files the application points at must exist: `sam package` uploads them.
+    assert (REPO_ROOT / application["ReadmeUrl"]).is_file()
+    assert (
+        (REPO_ROOT / application["LicenseUrl"])
+        .read_text(encoding="utf-8")
+        .lstrip()
+        .startswith("Apache License\n                           Version 2.0, January 2004")
+    )
+
+
+def test_the_published_version_is_the_package_version(template: dict[str, Any]) -> None:
+    application = template["Metadata"]["AWS::ServerlessRepo::Application"]
+    with (REPO_ROOT / "pyproject.toml").open("rb") as stream:
+        pyproject = tomllib.load(stream)
+
+    # pyproject takes its version from reaper.__version__: one source, which the template copies.
+    assert "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "reaper.__version__"}
+    assert application["SemanticVersion"] == reaper.__version__
+    assert re.fullmatch(r"\d+\.\d+\.\d+", reaper.__version__)
+
+
+def test_readme_links_are_absolute_for_the_repository_console() -> None:
+    # The Serverless Application Repository renders README.md away from the repository: a
+    # relative link there leads nowhere.
+    homepage = _project()["urls"]["Homepage"]
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)\s]+)\)", readme)
+
+    assert targets
+    for target in targets:
+        assert target.startswith("https://"), target
+        if target.startswith(f"{homepage}/blob/main/"):
+            path = target.removeprefix(f"{homepage}/blob/main/").split("#")[0]
+            assert (REPO_ROOT / path).is_file(), target
 
 
 def test_outputs_name_function_policy_logs_and_dashboard(template: dict[str, Any]) -> None:
     assert set(template["Outputs"]) >= {
         "FunctionArn",
+        "FunctionName",
         "PolicyParameterName",
         "LogGroupName",
         "DashboardUrl",
+        "AlarmTopicArn",
     }
+
+
+def test_function_has_no_fixed_name(function: dict[str, Any]) -> None:
+    # <stack>-reaper overflows Lambda's 64 characters under StackSet stack names.
+    assert "FunctionName" not in function
+
+
+def test_dashboard_name_is_unique_per_stack_and_region(template: dict[str, Any]) -> None:
+    # Dashboards are global to an account: one stack name in two Regions must not collide.
+    name = template["Resources"]["ReaperDashboard"]["Properties"]["DashboardName"]["Fn::Sub"]
+
+    assert "${AWS::StackName}" in name
+    assert "${AWS::Region}" in name
+
+
+def test_dashboard_shows_only_this_stacks_metrics(template: dict[str, Any]) -> None:
+    raw_body = template["Resources"]["ReaperDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    body = json.loads(_substitute(raw_body, _sub_values(template)))
+    expressions = [
+        metric[0]["expression"]
+        for widget in body["widgets"]
+        for metric in widget["properties"]["metrics"]
+        if isinstance(metric[0], dict)
+    ]
+
+    assert expressions
+    for expression in expressions:
+        assert 'service="reaper-test"' in expression, expression
+
+
+@pytest.mark.parametrize(
+    ("partition", "host"),
+    [
+        ("aws", "eu-west-1.console.aws.amazon.com"),
+        ("aws-cn", "eu-west-1.console.amazonaws.cn"),
+        ("aws-us-gov", "eu-west-1.console.amazonaws-us-gov.com"),
+    ],
+)
+def test_dashboard_url_uses_the_console_of_the_stacks_partition(
+    template: dict[str, Any], partition: str, host: str
+) -> None:
+    url_template, variables = template["Outputs"]["DashboardUrl"]["Value"]["Fn::Sub"]
+    mapping_name, key, attribute = variables["ConsoleHost"]["Fn::FindInMap"]
+    console_host = template["Mappings"][mapping_name][partition][attribute]
+
+    url = _substitute(
+        url_template, _sub_values(template, ConsoleHost=console_host, ReaperDashboard="d")
+    )
+
+    assert key == {"Ref": "AWS::Partition"}
+    assert url.startswith(f"https://{host}/cloudwatch/home?region=eu-west-1#dashboards:name=")
+
+
+def test_secret_kms_condition_names_the_service_endpoint_of_the_partition(
+    function: dict[str, Any],
+) -> None:
+    (statement,) = [s for s in _inline_statements(function) if s["Action"] == "kms:Decrypt"]
+
+    assert statement["Condition"]["StringEquals"]["kms:ViaService"] == {
+        "Fn::Sub": "secretsmanager.${AWS::Region}.${AWS::URLSuffix}"
+    }
+
+
+def test_an_alarm_email_creates_a_topic_with_that_subscription(template: dict[str, Any]) -> None:
+    topic = template["Resources"]["AlarmTopic"]
+
+    assert topic["Condition"] == "CreateAlarmTopic"
+    assert topic["Properties"]["Subscription"] == [
+        {"Protocol": "email", "Endpoint": {"Ref": "AlarmEmail"}}
+    ]
+    assert template["Conditions"]["CreateAlarmTopic"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]
+    }
+    assert template["Rules"]["OneAlarmTopic"]["Assertions"][0]["Assert"] == {
+        "Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]
+    }
+
+
+@pytest.mark.parametrize(
+    ("metric_name", "treat_missing_data"),
+    [
+        # No invocation in a period is exactly what these two watch for: missing data breaches.
+        ("Invocations", "breaching"),
+        ("TargetErrors", "breaching"),
+        ("Errors", "notBreaching"),
+        ("Throttles", "notBreaching"),
+        ("TerminationsRefused", "notBreaching"),
+        ("ConnectionUtilization", "missing"),
+    ],
+)
+def test_a_reaper_that_stops_running_alarms(
+    template: dict[str, Any], metric_name: str, treat_missing_data: str
+) -> None:
+    assert _alarm(template, metric_name)["TreatMissingData"] == treat_missing_data
+
+
+def test_missed_schedule_alarm_fires_after_two_periods_without_an_invocation(
+    template: dict[str, Any],
+) -> None:
+    alarm = _alarm(template, "Invocations")
+
+    assert alarm["Namespace"] == "AWS/Lambda"
+    assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "ReaperFunction"}}]
+    assert alarm["Statistic"] == "Sum"
+    assert alarm["EvaluationPeriods"] == alarm["DatapointsToAlarm"] == 2
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "LessThanThreshold"
+
+
+def test_throttles_alarm_fires_on_the_first_throttle(template: dict[str, Any]) -> None:
+    alarm = _alarm(template, "Throttles")
+
+    assert alarm["Namespace"] == "AWS/Lambda"
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+
+
+@pytest.mark.parametrize(
+    ("parameter", "value", "accepted"),
+    [
+        ("DatabaseSecretArn", "", True),
+        (
+            "DatabaseSecretArn",
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/reaper-AbC123",
+            True,
+        ),
+        (
+            "DatabaseSecretArn",
+            "arn:aws-us-gov:secretsmanager:us-gov-west-1:123456789012:secret:reaper-AbC123",
+            True,
+        ),
+        # Without the random suffix the IAM permission names no secret: AccessDenied at run time.
+        ("DatabaseSecretArn", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod", False),
+        ("DatabaseSecretArn", "prod/reaper", False),
+        ("DatabaseSecretKmsKeyArn", "arn:aws:kms:eu-west-1:123456789012:alias/reaper", False),
+        (
+            "DatabaseSecretKmsKeyArn",
+            "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            True,
+        ),
+        ("AlarmTopicArn", "arn:aws:sns:eu-west-1:123456789012:ops-alarms", True),
+        ("AlarmTopicArn", "ops-alarms", False),
+        ("AlarmEmail", "ops@example.com", True),
+        ("AlarmEmail", "ops", False),
+        ("DbResourceId", "db-ABCDEFGHIJKLMNOP", True),
+        ("DbResourceId", "cluster-ABCDEFGHIJKLMNOP", True),
+        ("DbResourceId", "mydb", False),
+        ("Targets", "", True),
+        ("Targets", '[{"name":"writer","host":"w.example.com"},{"name":"reader"}]', True),
+        # A DSN may hold a password, and stack parameters are stored and shown in plain text.
+        ("Targets", '[{"name":"w","dsn":"postgresql://u:secret@h/postgres"}]', False),
+        ("Targets", '{"name":"writer"}', False),
+        ("AlarmTargetName", "writer", True),
+        ("AlarmTargetName", "bad name", False),
+        ("MetricsNamespace", "IdleReaper", True),
+        ("MetricsNamespace", "AWS/Lambda", False),
+        ("SslRootCert", "/var/task/certs/rds-global-bundle.pem", True),
+        ("SslRootCert", "certs/x.pem", False),
+        ("IamAuthUser", "idle_reaper", True),
+        ("IamAuthUser", "idle reaper", False),
+    ],
+)
+def test_parameters_are_validated_at_deploy_time(
+    template: dict[str, Any], parameter: str, value: str, accepted: bool
+) -> None:
+    # CloudFormation matches AllowedPattern against the whole value (Java regex; these patterns
+    # use nothing Python's re reads differently).
+    pattern = template["Parameters"][parameter]["AllowedPattern"]
+
+    assert (re.fullmatch(pattern, value) is not None) is accepted
+    assert template["Parameters"][parameter]["ConstraintDescription"]
+
+
+def test_every_parameter_is_in_one_console_group(template: dict[str, Any]) -> None:
+    groups = template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    grouped = [name for group in groups for name in group["Parameters"]]
+
+    assert sorted(grouped) == sorted(template["Parameters"])
+
+
+def test_every_free_text_parameter_has_a_pattern_or_allowed_values(
+    template: dict[str, Any],
+) -> None:
+    unchecked = [
+        name
+        for name, parameter in template["Parameters"].items()
+        if parameter["Type"] == "String"
+        and "AllowedPattern" not in parameter
+        and "AllowedValues" not in parameter
+    ]
+
+    assert unchecked == []
 
 
 def test_cfn_lint_reports_nothing() -> None:
