@@ -79,6 +79,21 @@ def iam_user_of(settings: LambdaSettings, entry: TargetEntry) -> str | None:
     return settings.db_user
 
 
+def login_summary(settings: LambdaSettings, entry: TargetEntry) -> str:
+    """How the target logs in, in words, naming no secret value (for `reaper targets`)."""
+    if entry.dsn is not None:
+        return "its own DSN"
+    secret_id = secret_id_of(settings, entry)
+    if secret_id is not None:
+        return f"secret {secret_id}" + ("" if entry.secret_id else " (stack default)")
+    iam_user = iam_user_of(settings, entry)
+    if iam_user is not None:
+        return f"IAM user {iam_user}" + ("" if entry.iam_user else " (stack default)")
+    if settings.database_url is not None:
+        return "REAPER_DATABASE_URL"
+    return "none: no secret, IAM user or DSN applies"
+
+
 def build_target(
     settings: LambdaSettings, entry: TargetEntry, *, refresh_secret: bool = False
 ) -> Target:
