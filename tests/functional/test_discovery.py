@@ -18,63 +18,16 @@ from reaper.aws.targets import plan_discovered
 from reaper.cli.invoke import local_context
 from reaper.errors import DiscoveryError, TargetsFailedError
 from tests.fix_aws import REGION, emf_metrics, log_records, metric
-from tests.functional.fleet import RdsEndpoints, fleet, fleet_servers
+from tests.functional.fleet import TAG, Rds
 from tests.functional.reaping import policy_document, wait_past_threshold
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from tests.fix_db import PgServer
     from tests.functional.fleet import FleetServer
 
-TAG = {"Key": "idle-reaper", "Value": "enabled"}
 SCHEDULED = json.loads(
     (Path(__file__).resolve().parents[2] / "events" / "scheduled.json").read_text()
 )
 THRESHOLD = 0.5
-
-
-class Rds:
-    """The moto RDS API, with the endpoints it reports pointing where the test says."""
-
-    def __init__(self, client: Any, endpoints: RdsEndpoints) -> None:
-        self.client = client
-        self.endpoints = endpoints
-
-    def instance(
-        self,
-        identifier: str,
-        *,
-        engine: str = "postgres",
-        tags: list[dict[str, str]] | None = None,
-        server: PgServer | None = None,
-        **extra: Any,
-    ) -> None:
-        """Create a DB instance (tagged with TAG unless `tags` is given), at `server`."""
-        arguments: dict[str, Any] = {
-            "DBInstanceIdentifier": identifier,
-            "DBInstanceClass": "db.t4g.medium",
-            "Engine": engine,
-            "Tags": [TAG] if tags is None else tags,
-            **extra,
-        }
-        if "DBClusterIdentifier" not in extra:
-            arguments.update(
-                MasterUsername="postgres", MasterUserPassword="not-used-here", AllocatedStorage=20
-            )
-        self.client.create_db_instance(**arguments)
-        if server is not None:
-            self.endpoints.point(identifier, server)
-
-    def cluster(self, identifier: str, *, tags: list[dict[str, str]], **extra: Any) -> None:
-        self.client.create_db_cluster(
-            DBClusterIdentifier=identifier,
-            Engine="aurora-postgresql",
-            MasterUsername="postgres",
-            MasterUserPassword="not-used-here",
-            Tags=tags,
-            **extra,
-        )
 
 
 @pytest.fixture
@@ -85,9 +38,7 @@ def rds(aws, function_env, monkeypatch) -> Rds:
 
     function_env.setenv("REAPER_DISCOVERY_TAG", f"{TAG['Key']}={TAG['Value']}")
     function_env.setenv("REAPER_SSLMODE", "prefer")
-    endpoints = RdsEndpoints()
-    endpoints.install(monkeypatch)
-    return Rds(boto3.client("rds", region_name=REGION), endpoints)
+    return Rds(boto3.client("rds", region_name=REGION), monkeypatch)
 
 
 def discovered(tag: dict[str, str] = TAG) -> dict[str, Any]:
@@ -258,16 +209,10 @@ def test_a_failed_listing_is_not_cached(rds) -> None:
 # -- passes on discovered targets -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def two_servers() -> Iterator[list[PgServer]]:
-    with fleet_servers(2) as servers:
-        yield servers
-
-
 @pytest.fixture
-def members(two_servers) -> Iterator[list[FleetServer]]:
-    with fleet(two_servers) as started:
-        yield started
+def members(fleet) -> list[FleetServer]:
+    """Two servers of the fleet."""
+    return fleet[:2]
 
 
 def secret_for(member: FleetServer, **overrides: Any) -> str:
