@@ -226,9 +226,34 @@ def test_secrets_and_database_permissions_always_name_their_resource(
         ("rds-db:connect",),
     }
     for statement in sensitive:
-        for resource in _as_list(statement["Resource"]):
-            assert resource != "*", statement["Sid"]
-            assert "*" not in json.dumps(resource), statement["Sid"]
+        for entry in _as_list(statement["Resource"]):
+            for resource in _both_branches(entry):
+                _check_named(statement, resource)
+
+
+def _check_named(statement: dict[str, Any], resource: Any) -> None:
+    assert resource != "*", statement["Sid"]
+    arn = resource.get("Fn::Sub") if isinstance(resource, dict) else resource
+    if isinstance(arn, str) and "*" in arn:
+        assert _scoped_wildcard(statement, arn), statement["Sid"]
+    else:
+        assert "*" not in json.dumps(resource), statement["Sid"]
+
+
+def _scoped_wildcard(statement: dict[str, Any], arn: str) -> bool:
+    """A wildcard only where discovery needs one, scoped to this account and Region: secrets
+    tagged for the stack or under its name prefix, rds-db:connect for a named user."""
+    scope = "arn:${AWS::Partition}:{service}:${AWS::Region}:${AWS::AccountId}:"
+    tag_condition = statement.get("Condition", {}).get("StringEquals", {})
+    if arn == scope.replace("{service}", "secretsmanager") + "secret:*":
+        return tag_condition == {
+            "secretsmanager:ResourceTag/idle-reaper:stack": {"Ref": "AWS::StackName"}
+        }
+    return arn in (
+        scope.replace("{service}", "secretsmanager") + "secret:idle-reaper/${AWS::StackName}/*",
+        scope.replace("{service}", "rds-db") + "dbuser:*/${IamAuthUser}",
+        scope.replace("{service}", "rds-db") + "dbuser:*/${DiscoveryIamUser}",
+    )
 
 
 def test_only_the_aws_vpc_policy_is_attached_besides_inline_statements(
@@ -254,8 +279,25 @@ def test_optional_permissions_exist_only_with_their_settings(function: dict[str,
     assert conditions == {
         "ReadDatabaseSecret": "UseSecret",
         "DecryptDatabaseSecret": "HasSecretKmsKey",
-        "ConnectWithIamToken": "UseIamAuth",
+        "ConnectWithIamToken": "HasDbResourceId",
+        "DescribeDatabases": "UseDiscovery",
+        "ReadDiscoveredSecretsByTag": "UseDiscovery",
+        "ReadDiscoveredSecretsByName": "UseDiscovery",
+        "ConnectToDiscoveredWithIamToken": "UseDiscoveryWithIam",
     }
+
+
+def test_discovery_lists_databases_of_this_account_and_region_only(
+    function: dict[str, Any],
+) -> None:
+    (describe,) = [s for s in _inline_statements(function) if s["Sid"] == "DescribeDatabases"]
+    values = {**PSEUDO_PARAMETERS}
+
+    assert sorted(describe["Action"]) == ["rds:DescribeDBClusters", "rds:DescribeDBInstances"]
+    assert [_substitute(r["Fn::Sub"], values) for r in describe["Resource"]] == [
+        "arn:aws:rds:eu-west-1:123456789012:db:*",
+        "arn:aws:rds:eu-west-1:123456789012:cluster:*",
+    ]
 
 
 def test_policy_permission_names_exactly_the_policy_parameter(
