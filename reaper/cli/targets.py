@@ -48,7 +48,12 @@ def targets_main(*, as_json: bool) -> int:
 def describe_target(settings: LambdaSettings, target: PlannedTarget) -> dict[str, Any]:
     """One target as JSON-ready values: where, how it logs in, which policy, or why not."""
     entry = target.entry
-    host, port = _endpoint(settings, entry) if entry is not None else (None, None)
+    if entry is not None:
+        host, port = _endpoint(settings, entry)
+    elif target.instance is not None:
+        host, port = target.instance.host, target.instance.port
+    else:
+        host, port = None, None
     if target.skip_reason is not None:
         action, reason = "skip", target.skip_reason
     elif target.problem is not None:

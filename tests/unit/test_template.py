@@ -241,8 +241,9 @@ def _check_named(statement: dict[str, Any], resource: Any) -> None:
 
 
 def _scoped_wildcard(statement: dict[str, Any], arn: str) -> bool:
-    """A wildcard only where discovery needs one, scoped to this account and Region: secrets
-    tagged for the stack or under its name prefix, rds-db:connect for a named user."""
+    """A wildcard only where targets need one, scoped to this account and Region: secrets
+    tagged for the stack or under its name prefix, its targets' policy parameters,
+    rds-db:connect on discovered instances for a named user."""
     scope = "arn:${AWS::Partition}:{service}:${AWS::Region}:${AWS::AccountId}:"
     tag_condition = statement.get("Condition", {}).get("StringEquals", {})
     if arn == scope.replace("{service}", "secretsmanager") + "secret:*":
@@ -251,6 +252,7 @@ def _scoped_wildcard(statement: dict[str, Any], arn: str) -> bool:
         }
     return arn in (
         scope.replace("{service}", "secretsmanager") + "secret:idle-reaper/${AWS::StackName}/*",
+        scope.replace("{service}", "ssm") + "parameter/idle-reaper/${AWS::StackName}/targets/*",
         scope.replace("{service}", "rds-db") + "dbuser:*/${IamAuthUser}",
         scope.replace("{service}", "rds-db") + "dbuser:*/${DiscoveryIamUser}",
     )
@@ -281,8 +283,6 @@ def test_optional_permissions_exist_only_with_their_settings(function: dict[str,
         "DecryptDatabaseSecret": "HasSecretKmsKey",
         "ConnectWithIamToken": "HasDbResourceId",
         "DescribeDatabases": "UseDiscovery",
-        "ReadDiscoveredSecretsByTag": "UseDiscovery",
-        "ReadDiscoveredSecretsByName": "UseDiscovery",
         "ConnectToDiscoveredWithIamToken": "UseDiscoveryWithIam",
     }
 
@@ -307,7 +307,7 @@ def test_policy_permission_names_exactly_the_policy_parameter(
     parameter_name = _substitute(
         template["Resources"]["PolicyParameter"]["Properties"]["Name"]["Fn::Sub"], values
     )
-    (statement,) = [s for s in _inline_statements(function) if s["Action"] == "ssm:GetParameter"]
+    (statement,) = [s for s in _inline_statements(function) if s["Sid"] == "ReadPolicyDocument"]
 
     arn = _substitute(statement["Resource"]["Fn::Sub"], values)
 
