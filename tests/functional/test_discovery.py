@@ -16,6 +16,7 @@ from reaper.aws.handler import lambda_handler
 from reaper.aws.settings import DiscoveryTag
 from reaper.aws.targets import plan_discovered
 from reaper.cli.invoke import local_context
+from reaper.cli.main import main
 from reaper.errors import DiscoveryError, TargetsFailedError
 from tests.fix_aws import REGION, emf_metrics, log_records, metric
 from tests.functional.fleet import TAG, Rds
@@ -391,3 +392,44 @@ def test_passes_queue_for_a_bounded_pool_and_all_run(
 
 def _target_metrics(out: str) -> list[Any]:
     return [m for m in emf_metrics(out) if "Target" in m.dimensions]
+
+
+# -- reaper targets ---------------------------------------------------------------------------
+
+
+def test_reaper_targets_lists_listed_targets_without_printing_a_password(
+    function_env, capsys
+) -> None:
+    # given listed targets whose DSNs hold passwords, and no discovery
+    function_env.setenv("REAPER_DATABASE_URL", "postgresql://reaper:pw-one-7@db.internal/postgres")
+    function_env.setenv(
+        "REAPER_TARGETS",
+        json.dumps(
+            [
+                {"name": "writer", "host": "writer.internal", "port": 6432},
+                {"name": "reporting", "dsn": "postgresql://bi:pw-two-9@bi.internal:5433/x"},
+            ]
+        ),
+    )
+
+    # when a person lists them, then each shows its endpoint, login and policy
+    assert main(["targets", "--json"]) == 0
+    out = capsys.readouterr().out
+    document = json.loads(out)
+    assert document["discovery"] is None
+    assert [
+        (t["name"], t["origin"], t["action"], t["host"], t["port"], t["login"])
+        for t in document["targets"]
+    ] == [
+        ("writer", "listed", "pass", "writer.internal", 6432, "REAPER_DATABASE_URL"),
+        ("reporting", "listed", "pass", "bi.internal", 5433, "its own DSN"),
+    ]
+    assert "pw-one-7" not in out
+    assert "pw-two-9" not in out
+
+
+def test_reaper_targets_exits_3_when_the_rds_api_cannot_be_asked(rds, capsys) -> None:
+    with Stubber(credentials.rds_client()) as stub:
+        stub.add_client_error("describe_db_instances", service_error_code="AccessDenied")
+        assert main(["targets"]) == 3
+    assert "AccessDenied" in capsys.readouterr().err
