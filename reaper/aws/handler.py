@@ -105,11 +105,10 @@ def _handle(event: Any, context: LambdaContext) -> dict[str, Any]:
         f"pass starting: {invocation.description}",
         extra={**context_fields, "budget_seconds": round(budget_seconds, 1)},
     )
-    skipped = [target for target in selected if target.skip_reason is not None]
-    for target in skipped:
-        assert target.skip_reason is not None
-        log_target_skipped(logger, target.name, target.skip_reason)
-        record_target_skipped(target.name)
+    skipped = [(t.name, reason) for t in selected if (reason := t.skip_reason) is not None]
+    for name, reason in skipped:
+        log_target_skipped(logger, name, reason)
+        record_target_skipped(name)
     jobs, not_started = _jobs(settings, loaded, [t for t in selected if t.skip_reason is None])
     ran = run_on_targets(
         settings, jobs, budget_seconds=budget_seconds, force_dry_run=invocation.force_dry_run
@@ -201,7 +200,7 @@ def _summary(
     *,
     dry_run: bool,
     runs: list[TargetRun],
-    skipped: list[PlannedTarget],
+    skipped: list[tuple[str, str]],
 ) -> dict[str, Any]:
     return {
         "event": invocation.kind,
@@ -210,9 +209,7 @@ def _summary(
         "policy_source": loaded.source,
         "dry_run": dry_run,
         "targets": [_target_summary(run) for run in runs],
-        "skipped_targets": [
-            {"target": target.name, "reason": target.skip_reason} for target in skipped
-        ],
+        "skipped_targets": [{"target": name, "reason": reason} for name, reason in skipped],
     }
 
 
