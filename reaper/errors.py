@@ -54,3 +54,7 @@ class DeadlineExceededError(ReaperError):
 
 class TargetsFailedError(ReaperError):
     """Raised at the end of a Lambda invocation when the pass failed on at least one target."""
+
+
+class DiscoveryError(ReaperError):
+    """Raised when the RDS API cannot list the databases to discover (denied, throttled, down)."""

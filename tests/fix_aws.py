@@ -45,6 +45,11 @@ FUNCTION_VARIABLES = (
     "REAPER_SSLROOTCERT",
     "REAPER_CONNECT_TIMEOUT",
     "REAPER_DEADLINE_MARGIN_SECONDS",
+    "REAPER_DISCOVERY_TAG",
+    "REAPER_DISCOVERY_VPC_ID",
+    "REAPER_DISCOVERY_CACHE_SECONDS",
+    "REAPER_MAX_CONCURRENCY",
+    "REAPER_TARGET_TIMEOUT_SECONDS",
     "POWERTOOLS_PARAMETERS_MAX_AGE",
     "POWERTOOLS_METRICS_DISABLED",
     "POWERTOOLS_DEV",
@@ -65,12 +70,13 @@ def _reset_powertools() -> Iterator[None]:
 def _reset() -> None:
     from aws_lambda_powertools.utilities import parameters
 
-    from reaper.aws import credentials, observability, policy_source
+    from reaper.aws import credentials, discovery, observability, policy_source
 
     observability.metrics.clear_metrics()
     parameters.clear_caches()
     policy_source.clear_cache()
     credentials.clear_cache()
+    discovery.clear_cache()
 
 
 # -- environment and moto ---------------------------------------------------------------------

@@ -1,5 +1,10 @@
 """Connection parameters for each target: from a DSN, a Secrets Manager secret or an IAM token.
 
+A target's own login (`secret_id` or `iam_user` of its entry: a REAPER_TARGETS field or a
+discovered instance's tag) wins over the stack's (REAPER_DATABASE_URL, REAPER_SECRET_ID,
+REAPER_IAM_AUTH with REAPER_DB_USER); the entry's host and port win over those in a secret, and
+the stack's TLS settings apply to every secret and IAM login.
+
 The secret is read through Powertools Parameters and cached for REAPER_SECRET_CACHE_SECONDS;
 `refresh_secret=True` bypasses the cache (after a login refused with a rotated password). The
 IAM token is signed locally by boto3 for each pass (it is valid for 15 minutes). Passwords and
@@ -37,7 +42,8 @@ def secrets_provider() -> SecretsProvider:
 
 
 @functools.cache
-def _rds_client() -> Any:
+def rds_client() -> Any:
+    """The RDS client (IAM token signing, discovery), created on first use and kept."""
     # A session of its own: boto3's default session is not safe to use from the target
     # threads at once. Typed as Any: boto3 is untyped without the optional stubs package.
     return boto3.session.Session().client("rds", config=AWS_CLIENT_CONFIG)
@@ -46,12 +52,46 @@ def _rds_client() -> Any:
 def clear_cache() -> None:
     """Forget the AWS clients and cached secrets (tests; a later call builds fresh ones)."""
     secrets_provider.cache_clear()
-    _rds_client.cache_clear()
+    rds_client.cache_clear()
 
 
 def uses_secret(settings: LambdaSettings, entry: TargetEntry) -> bool:
-    """True when the target logs in with the Secrets Manager secret (so a re-read may help)."""
-    return entry.dsn is None and settings.secret_id is not None
+    """True when the target logs in with a Secrets Manager secret (so a re-read may help)."""
+    return secret_id_of(settings, entry) is not None
+
+
+def secret_id_of(settings: LambdaSettings, entry: TargetEntry) -> str | None:
+    """The secret the target logs in with: its own, else the stack's, unless it has another
+    login of its own or the stack's login is a DSN."""
+    if entry.secret_id is not None:
+        return entry.secret_id
+    if entry.has_own_login() or settings.database_url is not None:
+        return None
+    return settings.secret_id
+
+
+def iam_user_of(settings: LambdaSettings, entry: TargetEntry) -> str | None:
+    """The database user the target signs an IAM token for, if it logs in with IAM."""
+    if entry.iam_user is not None:
+        return entry.iam_user
+    if entry.has_own_login() or not settings.iam_auth:
+        return None
+    return settings.db_user
+
+
+def login_summary(settings: LambdaSettings, entry: TargetEntry) -> str:
+    """How the target logs in, in words, naming no secret value (for `reaper targets`)."""
+    if entry.dsn is not None:
+        return "its own DSN"
+    secret_id = secret_id_of(settings, entry)
+    if secret_id is not None:
+        return f"secret {secret_id}" + ("" if entry.secret_id else " (stack default)")
+    iam_user = iam_user_of(settings, entry)
+    if iam_user is not None:
+        return f"IAM user {iam_user}" + ("" if entry.iam_user else " (stack default)")
+    if settings.database_url is not None:
+        return "REAPER_DATABASE_URL"
+    return "none: no secret, IAM user or DSN applies"
 
 
 def build_target(
@@ -66,20 +106,31 @@ def build_target(
 
     Raises:
         CredentialsError: the secret is missing, unreadable, not JSON or lacks a key; the IAM
-            token cannot be signed. Messages name the secret id or key, never a value.
+            token cannot be signed; the target has no login at all. Messages name the secret id
+            or key, never a value.
         SettingsError: a DSN is not a connection string.
     """
     if entry.dsn is not None:
         return Target.from_dsn(entry.dsn.get_secret_value(), name=entry.name)
+    secret_id = secret_id_of(settings, entry)
+    iam_user = iam_user_of(settings, entry)
     base_dsn = settings.database_url_value()
-    if base_dsn is not None:
+    if secret_id is not None:
+        params = _params_from_secret(
+            secret_id, max_age=settings.secret_cache_seconds, refresh=refresh_secret
+        )
+    elif iam_user is not None:
+        params = _params_from_iam(settings, entry, iam_user)
+    elif base_dsn is not None:
         base = Target.from_dsn(base_dsn, name=entry.name)
         # A DSN keeps its own TLS settings: it is for local use, where servers rarely have TLS.
         return Target(name=entry.name, params={**base.params, **_overrides(entry)})
-    if settings.secret_id is not None:
-        params = _params_from_secret(settings, refresh=refresh_secret)
     else:
-        params = _params_from_iam(settings, entry)
+        raise CredentialsError(
+            f"target {entry.name} has no login: tag the instance with idle-reaper:secret-arn "
+            "or idle-reaper:iam-user, or set REAPER_SECRET_ID or REAPER_IAM_AUTH with "
+            "REAPER_DB_USER"
+        )
     params.update(_overrides(entry))
     params.update(_tls_params(settings))
     return Target(name=entry.name, params=params)
@@ -97,13 +148,9 @@ def _tls_params(settings: LambdaSettings) -> dict[str, str]:
     return params
 
 
-def _params_from_secret(settings: LambdaSettings, *, refresh: bool) -> dict[str, str]:
-    secret_id = settings.secret_id
-    assert secret_id is not None  # checked by the caller
+def _params_from_secret(secret_id: str, *, max_age: int, refresh: bool) -> dict[str, str]:
     try:
-        raw = secrets_provider().get(
-            secret_id, max_age=settings.secret_cache_seconds, force_fetch=refresh
-        )
+        raw = secrets_provider().get(secret_id, max_age=max_age, force_fetch=refresh)
     except GetParameterError as exc:
         raise CredentialsError(f"cannot read secret {secret_id}: {aws_error_reason(exc)}") from exc
     if isinstance(raw, bytes):
@@ -137,15 +184,13 @@ def _params_from_secret(settings: LambdaSettings, *, refresh: bool) -> dict[str,
     return params
 
 
-def _params_from_iam(settings: LambdaSettings, entry: TargetEntry) -> dict[str, str]:
+def _params_from_iam(settings: LambdaSettings, entry: TargetEntry, user: str) -> dict[str, str]:
     host = entry.host or settings.db_host
-    user = settings.db_user
-    # Both checked by LambdaSettings.
-    assert host is not None
-    assert user is not None
+    if host is None:  # LambdaSettings checks listed targets; discovered ones carry a host
+        raise CredentialsError(f"target {entry.name}: IAM authentication needs a host")
     port = entry.port or settings.db_port or DEFAULT_PORT
     try:
-        client = _rds_client()
+        client = rds_client()
         token = client.generate_db_auth_token(
             DBHostname=host, Port=port, DBUsername=user, Region=client.meta.region_name
         )

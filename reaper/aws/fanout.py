@@ -1,9 +1,12 @@
-"""One pass per configured target, all at once, each inside the invocation's time budget.
+"""One pass per target, several at once, each inside its own time budget.
 
-Every target gets a worker thread and the same deadline (the Lambda's remaining time minus a
-margin), turned into the reaper connection's connect and statement timeouts. A target that
-fails (unreachable, refused login, visibility, aborted) or overruns its budget is reported as
-an error of its own; the others are not affected. Each worker calls `run_pass`, the one path.
+A bounded pool (REAPER_MAX_CONCURRENCY workers) runs the passes; each pass gets its budget when
+it starts: REAPER_TARGET_TIMEOUT_SECONDS, cut to what is left of the invocation's (the Lambda's
+remaining time minus a margin), turned into the reaper connection's connect and statement
+timeouts. So a slow target holds one worker for at most its own budget, and a target waiting
+for a worker starts with a full one while time remains. A target that fails (unreachable,
+refused login, visibility, aborted) or overruns is reported as an error of its own; the others
+are not affected. Each worker calls `run_pass`, the one path, with the target's own policy.
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ if TYPE_CHECKING:
 MIN_PASS_SECONDS = 2.0
 
 TargetStatus = Literal["ok", "skipped", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class TargetJob:
+    """One pass to run: the target and the policy that governs it."""
+
+    entry: TargetEntry
+    policy: Policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,16 +91,18 @@ def pass_on_target(
     """Build the target's credentials and run one pass; re-read a rotated secret once.
 
     Args:
-        deadline: `time.monotonic()` value by which the pass must be over.
+        deadline: `time.monotonic()` value by which the invocation's passes must be over; this
+            one also ends within REAPER_TARGET_TIMEOUT_SECONDS of its start.
 
     Raises:
         ReaperError: whatever stopped the pass (see run_pass and build_target).
     """
+    own_deadline = min(deadline, time.monotonic() + settings.target_timeout_seconds)
 
     def attempt(*, refresh_secret: bool) -> PassResult:
         target = build_target(settings, entry, refresh_secret=refresh_secret)
         timeouts = timeouts_within(
-            deadline - time.monotonic(), connect_timeout=settings.connect_timeout
+            own_deadline - time.monotonic(), connect_timeout=settings.connect_timeout
         )
         return run_pass(target, policy, timeouts=timeouts, force_dry_run=force_dry_run)
 
@@ -104,66 +117,74 @@ def pass_on_target(
 
 def run_on_targets(
     settings: LambdaSettings,
-    entries: Sequence[TargetEntry],
-    policy: Policy,
+    jobs: Sequence[TargetJob],
     *,
     budget_seconds: float,
     force_dry_run: bool = False,
 ) -> list[TargetRun]:
-    """Run a pass on every target concurrently; one TargetRun per entry, in order.
+    """Run a pass on every target, REAPER_MAX_CONCURRENCY at a time; one TargetRun per job,
+    in order.
 
-    A target whose pass has not ended when the budget is spent is reported with
-    DeadlineExceededError and not waited for: its statements are cut off by the
-    statement_timeout derived from the same budget.
+    A target whose pass has not ended when the invocation's budget is spent (or that never got
+    a worker) is reported with DeadlineExceededError and not waited for: its statements are
+    cut off by the statement_timeout derived from its budget.
 
     Raises:
         BaseException: only what is not an Exception (KeyboardInterrupt...); every other
             failure is reported in its target's TargetRun.
     """
-    if not entries:
+    if not jobs:
         return []
     if budget_seconds < MIN_PASS_SECONDS:
         return [
             TargetRun(
-                entry.name,
+                job.entry.name,
                 error=DeadlineExceededError(
                     f"only {max(budget_seconds, 0.0):.1f} s left before the deadline; no pass "
-                    f"started on target {entry.name}"
+                    f"started on target {job.entry.name}"
                 ),
             )
-            for entry in entries
+            for job in jobs
         ]
     deadline = time.monotonic() + budget_seconds
     executor = concurrent.futures.ThreadPoolExecutor(
-        max_workers=len(entries), thread_name_prefix="reaper-target"
+        max_workers=min(len(jobs), settings.max_concurrency), thread_name_prefix="reaper-target"
     )
     try:
         futures = [
             executor.submit(
                 pass_on_target,
                 settings,
-                entry,
-                policy,
+                job.entry,
+                job.policy,
                 deadline=deadline,
                 force_dry_run=force_dry_run,
             )
-            for entry in entries
+            for job in jobs
         ]
         concurrent.futures.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
     finally:
         # Never block on a stuck worker: in Lambda it is frozen with the sandbox and its
-        # connection is cut by the server's statement_timeout.
+        # connection is cut by the server's statement_timeout. Passes still queued are dropped.
         executor.shutdown(wait=False, cancel_futures=True)
     return [
-        _collect(entry, future, budget_seconds)
-        for entry, future in zip(entries, futures, strict=True)
+        _collect(job.entry, future, budget_seconds)
+        for job, future in zip(jobs, futures, strict=True)
     ]
 
 
 def _collect(
     entry: TargetEntry, future: concurrent.futures.Future[TargetRun], budget_seconds: float
 ) -> TargetRun:
-    if future.cancelled() or not future.done():
+    if future.cancelled():
+        return TargetRun(
+            entry.name,
+            error=DeadlineExceededError(
+                f"no worker was free for target {entry.name} within the {budget_seconds:.1f} s "
+                "budget; raise REAPER_MAX_CONCURRENCY or the function's timeout"
+            ),
+        )
+    if not future.done():
         return TargetRun(
             entry.name,
             error=DeadlineExceededError(

@@ -1,14 +1,19 @@
 """The Lambda entry point: Powertools decorators and one call into `handle`.
 
-`handle` reads the settings and the policy, validates the event, runs one pass per selected
-target (concurrently, inside the time left) through `run_pass` — the same path as `reaper run`
-— and turns the results into metrics, audit lines and a JSON summary.
+`handle` reads the settings and the policy, validates the event, resolves the targets (listed
+and, with REAPER_DISCOVERY_TAG, discovered in RDS), runs one pass per selected target
+(concurrently, inside the time left) through `run_pass` — the same path as `reaper run` — and
+turns the results into metrics, audit lines and a JSON summary.
 
 Failure semantics (docs/alarms-and-metrics.md):
-- bad settings, policy or event: nothing runs, the invocation raises (Lambda's Errors metric);
-  a bad policy also emits PolicyErrors=1;
-- a failed target: TargetErrors=1 and an error line for it, the other targets still run, and
-  the invocation raises at the end (TargetsFailedError) so the Errors alarm fires too.
+- bad settings, stack policy or event: nothing runs, the invocation raises (Lambda's Errors
+  metric); a bad policy also emits PolicyErrors=1;
+- the RDS API fails during discovery: DiscoveryErrors=1, nothing runs, the invocation raises;
+- a discovered instance that is not available or may be auto-paused: TargetSkipped=1 and a
+  line saying why; no connection is attempted;
+- a failed target (also: its own policy is bad, its tags make no target): TargetErrors=1 and an
+  error line for it, the other targets still run, and the invocation raises at the end
+  (TargetsFailedError) so the Errors alarm fires too.
 """
 
 from __future__ import annotations
@@ -17,27 +22,39 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from reaper.aws.events import parse_event, select_targets
-from reaper.aws.fanout import run_on_targets
+from reaper.aws.fanout import TargetJob, TargetRun, run_on_targets
 from reaper.aws.observability import (
     audit,
     log_target_error,
+    log_target_skipped,
     logger,
     metrics,
+    record_discovery_outcome,
     record_policy_outcome,
     record_result,
     record_target_error,
+    record_target_skipped,
 )
-from reaper.aws.policy_source import load_policy
+from reaper.aws.policy_source import load_parameter_policy, load_policy
 from reaper.aws.settings import load_lambda_settings
-from reaper.errors import PolicyError, ReaperError, TargetsFailedError
+from reaper.aws.targets import resolve_targets
+from reaper.errors import (
+    DiscoveryError,
+    PolicyError,
+    ReaperError,
+    SettingsError,
+    TargetsFailedError,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
     from reaper.aws.events import Invocation
-    from reaper.aws.fanout import TargetRun
     from reaper.aws.policy_source import LoadedPolicy
     from reaper.aws.settings import LambdaSettings
+    from reaper.aws.targets import PlannedTarget
 
 
 @logger.inject_lambda_context
@@ -68,9 +85,9 @@ def _handle(event: Any, context: LambdaContext) -> dict[str, Any]:
     settings = load_lambda_settings()
     loaded = _load_policy(settings)
     invocation = parse_event(event)
-    entries = settings.target_entries()
-    names = select_targets(tuple(entry.name for entry in entries), invocation.targets)
-    selected = [entry for entry in entries if entry.name in names]
+    planned = _resolve_targets(settings)
+    names = select_targets(tuple(target.name for target in planned), invocation.targets)
+    selected = [target for target in planned if target.name in names]
     dry_run = loaded.policy.dry_run or invocation.force_dry_run
     context_fields = {
         "event": invocation.kind,
@@ -80,7 +97,7 @@ def _handle(event: Any, context: LambdaContext) -> dict[str, Any]:
     }
     if not invocation.run_pass:
         logger.info(f"no pass: {invocation.description}", extra=context_fields)
-        return _summary(invocation, loaded, dry_run=dry_run, runs=[])
+        return _summary(invocation, loaded, dry_run=dry_run, runs=[], skipped=[])
     budget_seconds = (
         context.get_remaining_time_in_millis() / 1000 - settings.deadline_margin_seconds
     )
@@ -88,13 +105,16 @@ def _handle(event: Any, context: LambdaContext) -> dict[str, Any]:
         f"pass starting: {invocation.description}",
         extra={**context_fields, "budget_seconds": round(budget_seconds, 1)},
     )
-    runs = run_on_targets(
-        settings,
-        selected,
-        loaded.policy,
-        budget_seconds=budget_seconds,
-        force_dry_run=invocation.force_dry_run,
+    skipped = [(t.name, reason) for t in selected if (reason := t.skip_reason) is not None]
+    for name, reason in skipped:
+        log_target_skipped(logger, name, reason)
+        record_target_skipped(name)
+    jobs, not_started = _jobs(settings, loaded, [t for t in selected if t.skip_reason is None])
+    ran = run_on_targets(
+        settings, jobs, budget_seconds=budget_seconds, force_dry_run=invocation.force_dry_run
     )
+    by_name = {run.name: run for run in [*not_started, *ran]}
+    runs = [by_name[target.name] for target in selected if target.name in by_name]
     for run in runs:
         _report(run)
     failed = [run.name for run in runs if run.status == "error"]
@@ -103,7 +123,45 @@ def _handle(event: Any, context: LambdaContext) -> dict[str, Any]:
             f"the pass failed on {len(failed)} of {len(runs)} target(s): {', '.join(failed)} "
             "(the error line of each names the problem)"
         )
-    return _summary(invocation, loaded, dry_run=dry_run, runs=runs)
+    return _summary(invocation, loaded, dry_run=dry_run, runs=runs, skipped=skipped)
+
+
+def _resolve_targets(settings: LambdaSettings) -> list[PlannedTarget]:
+    if settings.discovery_tag is None:
+        return resolve_targets(settings)
+    try:
+        planned = resolve_targets(settings)
+    except DiscoveryError:
+        # Nothing is known about the fleet: touch no database, not even the listed ones.
+        record_discovery_outcome(metrics, failed=True)
+        raise
+    record_discovery_outcome(metrics, failed=False)
+    return planned
+
+
+def _jobs(
+    settings: LambdaSettings, stack: LoadedPolicy, targets: Sequence[PlannedTarget]
+) -> tuple[list[TargetJob], list[TargetRun]]:
+    """The passes to run, and the targets that fail before one can start (bad tags, or a bad
+    policy of their own: it fails closed on that target only)."""
+    jobs: list[TargetJob] = []
+    not_started: list[TargetRun] = []
+    for target in targets:
+        if target.entry is None or target.problem is not None:
+            problem = target.problem or f"target {target.name} has no connection settings"
+            not_started.append(TargetRun(target.name, error=SettingsError(problem)))
+            continue
+        parameter = target.entry.policy_parameter
+        if parameter is None:
+            jobs.append(TargetJob(target.entry, stack.policy))
+            continue
+        try:
+            own = load_parameter_policy(parameter, max_age=settings.policy_cache_seconds)
+        except PolicyError as exc:
+            not_started.append(TargetRun(target.name, error=exc))
+            continue
+        jobs.append(TargetJob(target.entry, own.policy))
+    return jobs, not_started
 
 
 def _load_policy(settings: LambdaSettings) -> LoadedPolicy:
@@ -137,7 +195,12 @@ def _report(run: TargetRun) -> None:
 
 
 def _summary(
-    invocation: Invocation, loaded: LoadedPolicy, *, dry_run: bool, runs: list[TargetRun]
+    invocation: Invocation,
+    loaded: LoadedPolicy,
+    *,
+    dry_run: bool,
+    runs: list[TargetRun],
+    skipped: list[tuple[str, str]],
 ) -> dict[str, Any]:
     return {
         "event": invocation.kind,
@@ -146,6 +209,7 @@ def _summary(
         "policy_source": loaded.source,
         "dry_run": dry_run,
         "targets": [_target_summary(run) for run in runs],
+        "skipped_targets": [{"target": name, "reason": reason} for name, reason in skipped],
     }
 
 

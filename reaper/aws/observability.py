@@ -36,6 +36,9 @@ CONNECTION_UTILIZATION = "ConnectionUtilization"
 OLDEST_IDLE_SECONDS = "OldestIdleSeconds"
 TARGET_ERRORS = "TargetErrors"
 POLICY_ERRORS = "PolicyErrors"
+# Discovery (REAPER_DISCOVERY_TAG): the RDS API failed; a discovered instance was left alone.
+DISCOVERY_ERRORS = "DiscoveryErrors"
+TARGET_SKIPPED = "TargetSkipped"
 SESSIONS_TERMINATED_BY_APPLICATION = "SessionsTerminatedByApplication"
 
 TARGET_DIMENSION = "Target"
@@ -76,6 +79,26 @@ metrics = Metrics(namespace=NAMESPACE, service=SERVICE_NAME)
 def record_policy_outcome(metrics: Metrics, *, failed: bool) -> None:
     """PolicyErrors: 1 when the policy could not be loaded, else 0 (so the alarm has data)."""
     metrics.add_metric(name=POLICY_ERRORS, unit=MetricUnit.Count, value=1 if failed else 0)
+
+
+def record_discovery_outcome(metrics: Metrics, *, failed: bool) -> None:
+    """DiscoveryErrors: 1 when the RDS API could not list the databases, else 0."""
+    metrics.add_metric(name=DISCOVERY_ERRORS, unit=MetricUnit.Count, value=1 if failed else 0)
+
+
+def record_target_skipped(target: str) -> None:
+    """Print one EMF blob with TargetSkipped=1 for a discovered target left alone."""
+    target_metrics = _target_metrics(target)
+    target_metrics.add_metric(name=TARGET_SKIPPED, unit=MetricUnit.Count, value=1)
+    target_metrics.flush_metrics()
+
+
+def log_target_skipped(logger: Logger, target: str, reason: str) -> None:
+    """The line saying why a discovered target gets no pass."""
+    logger.info(
+        f"target {target} skipped: {reason}",
+        extra={"audit": "target_skipped", "target": target, "reason": reason},
+    )
 
 
 def record_result(result: PassResult) -> None:

@@ -69,14 +69,38 @@ def load_policy(settings: LambdaSettings) -> LoadedPolicy:
             message names the source and, for an invalid document, each bad field.
     """
     if settings.policy_parameter:
-        name = settings.policy_parameter
-        source = f"SSM parameter {name}"
-        text = _read_parameter(name, max_age=settings.policy_cache_seconds)
-        return LoadedPolicy(parse_policy(text, source=source), source)
+        return load_parameter_policy(
+            settings.policy_parameter, max_age=settings.policy_cache_seconds
+        )
     if settings.policy_file is not None:
         path = settings.policy_file
         return LoadedPolicy(read_policy_file(path), policy_source_name(path))
     return LoadedPolicy(DEFAULT_POLICY, DEFAULT_POLICY_SOURCE)
+
+
+def load_parameter_policy(name: str, *, max_age: int) -> LoadedPolicy:
+    """The policy in SSM parameter `name` (the stack's, or one target's own), cached.
+
+    Raises:
+        PolicyError: the parameter is missing, unreadable, not JSON or invalid.
+    """
+    source = parameter_source_name(name)
+    text = _read_parameter(name, max_age=max_age)
+    return LoadedPolicy(parse_policy(text, source=source), source)
+
+
+def parameter_source_name(name: str) -> str:
+    """How a policy read from SSM parameter `name` is named in logs and summaries."""
+    return f"SSM parameter {name}"
+
+
+def describe_policy_source(settings: LambdaSettings) -> str:
+    """Where `load_policy` would read the stack's policy from, without reading it."""
+    if settings.policy_parameter:
+        return parameter_source_name(settings.policy_parameter)
+    if settings.policy_file is not None:
+        return policy_source_name(settings.policy_file)
+    return DEFAULT_POLICY_SOURCE
 
 
 def _read_parameter(name: str, *, max_age: int) -> str:

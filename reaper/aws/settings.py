@@ -2,8 +2,9 @@
 
 `LocalSettings` is what the command line takes (REAPER_DATABASE_URL). `LambdaSettings` is the
 function's whole configuration (prefix REAPER_): where the policy comes from, how to reach each
-target, TLS and time limits. `ObservabilitySettings` reads the Powertools variables the Logger
-and Metrics objects need when the module defining them is imported.
+target (listed, or discovered in RDS by tag), TLS and time limits. `ObservabilitySettings` reads
+the Powertools variables the Logger and Metrics objects need when the module defining them is
+imported.
 """
 
 from __future__ import annotations
@@ -66,7 +67,12 @@ class ObservabilitySettings(BaseSettings):
 
 
 class TargetEntry(BaseModel):
-    """One database to act on: a name, and what it changes in the base connection settings."""
+    """One database to act on: a name, and what it changes in the stack's connection settings.
+
+    A listed target (REAPER_TARGETS) and a discovered one (from the instance's tags) are both
+    entries; `secret_id` or `iam_user` give the target a login of its own, `policy_parameter`
+    a policy of its own.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -76,15 +82,48 @@ class TargetEntry(BaseModel):
     dbname: str | None = Field(default=None, min_length=1)
     # A complete connection string of its own (local use); may hold a password.
     dsn: SecretStr | None = None
+    secret_id: str | None = Field(default=None, min_length=1, max_length=2048)
+    iam_user: str | None = Field(default=None, min_length=1, max_length=63)
+    policy_parameter: str | None = Field(default=None, min_length=1, max_length=2048)
 
     @model_validator(mode="after")
-    def _dsn_or_overrides(self) -> TargetEntry:
+    def _one_login(self) -> TargetEntry:
         if self.dsn is not None and (self.host or self.port or self.dbname):
             raise ValueError(
                 f"target {self.name!r}: give either 'dsn' or 'host'/'port'/'dbname' overrides, "
                 "not both"
             )
+        logins = [
+            key
+            for key, given in (
+                ("dsn", self.dsn is not None),
+                ("secret_id", self.secret_id is not None),
+                ("iam_user", self.iam_user is not None),
+            )
+            if given
+        ]
+        if len(logins) > 1:
+            raise ValueError(
+                f"target {self.name!r}: {' and '.join(logins)} are all given; give one login"
+            )
         return self
+
+    def has_own_login(self) -> bool:
+        """True when the entry says how to log in, whatever the stack's defaults are."""
+        return self.dsn is not None or self.secret_id is not None or self.iam_user is not None
+
+
+class DiscoveryTag(BaseModel):
+    """The tag (REAPER_DISCOVERY_TAG=key=value) that marks the RDS instances to act on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # AWS tag limits: keys 1-128 characters, values 0-256.
+    key: str = Field(min_length=1, max_length=128)
+    value: str = Field(max_length=256)
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value}"
 
 
 class LambdaSettings(BaseSettings):
@@ -107,6 +146,14 @@ class LambdaSettings(BaseSettings):
     db_user: str | None = Field(default=None, min_length=1)
     targets: Annotated[tuple[TargetEntry, ...] | None, NoDecode] = None
 
+    discovery_tag: Annotated[DiscoveryTag | None, NoDecode] = None
+    discovery_vpc_id: str | None = Field(default=None, pattern=r"^vpc-[0-9a-f]{8,17}$")
+    discovery_cache_seconds: int = Field(default=60, ge=0, le=3600)
+    # Passes run at once: each holds one connection and mostly waits on the network (psycopg
+    # releases the GIL), so ten fit a 256 MB function; more only queue on its fraction of a CPU.
+    max_concurrency: int = Field(default=10, ge=1, le=64)
+    target_timeout_seconds: float = Field(default=20.0, ge=2, le=900)
+
     sslmode: SslMode | None = None
     sslrootcert: Path | None = None
     connect_timeout: int = Field(default=5, ge=1, le=60)
@@ -125,6 +172,16 @@ class LambdaSettings(BaseSettings):
                 f"not valid JSON (line {exc.lineno} column {exc.colno}); expected a list such as "
                 '[{"name": "writer", "host": "..."}, {"name": "reader", "host": "..."}]'
             ) from None
+
+    @field_validator("discovery_tag", mode="before")
+    @classmethod
+    def _split_discovery_tag(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        key, separator, tag_value = value.partition("=")
+        if not separator or not key:
+            raise ValueError("expected key=value, for example idle-reaper=enabled")
+        return {"key": key, "value": tag_value}
 
     @field_validator("targets")
     @classmethod
@@ -178,32 +235,40 @@ class LambdaSettings(BaseSettings):
                     f"{', '.join(given)} only apply with REAPER_IAM_AUTH=true; to point a secret "
                     "at another endpoint use REAPER_TARGETS"
                 )
-            return
-        if self.db_user is None:
+        elif self.db_user is None:
             raise ValueError("REAPER_IAM_AUTH=true needs REAPER_DB_USER (the rds_iam user)")
-        every_target_has_host = self.targets is not None and all(t.host for t in self.targets)
-        if self.db_host is None and not every_target_has_host:
+        if self.db_host is not None:
+            return
+        # A discovered target brings its endpoint; a listed one signing an IAM token needs one.
+        signing = [
+            t.name
+            for t in self.target_entries()
+            if t.host is None
+            and (t.iam_user is not None or (self.iam_auth and not t.has_own_login()))
+        ]
+        if signing:
             raise ValueError(
-                "REAPER_IAM_AUTH=true needs REAPER_DB_HOST, or a 'host' in every REAPER_TARGETS "
-                "entry"
+                "IAM authentication needs REAPER_DB_HOST, or a 'host' in every REAPER_TARGETS "
+                f"entry that uses it (missing for: {', '.join(signing)})"
             )
 
     def _check_targets_reachable(self) -> None:
         has_base = self.database_url is not None or self.secret_id is not None or self.iam_auth
         if self.targets is None:
-            if not has_base:
+            # Discovered instances without a login of their own (tags) fail one by one.
+            if not has_base and self.discovery_tag is None:
                 raise ValueError(
                     "no target configured: set REAPER_DATABASE_URL, REAPER_SECRET_ID, or "
                     "REAPER_IAM_AUTH=true with REAPER_DB_HOST and REAPER_DB_USER (or "
-                    "REAPER_TARGETS entries that each carry a 'dsn')"
+                    "REAPER_TARGETS entries that each carry a 'dsn', or REAPER_DISCOVERY_TAG)"
                 )
             return
         for index, target in enumerate(self.targets):
-            if target.dsn is None and not has_base:
+            if not target.has_own_login() and not has_base:
                 raise ValueError(
-                    f"REAPER_TARGETS[{index}] ({target.name!r}) has no 'dsn' and there is no "
-                    "base connection (REAPER_DATABASE_URL, REAPER_SECRET_ID or REAPER_IAM_AUTH) "
-                    "for it to override"
+                    f"REAPER_TARGETS[{index}] ({target.name!r}) has no 'dsn', 'secret_id' or "
+                    "'iam_user' and there is no base connection (REAPER_DATABASE_URL, "
+                    "REAPER_SECRET_ID or REAPER_IAM_AUTH) for it to override"
                 )
 
     def _check_tls(self) -> None:
@@ -214,8 +279,11 @@ class LambdaSettings(BaseSettings):
             )
 
     def target_entries(self) -> tuple[TargetEntry, ...]:
-        """The targets to act on: REAPER_TARGETS, or one target named 'default'."""
-        return self.targets or (TargetEntry(name=DEFAULT_TARGET_NAME),)
+        """The listed targets: REAPER_TARGETS, else one target named 'default' (none when
+        REAPER_DISCOVERY_TAG is set: the discovered instances are the targets then)."""
+        if self.targets is not None:
+            return self.targets
+        return () if self.discovery_tag is not None else (TargetEntry(name=DEFAULT_TARGET_NAME),)
 
     def effective_sslmode(self) -> SslMode:
         """The sslmode for secret and IAM targets: require by default, verify-full with a CA."""

@@ -49,6 +49,7 @@ _EXIT_FOR_ERROR: tuple[tuple[type[errors.ReaperError], int], ...] = (
     (errors.SettingsError, EXIT_BAD_INPUT),
     (errors.EventError, EXIT_BAD_INPUT),
     (errors.CredentialsError, EXIT_UNREACHABLE),
+    (errors.DiscoveryError, EXIT_UNREACHABLE),
     (errors.TargetUnreachableError, EXIT_UNREACHABLE),
     (errors.VisibilityError, EXIT_UNSAFE),
     (errors.PassAbortedError, EXIT_UNSAFE),
@@ -159,6 +160,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     invoke.set_defaults(handler=_command_invoke)
 
+    targets = commands.add_parser(
+        "targets", help="list the targets the Lambda function would act on, and any it skips"
+    )
+    targets.add_argument("--json", action="store_true", help="print the targets as JSON")
+    targets.set_defaults(handler=_command_targets)
+
     demo = commands.add_parser("demo", help="show the reaper on a throwaway PostgreSQL")
     demo.add_argument(
         "--idle-seconds", type=float, default=3.0, help="threshold used by the demo (default 3)"
@@ -240,6 +247,12 @@ def _command_invoke(args: argparse.Namespace) -> int:
         timeout_seconds=args.timeout,
         memory_mb=args.memory,
     )
+
+
+def _command_targets(args: argparse.Namespace) -> int:
+    from reaper.cli.targets import targets_main
+
+    return targets_main(as_json=args.json)
 
 
 def _command_demo(args: argparse.Namespace) -> int:

@@ -253,9 +253,36 @@ def test_secrets_and_database_permissions_always_name_their_resource(
         ("rds-db:connect",),
     }
     for statement in sensitive:
-        for resource in _as_list(statement["Resource"]):
-            assert resource != "*", statement["Sid"]
-            assert "*" not in json.dumps(resource), statement["Sid"]
+        for entry in _as_list(statement["Resource"]):
+            for resource in _both_branches(entry):
+                _check_named(statement, resource)
+
+
+def _check_named(statement: dict[str, Any], resource: Any) -> None:
+    assert resource != "*", statement["Sid"]
+    arn = resource.get("Fn::Sub") if isinstance(resource, dict) else resource
+    if isinstance(arn, str) and "*" in arn:
+        assert _scoped_wildcard(statement, arn), statement["Sid"]
+    else:
+        assert "*" not in json.dumps(resource), statement["Sid"]
+
+
+def _scoped_wildcard(statement: dict[str, Any], arn: str) -> bool:
+    """A wildcard only where targets need one, scoped to this account and Region: secrets
+    tagged for the stack or under its name prefix, its targets' policy parameters,
+    rds-db:connect on discovered instances for a named user."""
+    scope = "arn:${AWS::Partition}:{service}:${AWS::Region}:${AWS::AccountId}:"
+    tag_condition = statement.get("Condition", {}).get("StringEquals", {})
+    if arn == scope.replace("{service}", "secretsmanager") + "secret:*":
+        return tag_condition == {
+            "secretsmanager:ResourceTag/idle-reaper:stack": {"Ref": "AWS::StackName"}
+        }
+    return arn in (
+        scope.replace("{service}", "secretsmanager") + "secret:idle-reaper/${AWS::StackName}/*",
+        scope.replace("{service}", "ssm") + "parameter/idle-reaper/${AWS::StackName}/targets/*",
+        scope.replace("{service}", "rds-db") + "dbuser:*/${IamAuthUser}",
+        scope.replace("{service}", "rds-db") + "dbuser:*/${DiscoveryIamUser}",
+    )
 
 
 def test_only_inline_statements_are_attached(function: dict[str, Any]) -> None:
@@ -279,8 +306,23 @@ def test_optional_permissions_exist_only_with_their_settings(function: dict[str,
     assert conditions == {
         "ReadDatabaseSecret": "UseSecret",
         "DecryptDatabaseSecret": "HasSecretKmsKey",
-        "ConnectWithIamToken": "UseIamAuth",
+        "ConnectWithIamToken": "HasDbResourceId",
+        "DescribeDatabases": "UseDiscovery",
+        "ConnectToDiscoveredWithIamToken": "UseDiscoveryWithIam",
     }
+
+
+def test_discovery_lists_databases_of_this_account_and_region_only(
+    function: dict[str, Any],
+) -> None:
+    (describe,) = [s for s in _inline_statements(function) if s["Sid"] == "DescribeDatabases"]
+    values = {**PSEUDO_PARAMETERS}
+
+    assert sorted(describe["Action"]) == ["rds:DescribeDBClusters", "rds:DescribeDBInstances"]
+    assert [_substitute(r["Fn::Sub"], values) for r in describe["Resource"]] == [
+        "arn:aws:rds:eu-west-1:123456789012:db:*",
+        "arn:aws:rds:eu-west-1:123456789012:cluster:*",
+    ]
 
 
 def test_policy_permission_names_exactly_the_policy_parameter(
@@ -290,7 +332,7 @@ def test_policy_permission_names_exactly_the_policy_parameter(
     parameter_name = _substitute(
         template["Resources"]["PolicyParameter"]["Properties"]["Name"]["Fn::Sub"], values
     )
-    (statement,) = [s for s in _inline_statements(function) if s["Action"] == "ssm:GetParameter"]
+    (statement,) = [s for s in _inline_statements(function) if s["Sid"] == "ReadPolicyDocument"]
 
     arn = _substitute(statement["Resource"]["Fn::Sub"], values)
 

