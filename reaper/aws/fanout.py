@@ -3,7 +3,8 @@
 Every target gets a worker thread and the same deadline (the Lambda's remaining time minus a
 margin), turned into the reaper connection's connect and statement timeouts. A target that
 fails (unreachable, refused login, visibility, aborted) or overruns its budget is reported as
-an error of its own; the others are not affected. Each worker calls `run_pass`, the one path.
+an error of its own (a full database as DatabaseFullError); the others are not affected. Each
+worker calls `run_pass`, the one path. The doctor event visits the targets with `run_doctor`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from reaper.aws.credentials import build_target, uses_secret
-from reaper.errors import AuthenticationError, DeadlineExceededError
+from reaper.core.doctor import DoctorReport, unreachable_check
+from reaper.doctor import run_doctor
+from reaper.errors import AuthenticationError, DeadlineExceededError, ReaperError
 from reaper.pg.gateway import Timeouts
 from reaper.run import run_pass
 
@@ -179,3 +182,31 @@ def _collect(
     # An unexpected exception (a bug) is reported like any failure, with its own type, so the
     # other targets' results still reach the metrics and the log.
     return TargetRun(entry.name, error=error)
+
+
+def doctor_on_targets(
+    settings: LambdaSettings,
+    entries: Sequence[TargetEntry],
+    policy: Policy,
+    *,
+    budget_seconds: float,
+) -> list[DoctorReport]:
+    """Run the doctor's checks on each target in turn, within the budget; one report each.
+
+    One target after the other: a check is two short statements, and an operator reads the
+    reports in configuration order. A target whose credentials cannot be built, or for which no
+    time is left, gets a failed connection check.
+    """
+    deadline = time.monotonic() + budget_seconds
+    reports = []
+    for entry in entries:
+        try:
+            target = build_target(settings, entry)
+            timeouts = timeouts_within(
+                deadline - time.monotonic(), connect_timeout=settings.connect_timeout
+            )
+        except ReaperError as exc:
+            reports.append(DoctorReport(entry.name, (unreachable_check(str(exc)),)))
+            continue
+        reports.append(run_doctor(target, policy, timeouts=timeouts))
+    return reports

@@ -8,7 +8,9 @@ Failure semantics (docs/alarms-and-metrics.md):
 - bad settings, policy or event: nothing runs, the invocation raises (Lambda's Errors metric);
   a bad policy also emits PolicyErrors=1;
 - a failed target: TargetErrors=1 and an error line for it, the other targets still run, and
-  the invocation raises at the end (TargetsFailedError) so the Errors alarm fires too.
+  the invocation raises at the end (TargetsFailedError) so the Errors alarm fires too; a target
+  whose database is full also gets ConnectionSlotsExhausted=1 and a "database_full" line;
+- a doctor event: the checks of each target are returned (and logged), failed ones included.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from reaper.aws.events import parse_event, select_targets
-from reaper.aws.fanout import run_on_targets
+from reaper.aws.fanout import doctor_on_targets, run_on_targets
 from reaper.aws.observability import (
     audit,
+    log_doctor_report,
     log_target_error,
     logger,
     metrics,
@@ -78,12 +81,27 @@ def _handle(event: Any, context: LambdaContext) -> dict[str, Any]:
         "dry_run": dry_run,
         "targets": list(names),
     }
-    if not invocation.run_pass:
-        logger.info(f"no pass: {invocation.description}", extra=context_fields)
-        return _summary(invocation, loaded, dry_run=dry_run, runs=[])
     budget_seconds = (
         context.get_remaining_time_in_millis() / 1000 - settings.deadline_margin_seconds
     )
+    if invocation.doctor:
+        logger.info("doctor starting", extra=context_fields)
+        reports = doctor_on_targets(
+            settings, selected, loaded.policy, budget_seconds=budget_seconds
+        )
+        for report in reports:
+            log_doctor_report(logger, report)
+        # The reports are the answer, failed checks included: the invocation itself succeeds.
+        return {
+            "event": invocation.kind,
+            "description": invocation.description,
+            "action": "doctor",
+            "policy_source": loaded.source,
+            "targets": [report.to_dict() for report in reports],
+        }
+    if not invocation.run_pass:
+        logger.info(f"no pass: {invocation.description}", extra=context_fields)
+        return _summary(invocation, loaded, dry_run=dry_run, runs=[])
     logger.info(
         f"pass starting: {invocation.description}",
         extra={**context_fields, "budget_seconds": round(budget_seconds, 1)},
@@ -129,7 +147,7 @@ def _report(run: TargetRun) -> None:
         if not isinstance(run.error, ReaperError):
             # Not a known failure mode: keep the traceback for whoever fixes it.
             logger.error(f"unexpected error on target {run.name}", exc_info=run.error)
-        record_target_error(run.name)
+        record_target_error(run.name, run.error)
         return
     assert run.result is not None  # a run without an error has a result
     audit(logger, run.result)

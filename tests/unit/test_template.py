@@ -313,7 +313,7 @@ def test_environment_names_the_service_and_namespace_the_alarms_watch(
 ) -> None:
     variables = function["Environment"]["Variables"]
 
-    for metric_name in ("ConnectionUtilization", "TerminationsRefused"):
+    for metric_name in ("ConnectionUtilization", "TerminationsRefused", "ConnectionSlotsExhausted"):
         alarm = _alarm(template, metric_name)
         dimensions = {d["Name"]: d["Value"] for d in alarm["Dimensions"]}
         # EMF metrics match only on the exact dimension set: Powertools' service plus Target.
@@ -362,6 +362,18 @@ def test_refused_terminations_alarm_fires_on_the_first_refusal(template: dict[st
     assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
 
 
+def test_full_database_alarm_fires_on_the_first_refused_login(template: dict[str, Any]) -> None:
+    alarm = _alarm(template, "ConnectionSlotsExhausted")
+
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert alarm["TreatMissingData"] == "notBreaching"
+    assert {d["Name"]: d["Value"] for d in alarm["Dimensions"]} == {
+        "service": "idle-reaper",
+        "Target": {"Ref": "AlarmTargetName"},
+    }
+
+
 def test_alarms_notify_the_topic_only_when_one_is_given(template: dict[str, Any]) -> None:
     alarms = [
         resource["Properties"]
@@ -369,7 +381,7 @@ def test_alarms_notify_the_topic_only_when_one_is_given(template: dict[str, Any]
         if resource["Type"] == "AWS::CloudWatch::Alarm"
     ]
 
-    assert len(alarms) == 3
+    assert len(alarms) == 4
     for alarm in alarms:
         assert alarm["AlarmActions"] == {
             "Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]
