@@ -106,7 +106,7 @@ def connect(target: Target, timeouts: Timeouts = Timeouts()) -> psycopg.Connecti
         return psycopg.connect(make_conninfo("", **params), autocommit=True)
     except psycopg.OperationalError as exc:
         detail = target.redact(_first_line(exc))
-        full_cause = _too_many_connections_cause(exc, detail)
+        full_cause = too_many_connections_cause(exc, detail)
         if full_cause is not None:
             raise DatabaseFullError(
                 f"the database is full: {target.endpoint} refused the reaper's login because "
@@ -121,7 +121,7 @@ def connect(target: Target, timeouts: Timeouts = Timeouts()) -> psycopg.Connecti
         raise TargetUnreachableError(f"cannot connect to {target.endpoint}: {detail}") from exc
 
 
-def _too_many_connections_cause(exc: psycopg.OperationalError, detail: str) -> str | None:
+def too_many_connections_cause(exc: psycopg.OperationalError, detail: str) -> str | None:
     """Which limit refused the login with SQLSTATE 53300, or None for another refusal."""
     if exc.sqlstate is not None and exc.sqlstate != TOO_MANY_CONNECTIONS:
         return None

@@ -244,6 +244,26 @@ def test_full_database_is_reported_by_the_lambda_with_its_own_metric_and_line(
     assert password not in out
 
 
+def test_doctor_passes_for_the_documented_role_and_sees_its_way_in(
+    full_server: FullServer, capsys
+) -> None:
+    # when the doctor checks the documented role on the dedicated server
+    capsys.readouterr()
+    exit_code = main(["doctor", "--dsn", full_server.dsn(DOCUMENTED_ROLE, DOCUMENTED_PASSWORD)])
+    output = capsys.readouterr().out
+
+    # then nothing fails; on 16+ the reserve is there and usable, before 16 there is none
+    assert exit_code == EXIT_OK, output
+    [line] = [line for line in output.splitlines() if "reserved way in" in line]
+    if full_server.major >= RESERVED_CONNECTIONS_MAJOR:
+        assert line.startswith("  ok")
+        assert f"{RESERVED_CONNECTIONS} reserved slot(s)" in line
+    else:
+        assert line.startswith("  warn")
+        assert "app" in line
+    assert DOCUMENTED_PASSWORD not in output
+
+
 def test_reaper_at_its_own_connection_limit_is_told_so(
     pg_server: PgServer, role_factory, admin_conn
 ) -> None:
