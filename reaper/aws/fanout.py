@@ -195,7 +195,7 @@ def doctor_on_targets(
 
     One target after the other: a check is two short statements, and an operator reads the
     reports in configuration order. A target whose credentials cannot be built, or for which no
-    time is left, gets a failed connection check.
+    time is left, or whose database fails while it is checked, gets a failed connection check.
     """
     deadline = time.monotonic() + budget_seconds
     reports = []
@@ -205,8 +205,8 @@ def doctor_on_targets(
             timeouts = timeouts_within(
                 deadline - time.monotonic(), connect_timeout=settings.connect_timeout
             )
+            reports.append(run_doctor(target, policy, timeouts=timeouts))
         except ReaperError as exc:
+            # Credentials, time, or the database failing mid-check: this target's one answer.
             reports.append(DoctorReport(entry.name, (unreachable_check(str(exc)),)))
-            continue
-        reports.append(run_doctor(target, policy, timeouts=timeouts))
     return reports

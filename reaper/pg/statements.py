@@ -130,6 +130,8 @@ RELEASE_PASS_LOCK: Final[LiteralString] = "SELECT pg_advisory_unlock(%(key)s)"
 # pg_has_role() on an OID from to_regrole() is NULL where the role does not exist
 # (pg_use_reserved_connections before 16, rds_superuser outside RDS) instead of an error.
 # A role-level statement_timeout set for this database wins over one set for all databases.
+# Application roles are the other login roles that are neither superusers nor administrators
+# on RDS (rds_superuser members have RDS's own reserve) nor managed by the provider.
 SETUP_FACTS: Final[LiteralString] = """
 WITH me AS (
     SELECT oid, rolsuper, rolconnlimit FROM pg_roles WHERE rolname = current_user
@@ -158,11 +160,15 @@ SELECT current_user::text AS role,
        (SELECT coalesce(array_agg(rolname::text ORDER BY rolname), '{}')
         FROM pg_roles
         WHERE rolcanlogin AND NOT rolsuper AND rolconnlimit < 0
-          AND oid <> me.oid AND rolname !~ %(managed_roles)s) AS uncapped_login_roles,
+          AND oid <> me.oid AND rolname !~ %(managed_roles)s
+          AND NOT coalesce(pg_has_role(oid, to_regrole('rds_superuser'), 'MEMBER'), false))
+           AS uncapped_login_roles,
        (SELECT coalesce(sum(rolconnlimit), 0)::int
         FROM pg_roles
         WHERE rolcanlogin AND NOT rolsuper AND rolconnlimit >= 0
-          AND oid <> me.oid AND rolname !~ %(managed_roles)s) AS capped_login_connections,
+          AND oid <> me.oid AND rolname !~ %(managed_roles)s
+          AND NOT coalesce(pg_has_role(oid, to_regrole('rds_superuser'), 'MEMBER'), false))
+           AS capped_login_connections,
        (SELECT CASE WHEN ssl THEN version END FROM pg_stat_ssl WHERE pid = pg_backend_pid())
            AS tls_version
 FROM me
