@@ -36,6 +36,16 @@ class AuthenticationError(TargetUnreachableError):
     """Raised when the server rejects the credentials (a rotated password, for example)."""
 
 
+class DatabaseFullError(TargetUnreachableError):
+    """Raised when the server refuses the login because its connection slots are taken (53300)."""
+
+    def __init__(self, message: str, *, cause: str) -> None:
+        super().__init__(message)
+        # Which limit refused the login: "server" (every slot the role may use is taken),
+        # "role" (the role's own CONNECTION LIMIT) or "database" (the database's).
+        self.cause = cause
+
+
 class VisibilityError(ReaperError):
     """Raised when the reaper's role cannot see other roles' sessions (needs pg_monitor)."""
 

@@ -4,7 +4,8 @@
   EventBridge Scheduler's input shaped like it (source aws.scheduler). Runs a pass.
 - A CloudWatch alarm state change delivered by EventBridge ("CloudWatch Alarm State Change").
   Runs a pass when the alarm is in ALARM; any other state (OK, INSUFFICIENT_DATA) is a no-op.
-- A manual event from an operator: {"action": "reap", "dry_run": true, "targets": ["writer"]}.
+- A manual event from an operator: {"action": "reap", "dry_run": true, "targets": ["writer"]},
+  or {"action": "doctor"} to run `reaper doctor`'s checks on each target (nothing is terminated).
 
 Unknown or malformed fields are refused with EventError, never ignored, except inside the
 alarm's own `detail` sub-objects: AWS owns them and adds fields over time (a refused alarm event
@@ -82,7 +83,9 @@ class AlarmStateChangeEvent(EventBridgeModel):
 class ManualEvent(_Strict):
     """An operator's event, sent with `aws lambda invoke --payload ...` or `reaper invoke`."""
 
-    action: Literal["reap"] = Field(description="What to do; only 'reap' (one pass) for now.")
+    action: Literal["reap", "doctor"] = Field(
+        description="'reap': one pass; 'doctor': check each target's setup, terminate nothing."
+    )
     dry_run: StrictBool = Field(
         default=False,
         description="true forces a dry run; false leaves the policy's own dry_run in force.",
@@ -112,6 +115,8 @@ class Invocation:
     # None means every configured target.
     targets: tuple[str, ...] | None = None
     description: str = ""
+    # A manual doctor event: run the preflight checks instead of a pass.
+    doctor: bool = False
 
 
 def parse_event(event: Any) -> Invocation:
@@ -146,6 +151,14 @@ def parse_event(event: Any) -> Invocation:
         )
     if "action" in event:
         manual = _validate(ManualEvent, event, "manual")
+        if manual.action == "doctor":
+            return Invocation(
+                kind="manual",
+                run_pass=False,
+                targets=manual.targets,
+                description="manual doctor",
+                doctor=True,
+            )
         return Invocation(
             kind="manual",
             run_pass=True,

@@ -5,8 +5,9 @@ it starts: REAPER_TARGET_TIMEOUT_SECONDS, cut to what is left of the invocation'
 remaining time minus a margin), turned into the reaper connection's connect and statement
 timeouts. So a slow target holds one worker for at most its own budget, and a target waiting
 for a worker starts with a full one while time remains. A target that fails (unreachable,
-refused login, visibility, aborted) or overruns is reported as an error of its own; the others
-are not affected. Each worker calls `run_pass`, the one path, with the target's own policy.
+refused login, visibility, aborted) or overruns is reported as an error of its own (a full
+database as DatabaseFullError); the others are not affected. Each worker calls `run_pass`, the
+one path, with the target's own policy. The doctor event visits the targets with `run_doctor`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from reaper.aws.credentials import build_target, uses_secret
-from reaper.errors import AuthenticationError, DeadlineExceededError
+from reaper.core.doctor import DoctorReport, unreachable_check
+from reaper.doctor import run_doctor
+from reaper.errors import AuthenticationError, DeadlineExceededError, ReaperError
 from reaper.pg.gateway import Timeouts
 from reaper.run import run_pass
 
@@ -200,3 +203,27 @@ def _collect(
     # An unexpected exception (a bug) is reported like any failure, with its own type, so the
     # other targets' results still reach the metrics and the log.
     return TargetRun(entry.name, error=error)
+
+
+def doctor_on_targets(
+    settings: LambdaSettings, jobs: Sequence[TargetJob], *, budget_seconds: float
+) -> list[DoctorReport]:
+    """Run the doctor's checks on each target in turn, within the budget; one report each.
+
+    One target after the other: a check is two short statements, and an operator reads the
+    reports in configuration order. A target whose credentials cannot be built, or for which no
+    time is left, or whose database fails while it is checked, gets a failed connection check.
+    """
+    deadline = time.monotonic() + budget_seconds
+    reports = []
+    for job in jobs:
+        try:
+            target = build_target(settings, job.entry)
+            timeouts = timeouts_within(
+                deadline - time.monotonic(), connect_timeout=settings.connect_timeout
+            )
+            reports.append(run_doctor(target, job.policy, timeouts=timeouts))
+        except ReaperError as exc:
+            # Credentials, time, or the database failing mid-check: this target's one answer.
+            reports.append(DoctorReport(job.entry.name, (unreachable_check(str(exc)),)))
+    return reports

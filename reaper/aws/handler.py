@@ -13,7 +13,9 @@ Failure semantics (docs/alarms-and-metrics.md):
   line saying why; no connection is attempted;
 - a failed target (also: its own policy is bad, its tags make no target): TargetErrors=1 and an
   error line for it, the other targets still run, and the invocation raises at the end
-  (TargetsFailedError) so the Errors alarm fires too.
+  (TargetsFailedError) so the Errors alarm fires too; a target whose database is full also
+  gets ConnectionSlotsExhausted=1 and a "database_full" line;
+- a doctor event: the checks of each target are returned (and logged), failed ones included.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from reaper.aws.events import parse_event, select_targets
-from reaper.aws.fanout import TargetJob, TargetRun, run_on_targets
+from reaper.aws.fanout import TargetJob, TargetRun, doctor_on_targets, run_on_targets
 from reaper.aws.observability import (
     audit,
+    log_doctor_report,
     log_target_error,
     log_target_skipped,
     logger,
@@ -38,6 +41,7 @@ from reaper.aws.observability import (
 from reaper.aws.policy_source import load_parameter_policy, load_policy
 from reaper.aws.settings import load_lambda_settings
 from reaper.aws.targets import resolve_targets
+from reaper.core.doctor import DoctorReport, unreachable_check
 from reaper.errors import (
     DiscoveryError,
     PolicyError,
@@ -95,21 +99,38 @@ def _handle(event: Any, context: LambdaContext) -> dict[str, Any]:
         "dry_run": dry_run,
         "targets": list(names),
     }
-    if not invocation.run_pass:
-        logger.info(f"no pass: {invocation.description}", extra=context_fields)
-        return _summary(invocation, loaded, dry_run=dry_run, runs=[], skipped=[])
     budget_seconds = (
         context.get_remaining_time_in_millis() / 1000 - settings.deadline_margin_seconds
     )
-    logger.info(
-        f"pass starting: {invocation.description}",
-        extra={**context_fields, "budget_seconds": round(budget_seconds, 1)},
-    )
+    if not (invocation.run_pass or invocation.doctor):
+        logger.info(f"no pass: {invocation.description}", extra=context_fields)
+        return _summary(invocation, loaded, dry_run=dry_run, runs=[], skipped=[])
     skipped = [(t.name, reason) for t in selected if (reason := t.skip_reason) is not None]
     for name, reason in skipped:
         log_target_skipped(logger, name, reason)
         record_target_skipped(name)
     jobs, not_started = _jobs(settings, loaded, [t for t in selected if t.skip_reason is None])
+    if invocation.doctor:
+        logger.info("doctor starting", extra=context_fields)
+        reports = doctor_on_targets(settings, jobs, budget_seconds=budget_seconds)
+        reports += [
+            DoctorReport(run.name, (unreachable_check(str(run.error)),)) for run in not_started
+        ]
+        for report in reports:
+            log_doctor_report(logger, report)
+        # The reports are the answer, failed checks included: the invocation itself succeeds.
+        return {
+            "event": invocation.kind,
+            "description": invocation.description,
+            "action": "doctor",
+            "policy_source": loaded.source,
+            "targets": [report.to_dict() for report in reports],
+            "skipped_targets": [{"target": name, "reason": reason} for name, reason in skipped],
+        }
+    logger.info(
+        f"pass starting: {invocation.description}",
+        extra={**context_fields, "budget_seconds": round(budget_seconds, 1)},
+    )
     ran = run_on_targets(
         settings, jobs, budget_seconds=budget_seconds, force_dry_run=invocation.force_dry_run
     )
@@ -187,7 +208,7 @@ def _report(run: TargetRun) -> None:
         if not isinstance(run.error, ReaperError):
             # Not a known failure mode: keep the traceback for whoever fixes it.
             logger.error(f"unexpected error on target {run.name}", exc_info=run.error)
-        record_target_error(run.name)
+        record_target_error(run.name, run.error)
         return
     assert run.result is not None  # a run without an error has a result
     audit(logger, run.result)

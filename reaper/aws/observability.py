@@ -21,8 +21,10 @@ from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import (
 
 from reaper.aws.settings import ObservabilitySettings
 from reaper.core.result import Outcome
+from reaper.errors import DatabaseFullError
 
 if TYPE_CHECKING:
+    from reaper.core.doctor import DoctorReport
     from reaper.core.result import PassResult, SessionRecord
 
 # Metric names: the template's alarms and dashboard use the same strings.
@@ -35,6 +37,7 @@ MAX_CONNECTIONS = "MaxConnections"
 CONNECTION_UTILIZATION = "ConnectionUtilization"
 OLDEST_IDLE_SECONDS = "OldestIdleSeconds"
 TARGET_ERRORS = "TargetErrors"
+CONNECTION_SLOTS_EXHAUSTED = "ConnectionSlotsExhausted"
 POLICY_ERRORS = "PolicyErrors"
 # Discovery (REAPER_DISCOVERY_TAG): the RDS API failed; a discovered instance was left alone.
 DISCOVERY_ERRORS = "DiscoveryErrors"
@@ -150,10 +153,14 @@ def record_result(result: PassResult) -> None:
             pass
 
 
-def record_target_error(target: str) -> None:
-    """Print one EMF blob with TargetErrors=1 for a target whose pass failed."""
+def record_target_error(target: str, error: BaseException | None = None) -> None:
+    """Print one EMF blob with TargetErrors=1 for a target whose pass failed, and
+    ConnectionSlotsExhausted=1 when it failed because the database was full."""
     target_metrics = _target_metrics(target)
     target_metrics.add_metric(name=TARGET_ERRORS, unit=MetricUnit.Count, value=1)
+    if isinstance(error, DatabaseFullError):
+        # Emitted only when it happens: a metric without data points costs nothing.
+        target_metrics.add_metric(name=CONNECTION_SLOTS_EXHAUSTED, unit=MetricUnit.Count, value=1)
     target_metrics.flush_metrics()
 
 
@@ -196,15 +203,25 @@ def audit(logger: Logger, result: PassResult) -> None:
 
 
 def log_target_error(logger: Logger, target: str, error: BaseException) -> None:
-    """The error line for a target whose pass failed (the message is already redacted)."""
-    logger.error(
-        f"pass on target {target} failed: {error}",
-        extra={
-            "audit": "target_error",
-            "target": target,
-            "error_type": type(error).__name__,
-            "error": str(error),
-        },
+    """The error line for a target whose pass failed (the message is already redacted); a full
+    database has an audit value of its own, so a log filter finds exactly those."""
+    fields: dict[str, Any] = {
+        "audit": "target_error",
+        "target": target,
+        "error_type": type(error).__name__,
+        "error": str(error),
+    }
+    if isinstance(error, DatabaseFullError):
+        fields.update(audit="database_full", cause=error.cause)
+    logger.error(f"pass on target {target} failed: {error}", extra=fields)
+
+
+def log_doctor_report(logger: Logger, report: DoctorReport) -> None:
+    """One line per target with every check; WARNING when a check failed."""
+    log = logger.warning if report.failed else logger.info
+    log(
+        f"doctor on target {report.target}: {report.status.value}",
+        extra={"audit": "doctor", **report.to_dict()},
     )
 
 

@@ -8,6 +8,9 @@ Exit codes (documented in README.md):
     4  the pass ran but some terminations were refused (privilege)
     5  the pass could not run safely: the role cannot see other sessions, or the database
        failed mid-pass (timeout, shutdown); nothing further was terminated
+  6  the database is full: the login was refused for want of a connection slot (SQLSTATE
+       53300); the message names the fix
+  7  `reaper doctor`: at least one check failed
   130  interrupted
 """
 
@@ -42,6 +45,8 @@ EXIT_BAD_INPUT = 2
 EXIT_UNREACHABLE = 3
 EXIT_REFUSED = 4
 EXIT_UNSAFE = 5
+EXIT_DATABASE_FULL = 6
+EXIT_CHECKS_FAILED = 7
 EXIT_INTERRUPTED = 130
 
 _EXIT_FOR_ERROR: tuple[tuple[type[errors.ReaperError], int], ...] = (
@@ -50,6 +55,8 @@ _EXIT_FOR_ERROR: tuple[tuple[type[errors.ReaperError], int], ...] = (
     (errors.EventError, EXIT_BAD_INPUT),
     (errors.CredentialsError, EXIT_UNREACHABLE),
     (errors.DiscoveryError, EXIT_UNREACHABLE),
+    # Before its base class TargetUnreachableError: the first match wins.
+    (errors.DatabaseFullError, EXIT_DATABASE_FULL),
     (errors.TargetUnreachableError, EXIT_UNREACHABLE),
     (errors.VisibilityError, EXIT_UNSAFE),
     (errors.PassAbortedError, EXIT_UNSAFE),
@@ -88,41 +95,15 @@ def _parser() -> argparse.ArgumentParser:
         prog="reaper",
         description="Terminate idle PostgreSQL sessions left behind by serverless functions.",
         epilog="Exit codes: 0 done, 2 bad input, 3 target unreachable, 4 some terminations "
-        "refused, 5 pass could not run safely, 1 internal error.",
+        "refused, 5 pass could not run safely, 6 database full, 7 a doctor check failed, "
+        "1 internal error.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run one pass against a database")
     _add_connection_flags(run)
-    selection = run.add_argument_group("selection (or --policy)")
-    selection.add_argument(
-        "--application-name",
-        action="append",
-        metavar="GLOB",
-        help="application_name pattern to reap, e.g. 'lambda:*' (repeatable)",
-    )
-    selection.add_argument(
-        "--idle-seconds",
-        type=float,
-        default=900.0,
-        metavar="N",
-        help="terminate sessions idle longer than this (default 900)",
-    )
-    selection.add_argument(
-        "--state",
-        action="append",
-        choices=IDLE_STATES,
-        help="session state to reap (repeatable; default: idle)",
-    )
-    selection.add_argument(
-        "--max-terminations", type=int, default=50, metavar="N", help="cap per pass (default 50)"
-    )
-    selection.add_argument(
-        "--allow-short-thresholds",
-        action="store_true",
-        help="accept --idle-seconds below the 60-second floor",
-    )
+    _add_selection_flags(run)
     run.add_argument("--policy", type=Path, metavar="FILE", help="a policy document (JSON)")
     run.add_argument("--dry-run", action="store_true", help="plan and report; terminate nothing")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -130,6 +111,15 @@ def _parser() -> argparse.ArgumentParser:
         "--verbose", action="store_true", help="list every session, also the uninteresting ones"
     )
     run.set_defaults(handler=_command_run)
+
+    doctor = commands.add_parser(
+        "doctor", help="check the reaper's role and server; with a policy, what it would do now"
+    )
+    _add_connection_flags(doctor)
+    _add_selection_flags(doctor)
+    doctor.add_argument("--policy", type=Path, metavar="FILE", help="a policy document (JSON)")
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
+    doctor.set_defaults(handler=_command_doctor)
 
     report = commands.add_parser("report", help="census of connections by application")
     _add_connection_flags(report)
@@ -174,6 +164,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_selection_flags(parser: argparse.ArgumentParser) -> None:
+    selection = parser.add_argument_group("selection (or --policy)")
+    selection.add_argument(
+        "--application-name",
+        action="append",
+        metavar="GLOB",
+        help="application_name pattern to reap, e.g. 'lambda:*' (repeatable)",
+    )
+    selection.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=900.0,
+        metavar="N",
+        help="terminate sessions idle longer than this (default 900)",
+    )
+    selection.add_argument(
+        "--state",
+        action="append",
+        choices=IDLE_STATES,
+        help="session state to reap (repeatable; default: idle)",
+    )
+    selection.add_argument(
+        "--max-terminations", type=int, default=50, metavar="N", help="cap per pass (default 50)"
+    )
+    selection.add_argument(
+        "--allow-short-thresholds",
+        action="store_true",
+        help="accept --idle-seconds below the 60-second floor",
+    )
+
+
 def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dsn",
@@ -208,6 +229,16 @@ def _command_run(args: argparse.Namespace) -> int:
     else:
         print(render_pass(result, verbose=args.verbose))
     return exit_code_for_result(result)
+
+
+def _command_doctor(args: argparse.Namespace) -> int:
+    from reaper.cli.doctor import doctor_main
+
+    policy = _policy_from_args(args) if args.policy or args.application_name else None
+    report = doctor_main(
+        _target_from_args(args), policy, _timeouts_from_args(args), as_json=args.json
+    )
+    return EXIT_CHECKS_FAILED if report.failed else EXIT_OK
 
 
 def _command_report(args: argparse.Namespace) -> int:

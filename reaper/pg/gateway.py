@@ -15,9 +15,21 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
+from reaper.core.doctor import (
+    CAUSE_DATABASE,
+    CAUSE_ROLE,
+    CAUSE_SERVER,
+    SetupFacts,
+    full_database_fix,
+)
 from reaper.core.result import Outcome
 from reaper.core.snapshot import ConnectionPicture, Session, Snapshot
-from reaper.errors import AuthenticationError, PassAbortedError, TargetUnreachableError
+from reaper.errors import (
+    AuthenticationError,
+    DatabaseFullError,
+    PassAbortedError,
+    TargetUnreachableError,
+)
 from reaper.pg import statements
 
 if TYPE_CHECKING:
@@ -30,6 +42,23 @@ APPLICATION_NAME = "idle-reaper"
 # SQLSTATE class 28 is "invalid authorization specification": a wrong or rotated password, an
 # expired IAM token, a role that may not log in.
 _AUTH_SQLSTATE_CLASS = "28"
+
+# too_many_connections: every slot the role may use is taken, or a role's or database's own
+# CONNECTION LIMIT is reached.
+TOO_MANY_CONNECTIONS = "53300"
+
+# psycopg (3.3, with libpq 18) does not expose the SQLSTATE of a login the server refused during
+# startup: the error has no sqlstate and no diag, and libpq keeps no result to read it from.
+# When it is missing, the refusal is recognised by the server's own messages for 53300 (their
+# English text, PostgreSQL 13 to 18; RDS's variant of the reserved-slots message starts the
+# same), each with the limit that refused. A server whose lc_messages is not English is not
+# recognised and reports an ordinary refused login.
+_TOO_MANY_CONNECTIONS_MESSAGES: tuple[tuple[str, str], ...] = (
+    ("sorry, too many clients already", CAUSE_SERVER),
+    ("remaining connection slots are reserved for ", CAUSE_SERVER),
+    ("too many connections for role ", CAUSE_ROLE),
+    ("too many connections for database ", CAUSE_DATABASE),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +85,7 @@ def connect(target: Target, timeouts: Timeouts = Timeouts()) -> psycopg.Connecti
     """Open the reaper's autocommit connection to a target.
 
     Raises:
+        DatabaseFullError: the server refused the login for want of a free connection slot.
         AuthenticationError: the server rejected the credentials.
         TargetUnreachableError: the server could not be reached within the connect timeout.
     """
@@ -76,11 +106,65 @@ def connect(target: Target, timeouts: Timeouts = Timeouts()) -> psycopg.Connecti
         return psycopg.connect(make_conninfo("", **params), autocommit=True)
     except psycopg.OperationalError as exc:
         detail = target.redact(_first_line(exc))
+        full_cause = too_many_connections_cause(exc, detail)
+        if full_cause is not None:
+            raise DatabaseFullError(
+                f"the database is full: {target.endpoint} refused the reaper's login because "
+                f"its connection slots are taken (SQLSTATE {TOO_MANY_CONNECTIONS}: {detail}). "
+                f"Nothing was terminated. Fix: {full_database_fix(full_cause, target.user)}",
+                cause=full_cause,
+            ) from exc
         if (exc.sqlstate or "").startswith(_AUTH_SQLSTATE_CLASS) or "authentication" in detail:
             raise AuthenticationError(
                 f"{target.endpoint} rejected the reaper's credentials: {detail}"
             ) from exc
         raise TargetUnreachableError(f"cannot connect to {target.endpoint}: {detail}") from exc
+
+
+def too_many_connections_cause(exc: psycopg.OperationalError, detail: str) -> str | None:
+    """Which limit refused the login with SQLSTATE 53300, or None for another refusal."""
+    if exc.sqlstate is not None and exc.sqlstate != TOO_MANY_CONNECTIONS:
+        return None
+    for message, cause in _TOO_MANY_CONNECTIONS_MESSAGES:
+        if message in detail:
+            return cause
+    # The SQLSTATE says full, in words this table does not know: name every remedy.
+    return CAUSE_SERVER if exc.sqlstate == TOO_MANY_CONNECTIONS else None
+
+
+def read_setup_facts(conn: psycopg.Connection[Any]) -> SetupFacts:
+    """What the doctor checks about the reaper's role and the server."""
+    with _database_errors(), conn.cursor(row_factory=dict_row) as cursor:
+        row = cursor.execute(
+            statements.SETUP_FACTS, {"managed_roles": statements.MANAGED_ROLES_PATTERN}
+        ).fetchone()
+    assert row is not None  # one row: the reaper's own role always exists
+    sslmode = next(
+        (
+            option.val.decode()
+            for option in conn.pgconn.info
+            if option.keyword == b"sslmode" and option.val
+        ),
+        "prefer",
+    )
+    return SetupFacts(
+        role=row["role"],
+        server_version_num=row["server_version_num"],
+        is_superuser=row["is_superuser"],
+        is_rds_superuser=row["is_rds_superuser"],
+        sees_all_sessions=row["sees_all_sessions"],
+        may_signal_others=row["may_signal_others"],
+        may_use_reserved_connections=row["may_use_reserved_connections"],
+        max_connections=row["max_connections"],
+        superuser_reserved_connections=row["superuser_reserved_connections"],
+        reserved_connections=row["reserved_connections"],
+        role_connection_limit=row["role_connection_limit"],
+        role_statement_timeout=row["role_statement_timeout"],
+        uncapped_login_roles=tuple(row["uncapped_login_roles"]),
+        capped_login_connections=row["capped_login_connections"],
+        sslmode=sslmode,
+        tls_version=row["tls_version"],
+    )
 
 
 def try_pass_lock(conn: psycopg.Connection[Any]) -> bool:

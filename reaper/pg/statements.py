@@ -125,3 +125,54 @@ WHERE a.pid = %(pid)s
 PASS_LOCK_KEY: Final = 0x69646C6572656170
 TRY_PASS_LOCK: Final[LiteralString] = "SELECT pg_try_advisory_lock(%(key)s)"
 RELEASE_PASS_LOCK: Final[LiteralString] = "SELECT pg_advisory_unlock(%(key)s)"
+
+# What `reaper doctor` needs to know about the reaper's role and the server, in one statement.
+# pg_has_role() on an OID from to_regrole() is NULL where the role does not exist
+# (pg_use_reserved_connections before 16, rds_superuser outside RDS) instead of an error.
+# A role-level statement_timeout set for this database wins over one set for all databases.
+# Application roles are the other login roles that are neither superusers nor administrators
+# on RDS (rds_superuser members have RDS's own reserve) nor managed by the provider.
+SETUP_FACTS: Final[LiteralString] = """
+WITH me AS (
+    SELECT oid, rolsuper, rolconnlimit FROM pg_roles WHERE rolname = current_user
+)
+SELECT current_user::text AS role,
+       current_setting('server_version_num')::int AS server_version_num,
+       me.rolsuper AS is_superuser,
+       coalesce(pg_has_role(to_regrole('rds_superuser'), 'MEMBER'), false) AS is_rds_superuser,
+       me.rolsuper OR pg_has_role('pg_read_all_stats', 'USAGE') AS sees_all_sessions,
+       me.rolsuper OR pg_has_role('pg_signal_backend', 'USAGE') AS may_signal_others,
+       pg_has_role(to_regrole('pg_use_reserved_connections'), 'USAGE')
+           AS may_use_reserved_connections,
+       current_setting('max_connections')::int AS max_connections,
+       current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
+       coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved_connections,
+       me.rolconnlimit AS role_connection_limit,
+       (SELECT substr(setting, length('statement_timeout=') + 1)
+        FROM pg_db_role_setting AS s
+        CROSS JOIN unnest(s.setconfig) AS setting
+        WHERE s.setrole = me.oid
+          AND s.setdatabase IN (0, (SELECT oid FROM pg_database
+                                    WHERE datname = current_database()))
+          AND starts_with(setting, 'statement_timeout=')
+        ORDER BY s.setdatabase DESC
+        LIMIT 1) AS role_statement_timeout,
+       (SELECT coalesce(array_agg(rolname::text ORDER BY rolname), '{}')
+        FROM pg_roles
+        WHERE rolcanlogin AND NOT rolsuper AND rolconnlimit < 0
+          AND oid <> me.oid AND rolname !~ %(managed_roles)s
+          AND NOT coalesce(pg_has_role(oid, to_regrole('rds_superuser'), 'MEMBER'), false))
+           AS uncapped_login_roles,
+       (SELECT coalesce(sum(rolconnlimit), 0)::int
+        FROM pg_roles
+        WHERE rolcanlogin AND NOT rolsuper AND rolconnlimit >= 0
+          AND oid <> me.oid AND rolname !~ %(managed_roles)s
+          AND NOT coalesce(pg_has_role(oid, to_regrole('rds_superuser'), 'MEMBER'), false))
+           AS capped_login_connections,
+       (SELECT CASE WHEN ssl THEN version END FROM pg_stat_ssl WHERE pid = pg_backend_pid())
+           AS tls_version
+FROM me
+"""
+
+# Login roles the service provider manages (RDS, Aurora) rather than the customer's apps.
+MANAGED_ROLES_PATTERN: Final = "^(pg_|rds)"

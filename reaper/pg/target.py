@@ -49,6 +49,11 @@ class Target:
         """user@host:port/dbname, without the password."""
         return describe_endpoint(self.params)
 
+    @property
+    def user(self) -> str | None:
+        """The role the target logs in as, when the parameters name one."""
+        return self.params.get("user")
+
     def redact(self, text: str) -> str:
         """Text with every secret of this target replaced by '***'."""
         for key in _SECRET_KEYS:

@@ -30,6 +30,7 @@ REAPS = {
     "alarm-ok.json": False,  # the alarm is back to OK: no pass
     "manual-dry-run.json": False,  # forced dry run: reported only
     "manual-target.json": True,
+    "doctor.json": False,  # checks the setup, terminates nothing
 }
 
 

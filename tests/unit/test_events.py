@@ -29,6 +29,7 @@ def event(name: str) -> dict[str, Any]:
         ("alarm-ok.json", Invocation("alarm", run_pass=False)),
         ("manual-dry-run.json", Invocation("manual", run_pass=True, force_dry_run=True)),
         ("manual-target.json", Invocation("manual", run_pass=True, targets=("default",))),
+        ("doctor.json", Invocation("manual", run_pass=False, doctor=True)),
     ],
 )
 def test_every_shipped_event_is_recognised(name, expected) -> None:
@@ -38,7 +39,14 @@ def test_every_shipped_event_is_recognised(name, expected) -> None:
         invocation.run_pass,
         invocation.force_dry_run,
         invocation.targets,
-    ) == (expected.kind, expected.run_pass, expected.force_dry_run, expected.targets)
+        invocation.doctor,
+    ) == (
+        expected.kind,
+        expected.run_pass,
+        expected.force_dry_run,
+        expected.targets,
+        expected.doctor,
+    )
 
 
 def test_every_file_in_events_is_covered_here() -> None:
@@ -49,8 +57,18 @@ def test_every_file_in_events_is_covered_here() -> None:
         "alarm-ok.json",
         "manual-dry-run.json",
         "manual-target.json",
+        "doctor.json",
     }
     assert {path.name for path in EVENTS_DIR.glob("*.json")} == covered
+
+
+def test_doctor_event_may_name_its_targets_and_never_runs_a_pass() -> None:
+    invocation = parse_event({"action": "doctor", "targets": ["writer"]})
+    assert (invocation.doctor, invocation.run_pass, invocation.targets) == (
+        True,
+        False,
+        ("writer",),
+    )
 
 
 def test_scheduler_input_with_placeholders_filled_in_is_a_scheduled_event() -> None:

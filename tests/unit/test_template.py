@@ -439,7 +439,12 @@ def test_environment_names_the_service_and_namespace_the_alarms_watch(
 
     # The stack's identity: two stacks in one account and Region never share a metric.
     assert variables["POWERTOOLS_SERVICE_NAME"] == {"Ref": "AWS::StackName"}
-    for metric_name in ("ConnectionUtilization", "TerminationsRefused", "TargetErrors"):
+    for metric_name in (
+        "ConnectionUtilization",
+        "TerminationsRefused",
+        "TargetErrors",
+        "ConnectionSlotsExhausted",
+    ):
         alarm = _alarm(template, metric_name)
         dimensions = {d["Name"]: d["Value"] for d in alarm["Dimensions"]}
         # EMF metrics match only on the exact dimension set: Powertools' service plus Target.
@@ -486,6 +491,18 @@ def test_refused_terminations_alarm_fires_on_the_first_refusal(template: dict[st
     assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
 
 
+def test_full_database_alarm_fires_on_the_first_refused_login(template: dict[str, Any]) -> None:
+    alarm = _alarm(template, "ConnectionSlotsExhausted")
+
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert alarm["TreatMissingData"] == "notBreaching"
+    assert {d["Name"]: d["Value"] for d in alarm["Dimensions"]} == {
+        "service": {"Ref": "AWS::StackName"},
+        "Target": {"Ref": "AlarmTargetName"},
+    }
+
+
 def test_alarms_notify_the_topic_only_when_one_is_given(template: dict[str, Any]) -> None:
     alarms = [
         resource["Properties"]
@@ -500,7 +517,7 @@ def test_alarms_notify_the_topic_only_when_one_is_given(template: dict[str, Any]
         ]
     }
 
-    assert len(alarms) >= 6
+    assert len(alarms) >= 7
     for alarm in alarms:
         assert alarm["AlarmActions"] == notify, alarm["MetricName"]
         assert alarm["OKActions"] == notify, alarm["MetricName"]

@@ -1,0 +1,221 @@
+"""The doctor's decisions from plain facts, and how a full database is told apart: pure."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import psycopg
+import pytest
+
+from reaper.cli.doctor import render_report
+from reaper.core.doctor import (
+    CAUSE_DATABASE,
+    CAUSE_ROLE,
+    CAUSE_SERVER,
+    Check,
+    DoctorReport,
+    SetupFacts,
+    Status,
+    full_database_fix,
+    setup_checks,
+)
+from reaper.pg.gateway import too_many_connections_cause
+
+COMPLETE_18 = SetupFacts(
+    role="idle_reaper",
+    server_version_num=180001,
+    is_superuser=False,
+    is_rds_superuser=False,
+    sees_all_sessions=True,
+    may_signal_others=True,
+    may_use_reserved_connections=True,
+    max_connections=100,
+    superuser_reserved_connections=3,
+    reserved_connections=3,
+    role_connection_limit=3,
+    role_statement_timeout="30s",
+    uncapped_login_roles=(),
+    capped_login_connections=60,
+    sslmode="verify-full",
+    tls_version="TLSv1.3",
+)
+COMPLETE_15 = dataclasses.replace(
+    COMPLETE_18,
+    server_version_num=150010,
+    may_use_reserved_connections=None,
+    reserved_connections=0,
+)
+
+
+def check(facts: SetupFacts, name: str) -> Check:
+    [found] = [c for c in setup_checks(facts) if c.name == name]
+    return found
+
+
+def test_the_documented_setup_passes_every_check_on_18_and_15() -> None:
+    for facts in (COMPLETE_18, COMPLETE_15):
+        assert {c.status for c in setup_checks(facts)} == {Status.OK}, facts.major
+
+
+@pytest.mark.parametrize(
+    ("reserved", "granted", "status", "fix_names"),
+    [
+        (3, True, Status.OK, None),
+        (3, False, Status.FAIL, "GRANT pg_use_reserved_connections TO idle_reaper"),
+        (0, True, Status.WARN, "reserved_connections"),
+        (0, False, Status.WARN, "GRANT pg_use_reserved_connections TO idle_reaper"),
+    ],
+)
+def test_reserved_way_in_on_16_and_later_needs_slots_and_the_grant(
+    reserved, granted, status, fix_names
+) -> None:
+    facts = dataclasses.replace(
+        COMPLETE_18, reserved_connections=reserved, may_use_reserved_connections=granted
+    )
+    found = check(facts, "reserved way in")
+    assert found.status is status
+    if fix_names:
+        assert found.fix is not None
+        assert fix_names in found.fix
+
+
+def test_reserved_way_in_before_16_names_the_application_roles_without_a_limit() -> None:
+    facts = dataclasses.replace(COMPLETE_15, uncapped_login_roles=("app_orders", "app_bi"))
+    found = check(facts, "reserved way in")
+    assert found.status is Status.WARN
+    assert "app_orders, app_bi" in found.summary
+    assert found.fix is not None
+    assert "CONNECTION LIMIT" in found.fix
+
+
+def test_reserved_way_in_before_16_warns_when_the_limits_leave_no_slot() -> None:
+    facts = dataclasses.replace(COMPLETE_15, capped_login_connections=97)
+    assert check(facts, "reserved way in").status is Status.WARN
+
+
+@pytest.mark.parametrize(
+    ("version", "status"),
+    [(120020, Status.FAIL), (130000, Status.OK), (180001, Status.OK), (190000, Status.WARN)],
+)
+def test_server_version_is_supported_from_13_to_18(version, status) -> None:
+    facts = dataclasses.replace(COMPLETE_18, server_version_num=version)
+    assert check(facts, "server version").status is status
+
+
+@pytest.mark.parametrize(
+    ("superuser", "rds_superuser", "status"),
+    [(False, False, Status.OK), (True, False, Status.WARN), (False, True, Status.WARN)],
+)
+def test_a_superuser_or_rds_superuser_reaper_is_warned_about(
+    superuser, rds_superuser, status
+) -> None:
+    facts = dataclasses.replace(COMPLETE_18, is_superuser=superuser, is_rds_superuser=rds_superuser)
+    assert check(facts, "least privilege").status is status
+
+
+@pytest.mark.parametrize(
+    ("limit", "status"), [(-1, Status.WARN), (1, Status.WARN), (2, Status.OK), (3, Status.OK)]
+)
+def test_role_connection_limit_leaves_room_for_two_reapers(limit, status) -> None:
+    facts = dataclasses.replace(COMPLETE_18, role_connection_limit=limit)
+    assert check(facts, "connection limit").status is status
+
+
+@pytest.mark.parametrize(
+    ("sslmode", "tls", "status", "words"),
+    [
+        ("verify-full", "TLSv1.3", Status.OK, "certificate verified"),
+        ("require", "TLSv1.3", Status.OK, "certificate not verified"),
+        ("prefer", None, Status.WARN, "without TLS"),
+    ],
+)
+def test_connection_check_shows_the_tls_mode_in_use(sslmode, tls, status, words) -> None:
+    facts = dataclasses.replace(COMPLETE_18, sslmode=sslmode, tls_version=tls)
+    found = check(facts, "connection")
+    assert found.status is status
+    assert words in found.summary
+    assert f"sslmode={sslmode}" in found.summary
+
+
+def test_missing_grants_fail_and_name_the_grant() -> None:
+    facts = dataclasses.replace(COMPLETE_18, sees_all_sessions=False, may_signal_others=False)
+    assert check(facts, "sees sessions").fix == "GRANT pg_monitor TO idle_reaper"
+    assert check(facts, "signals others").fix == "GRANT pg_signal_backend TO idle_reaper"
+    assert DoctorReport("t", setup_checks(facts)).failed
+
+
+def test_report_status_is_the_worst_check_and_each_line_carries_its_fix() -> None:
+    report = DoctorReport(
+        "writer",
+        (
+            Check("a", Status.OK, "fine", "never shown"),
+            Check("b", Status.WARN, "hmm", "do this"),
+        ),
+    )
+    text = render_report(report)
+    assert report.status is Status.WARN
+    assert not report.failed
+    assert "never shown" not in text
+    assert "  warn  b" in text
+    assert text.splitlines()[2].endswith("hmm -> fix: do this")
+    assert text.endswith("0 failed, 1 warning(s), 1 ok: ready, with warnings")
+    assert report.to_dict()["checks"][1] == {
+        "name": "b",
+        "status": "warn",
+        "summary": "hmm",
+        "fix": "do this",
+    }
+
+
+@pytest.mark.parametrize(
+    ("cause", "words"),
+    [
+        (CAUSE_SERVER, ("reserved_connections", "pg_use_reserved_connections", "15 and older")),
+        (CAUSE_ROLE, ("its own CONNECTION LIMIT", "ALTER ROLE idle_reaper CONNECTION LIMIT 3")),
+        (CAUSE_DATABASE, ("ALTER DATABASE",)),
+    ],
+)
+def test_full_database_fix_names_the_remedy_for_each_cause(cause, words) -> None:
+    fix = full_database_fix(cause, "idle_reaper")
+    for word in words:
+        assert word in fix
+
+
+# What psycopg 3.3 with libpq 18 raised on this machine (PostgreSQL 15 and 18), trimmed.
+_FATAL = 'connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL:  '
+
+
+@pytest.mark.parametrize(
+    ("message", "cause"),
+    [
+        ("sorry, too many clients already", CAUSE_SERVER),
+        (
+            "remaining connection slots are reserved for non-replication superuser connections",
+            CAUSE_SERVER,
+        ),
+        (
+            "remaining connection slots are reserved for roles with privileges of the "
+            '"pg_use_reserved_connections" role',
+            CAUSE_SERVER,
+        ),
+        (
+            "remaining connection slots are reserved for non-replication superuser, rds_reserved, "
+            "and rds_superuser connections",
+            CAUSE_SERVER,
+        ),
+        ('too many connections for role "idle_reaper"', CAUSE_ROLE),
+        ('too many connections for database "postgres"', CAUSE_DATABASE),
+        ('password authentication failed for user "idle_reaper"', None),
+        ('database "nope" does not exist', None),
+    ],
+)
+def test_refused_login_is_told_apart_by_the_servers_53300_messages(message, cause) -> None:
+    error = psycopg.OperationalError(_FATAL + message)
+    assert too_many_connections_cause(error, _FATAL + message) == cause
+
+
+def test_a_sqlstate_when_the_driver_gives_one_wins_over_the_words() -> None:
+    localized = psycopg.errors.TooManyConnections("Verbindungen sind reserviert")
+    assert too_many_connections_cause(localized, str(localized)) == CAUSE_SERVER
+    refused = psycopg.errors.InvalidPassword("sorry, too many clients already")
+    assert too_many_connections_cause(refused, str(refused)) is None
