@@ -20,7 +20,7 @@ from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from reaper.aws.settings import TARGET_NAME_PATTERN
-from reaper.core.policy import describe_validation_error
+from reaper.core.validation import describe_validation_error
 from reaper.errors import EventError
 
 SCHEDULED_DETAIL_TYPE = "Scheduled Event"

@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from reaper.core.validation import describe_validation_error, require_unique_names
 from reaper.errors import SettingsError
 
 ENV_PREFIX = "REAPER_"
@@ -135,10 +136,7 @@ class LambdaSettings(BaseSettings):
             return None
         if not targets:
             raise ValueError("the list is empty; leave REAPER_TARGETS unset for one target")
-        names = [target.name for target in targets]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"target names must be unique; repeated: {', '.join(repeated)}")
+        require_unique_names((target.name for target in targets), what="target")
         return targets
 
     @model_validator(mode="after")
@@ -241,30 +239,15 @@ def load_lambda_settings() -> LambdaSettings:
         return LambdaSettings()
     except ValidationError as exc:
         raise SettingsError(
-            f"invalid settings: {describe_settings_error(exc, prefix=ENV_PREFIX)}"
+            "invalid settings: "
+            + describe_validation_error(
+                exc, field_label=_variable_name, hidden_fields=_SECRET_FIELDS
+            )
         ) from exc
     except PydanticSettingsError as exc:
         # pydantic-settings' own message names the field and the source, never the value.
         raise SettingsError(f"invalid settings: {exc}") from exc
 
 
-def describe_settings_error(exc: ValidationError, *, prefix: str) -> str:
-    """One readable clause per problem, naming the environment variable (and the value only when
-    the variable cannot hold a password)."""
-    problems = []
-    for error in exc.errors(include_url=False):
-        location = error["loc"]
-        message = error["msg"].removeprefix("Value error, ")
-        if not location:
-            problems.append(message)
-            continue
-        field_name = str(location[0])
-        path = (
-            prefix
-            + field_name.upper()
-            + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location[1:])
-        )
-        shown = error["type"] != "missing" and field_name not in _SECRET_FIELDS
-        value = f" (got {error['input']!r:.80})" if shown else ""
-        problems.append(f"{path}: {message}{value}")
-    return "; ".join(problems)
+def _variable_name(field_name: str) -> str:
+    return f"{ENV_PREFIX}{field_name.upper()}"
