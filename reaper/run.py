@@ -51,20 +51,7 @@ def run_pass(
         check_visibility(snapshot)
         decisions = plan(snapshot, policy)
         signals = (
-            {}
-            if dry_run
-            else gateway.terminate(
-                conn,
-                [
-                    gateway.PlannedSignal(
-                        pid=d.session.pid,
-                        backend_start=d.session.backend_start,
-                        state=d.session.state or "",
-                        state_change=d.session.state_change,
-                    )
-                    for d in decisions.to_terminate
-                ],
-            )
+            {} if dry_run else gateway.terminate(conn, [d.session for d in decisions.to_terminate])
         )
     return summarize(
         target.name,

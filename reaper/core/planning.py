@@ -148,7 +148,7 @@ def plan(snapshot: Snapshot, policy: Policy) -> Plan:
         eligible.append(Decision(session, Reason.IDLE_TOO_LONG, rule.name, idle_seconds, threshold))
 
     kept = _newest_to_keep(covered, {rule.name: rule.keep_newest for rule in policy.rules})
-    utilization = snapshot.connections.utilization()
+    utilization = snapshot.connections.utilization_before
     gate_open = utilization >= policy.min_utilization
     target_need = _target_need(snapshot, policy.target_utilization)
     budget = (

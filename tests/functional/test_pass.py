@@ -296,15 +296,7 @@ def test_session_that_ran_a_query_after_the_snapshot_is_spared(
         # when one runs a query and the other disconnects before the signal
         conn.execute("SELECT 1")
         gone_conn.close()
-        outcomes = gateway.terminate(
-            reaper_conn,
-            [
-                gateway.PlannedSignal(
-                    d.session.pid, d.session.backend_start, d.session.state, d.session.state_change
-                )
-                for d in planned
-            ],
-        )
+        outcomes = gateway.terminate(reaper_conn, [d.session for d in planned])
     # then neither is signalled, and the active one lives on
     assert outcomes == {pid: Outcome.CHANGED, gone: Outcome.VANISHED}
     assert alive(session_factory, pid)
@@ -320,9 +312,7 @@ def test_a_reused_pid_is_not_signalled(session_factory, app_role, reaper) -> Non
         [decision] = plan(snapshot, policy_for(session_factory)).to_terminate
         s = decision.session
         earlier = s.backend_start.replace(microsecond=(s.backend_start.microsecond + 1) % 10**6)
-        outcomes = gateway.terminate(
-            reaper_conn, [gateway.PlannedSignal(pid, earlier, s.state, s.state_change)]
-        )
+        outcomes = gateway.terminate(reaper_conn, [replace(s, backend_start=earlier)])
     assert outcomes == {pid: Outcome.VANISHED}
     assert alive(session_factory, pid)
 
