@@ -65,12 +65,11 @@ def _reset_powertools() -> Iterator[None]:
 def _reset() -> None:
     from aws_lambda_powertools.utilities import parameters
 
-    from reaper.aws import credentials, observability, policy_source
+    from reaper.aws import _clients, observability
 
     observability.metrics.clear_metrics()
     parameters.clear_caches()
-    policy_source.clear_cache()
-    credentials.clear_cache()
+    _clients.clear_clients()
 
 
 # -- environment and moto ---------------------------------------------------------------------

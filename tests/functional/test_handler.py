@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from botocore.stub import Stubber
 
-from reaper.aws import policy_source
+from reaper.aws import _clients
 from reaper.aws.fanout import MIN_PASS_SECONDS, timeouts_within
 from reaper.aws.handler import lambda_handler
 from reaper.cli.invoke import local_context
@@ -287,7 +287,7 @@ def test_policy_parameter_denied_by_iam_terminates_nothing_and_fails_visibly(
     pid = apps.open("orders")
     wait_past_threshold()
     capsys.readouterr()
-    with Stubber(policy_source.ssm_provider().client) as denied:
+    with Stubber(_clients.ssm_provider().client) as denied:
         denied.add_client_error(
             "get_parameter",
             service_error_code="AccessDeniedException",
