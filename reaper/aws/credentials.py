@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 # The keys of an RDS database secret (the format RDS and the rotation functions write) that the
 # reaper needs; host, port and dbname may come from REAPER_TARGETS instead.
-REQUIRED_SECRET_KEYS = ("username", "password")
+_REQUIRED_SECRET_KEYS = ("username", "password")
 
 
 def uses_secret(settings: LambdaSettings, entry: TargetEntry) -> bool:
@@ -100,7 +100,7 @@ def _params_from_secret(settings: LambdaSettings, *, refresh: bool) -> dict[str,
         ) from None
     if not isinstance(document, dict):
         raise CredentialsError(f"secret {secret_id} is not a JSON object (RDS secret format)")
-    missing = [key for key in REQUIRED_SECRET_KEYS if not document.get(key)]
+    missing = [key for key in _REQUIRED_SECRET_KEYS if not document.get(key)]
     if missing:
         raise CredentialsError(
             f"secret {secret_id} has no {', '.join(repr(key) for key in missing)} "

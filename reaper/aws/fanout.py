@@ -69,7 +69,7 @@ def timeouts_within(seconds_left: float, *, connect_timeout: int) -> Timeouts:
     )
 
 
-def pass_on_target(
+def _pass_on_target(
     settings: LambdaSettings,
     entry: TargetEntry,
     policy: Policy,
@@ -140,7 +140,7 @@ def run_on_targets(
     try:
         futures = [
             executor.submit(
-                pass_on_target,
+                _pass_on_target,
                 settings,
                 entry,
                 policy,

@@ -50,7 +50,7 @@ def exit_code_for(exc: errors.ReaperError) -> int:
     return int(exc.exit_code)
 
 
-def exit_code_for_result(result: PassResult) -> int:
+def _exit_code_for_result(result: PassResult) -> int:
     """0 for a clean pass, ExitCode.REFUSED when any planned termination was refused."""
     return ExitCode.REFUSED if result.counts.refused else ExitCode.OK
 
@@ -173,7 +173,7 @@ def _command_run(args: argparse.Namespace) -> int:
         _print_json(result.to_dict())
     else:
         print(render_pass(result, verbose=args.verbose))
-    return exit_code_for_result(result)
+    return _exit_code_for_result(result)
 
 
 def _command_report(args: argparse.Namespace) -> int:

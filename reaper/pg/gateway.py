@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from reaper.core.result import Outcome
 from reaper.core.snapshot import CLIENT_BACKEND, Connections, Session, Snapshot
 from reaper.errors import AuthenticationError, PassAbortedError, TargetUnreachableError
-from reaper.pg import statements
+from reaper.pg import _statements
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -33,7 +33,7 @@ _AUTH_SQLSTATE_CLASS = "28"
 
 _SESSION_FIELDS = tuple(field.name for field in fields(Session))
 # What a planned session must still be at signal time (pids are reused): the query parameters
-# of statements.TERMINATE and TERMINATE_ONE.
+# of _statements.TERMINATE and TERMINATE_ONE.
 _IDENTITY = ("pid", "backend_start", "state", "state_change")
 
 
@@ -80,14 +80,14 @@ def connect(target: Target, timeouts: Timeouts = Timeouts()) -> psycopg.Connecti
 
 def try_pass_lock(conn: psycopg.Connection[Any]) -> bool:
     """Take the session-level pass lock; False if another reaper holds it on this database."""
-    row = _fetch_one(conn, statements.TRY_PASS_LOCK, {"key": statements.PASS_LOCK_KEY})
+    row = _fetch_one(conn, _statements.TRY_PASS_LOCK, {"key": _statements.PASS_LOCK_KEY})
     return bool(row[0])
 
 
 def take_snapshot(conn: psycopg.Connection[Any]) -> Snapshot:
     """Read every session and the connection limits in one statement."""
     with _database_errors(), conn.cursor(row_factory=dict_row) as cursor:
-        rows = cursor.execute(statements.SNAPSHOT).fetchall()
+        rows = cursor.execute(_statements.SNAPSHOT).fetchall()
     first = rows[0]  # never empty: the reaper's own backend is always listed
     # The statement names its session columns after Session's fields.
     sessions = tuple(Session(**{name: row[name] for name in _SESSION_FIELDS}) for row in rows)
@@ -111,7 +111,7 @@ def terminate(conn: psycopg.Connection[Any], planned: Sequence[Session]) -> dict
     """Signal exactly the planned sessions that are provably unchanged; report each one.
 
     A session is signalled only if its backend still has the identity the snapshot recorded
-    (pid, backend_start, state, state_change): see statements.TERMINATE.
+    (pid, backend_start, state, state_change): see _statements.TERMINATE.
 
     Returns:
         The outcome per planned pid. A refusal is an outcome, never an exception.
@@ -124,7 +124,7 @@ def terminate(conn: psycopg.Connection[Any], planned: Sequence[Session]) -> dict
     params = {name: [getattr(session, name) for session in planned] for name in _IDENTITY}
     try:
         with _database_errors(pg_errors.InsufficientPrivilege), conn.cursor() as cursor:
-            rows = cursor.execute(statements.TERMINATE, params).fetchall()
+            rows = cursor.execute(_statements.TERMINATE, params).fetchall()
     except pg_errors.InsufficientPrivilege:
         return dict(_terminate_one_by_one(conn, planned))
     outcomes = {}
@@ -150,7 +150,7 @@ def _terminate_one_by_one(
         params = {name: getattr(session, name) for name in _IDENTITY}
         try:
             with _database_errors(pg_errors.InsufficientPrivilege), conn.cursor() as cursor:
-                row = cursor.execute(statements.TERMINATE_ONE, params).fetchone()
+                row = cursor.execute(_statements.TERMINATE_ONE, params).fetchone()
         except pg_errors.InsufficientPrivilege:
             yield session.pid, Outcome.REFUSED
             continue
