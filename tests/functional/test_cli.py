@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.fix_db import dsn_for
-from tests.functional.reaping import THRESHOLD, alive, ended, reaper_role, wait_past_threshold
+from tests.functional.reaping import (
+    THRESHOLD,
+    alive,
+    ended,
+    policy_document,
+    reaper_role,
+    wait_past_threshold,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -102,16 +109,7 @@ def test_policy_file_replaces_the_flags(session_factory, apps, reaper_dsn, tmp_p
     pid = apps.open("orders")
     wait_past_threshold()
     policy = tmp_path / "policy.json"
-    policy.write_text(
-        json.dumps(
-            {
-                "rules": [
-                    {"application_names": [f"{session_factory.prefix}*"], "states": {"idle": 0.5}}
-                ],
-                "allow_short_thresholds": True,
-            }
-        )
-    )
+    policy.write_text(policy_document([f"{session_factory.prefix}*"], THRESHOLD))
     done = reaper_cli("run", "--dsn", reaper_dsn, "--policy", str(policy))
     assert done.returncode == 0, done.stderr
     assert ended(session_factory, pid)

@@ -17,6 +17,7 @@ from reaper.aws import _clients
 from reaper.aws.fanout import MIN_PASS_SECONDS, timeouts_within
 from reaper.aws.handler import lambda_handler
 from reaper.cli.invoke import local_context
+from reaper.core.policy import one_rule_policy, render_policy
 from reaper.errors import (
     DeadlineExceededError,
     EventError,
@@ -46,19 +47,17 @@ def wait_past_threshold() -> None:
     reaping.wait_past_threshold(THRESHOLD)
 
 
-def orders_policy(apps: Apps, **overrides: Any) -> dict[str, Any]:
-    """Reap this test's 'orders' sessions idle for more than THRESHOLD seconds."""
-    return {
-        "rules": [
-            {
-                "name": "orders",
-                "application_names": [apps.name("orders")],
-                "states": {"idle": THRESHOLD},
-            }
-        ],
-        "allow_short_thresholds": True,
+def orders_policy(apps: Apps, **overrides: Any) -> str:
+    """Reap this test's 'orders' sessions idle for more than THRESHOLD seconds (JSON)."""
+    policy = one_rule_policy(
+        [apps.name("orders")],
+        idle_seconds=THRESHOLD,
+        rule_name="orders",
+        allow_short_thresholds=True,
+        source="test",
         **overrides,
-    }
+    )
+    return render_policy(policy)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from psycopg.pq import TransactionStatus
 
 from reaper.core.planning import Reason, plan
-from reaper.core.policy import policy_from_mapping
+from reaper.core.policy import IDLE_STATES, one_rule_policy
 from reaper.core.result import Outcome
 from reaper.errors import AuthenticationError, VisibilityError
 from reaper.pg import gateway
@@ -30,7 +30,7 @@ from tests.functional.reaping import (
 if TYPE_CHECKING:
     import psycopg
 
-MATCH_NOTHING = {"rules": [{"application_names": ["lambda:nothing-matches-this"]}]}
+MATCH_NOTHING = one_rule_policy(["lambda:nothing-matches-this"], idle_seconds=900, source="test")
 
 
 @pytest.fixture
@@ -81,24 +81,15 @@ def test_young_sessions_are_spared(session_factory, apps, reaper) -> None:
 
 def test_own_backend_and_background_workers_are_never_planned(pg_server, reaper) -> None:
     # given a policy that matches every application in every idle state (dry run: shared servers)
-    everything = policy_from_mapping(
-        {
-            "rules": [
-                {
-                    "application_names": ["*"],
-                    "states": {
-                        "idle": 0.001,
-                        "idle in transaction": 0.001,
-                        "idle in transaction (aborted)": 0.001,
-                    },
-                }
-            ],
-            "terminate_superuser_sessions": True,
-            "spare_listeners": False,
-            "allow_short_thresholds": True,
-            "dry_run": True,
-        },
+    everything = one_rule_policy(
+        ["*"],
+        idle_seconds=0.001,
+        states=IDLE_STATES,
         source="test",
+        terminate_superuser_sessions=True,
+        spare_listeners=False,
+        allow_short_thresholds=True,
+        dry_run=True,
     )
     # when it is planned against the live server
     with gateway.connect(reaper) as conn:
@@ -455,6 +446,6 @@ def test_wrong_password_is_an_authentication_error(pg_server, role_factory) -> N
     role = reaper_role(role_factory)
     wrong = replace(role, password="not-the-password")
     with pytest.raises(AuthenticationError) as caught:
-        run_pass(target_for(pg_server, wrong), policy_from_mapping(MATCH_NOTHING, source="t"))
+        run_pass(target_for(pg_server, wrong), MATCH_NOTHING)
     assert "not-the-password" not in str(caught.value)
     assert role.name in str(caught.value)

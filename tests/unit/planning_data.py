@@ -7,7 +7,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from reaper.core.policy import IDLE_STATES, Policy, policy_from_mapping
+from reaper.core.policy import IDLE_STATES, Policy, one_rule_policy, policy_from_mapping
 from reaper.core.snapshot import CLIENT_BACKEND, Connections, Session, Snapshot
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -70,12 +70,12 @@ def snapshot(
 
 
 def policy(**overrides: Any) -> Policy:
-    """A policy reaping lambda:* idle for 60 s, with document-level overrides."""
-    document: dict[str, Any] = {
-        "rules": [{"name": "lambda", "application_names": ["lambda:*"], "states": {"idle": 60}}],
-        **overrides,
-    }
-    return policy_from_mapping(document, source="test")
+    """A policy reaping lambda:* idle for 60 s, with document-level overrides (`rules` too)."""
+    if "rules" in overrides:
+        return policy_from_mapping(overrides, source="test")
+    return one_rule_policy(
+        ["lambda:*"], idle_seconds=60, rule_name="lambda", source="test", **overrides
+    )
 
 
 # --- hypothesis strategies ------------------------------------------------------------------
