@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from reaper.core.planning import Reason
+from reaper.core.snapshot import SessionIdentity
 
 if TYPE_CHECKING:
     from reaper.core.planning import Plan
@@ -30,15 +31,9 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class SessionRecord:
+class SessionRecord(SessionIdentity):
     """One examined session, its decision and what happened to it."""
 
-    pid: int
-    user: str | None
-    database: str | None
-    application_name: str
-    client_addr: str | None
-    state: str | None
     idle_seconds: float | None
     rule: str | None
     reason: Reason
@@ -123,12 +118,7 @@ def summarize(
             outcome = Outcome.SPARED
         records.append(
             SessionRecord(
-                pid=session.pid,
-                user=session.user,
-                database=session.database,
-                application_name=session.application_name,
-                client_addr=session.client_addr,
-                state=session.state,
+                **session.identity(),
                 idle_seconds=decision.idle_seconds,
                 rule=decision.rule,
                 reason=decision.reason,

@@ -5,7 +5,7 @@ The engine fills these from one query; the planner and the census read them. No 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -15,17 +15,30 @@ CLIENT_BACKEND = "client backend"
 
 
 @dataclass(frozen=True, slots=True)
-class Session:
-    """One row of pg_stat_activity, with what the reaper's role may do to it."""
+class SessionIdentity:
+    """Who a session is, as results and logs show it."""
 
     pid: int
-    backend_start: datetime | None
-    backend_type: str | None
     user: str | None
     database: str | None
     application_name: str
     client_addr: str | None
     state: str | None
+
+    def identity(self) -> dict[str, Any]:
+        """These fields as keyword arguments, to describe the same session elsewhere."""
+        return {name: getattr(self, name) for name in _IDENTITY_FIELDS}
+
+
+_IDENTITY_FIELDS = tuple(field.name for field in fields(SessionIdentity))
+
+
+@dataclass(frozen=True, slots=True)
+class Session(SessionIdentity):
+    """One row of pg_stat_activity, with what the reaper's role may do to it."""
+
+    backend_start: datetime | None
+    backend_type: str | None
     state_change: datetime | None
     is_superuser: bool
     # The last statement was LISTEN: idle, but waiting for notifications.
