@@ -287,6 +287,8 @@ def test_session_that_ran_a_query_after_the_snapshot_is_spared(
         # when one runs a query and the other disconnects before the signal
         conn.execute("SELECT 1")
         gone_conn.close()
+        # its backend exits after the close returns: wait, or it may still be there to signal
+        assert ended(session_factory, gone)
         outcomes = gateway.terminate(reaper_conn, [d.session for d in planned])
     # then neither is signalled, and the active one lives on
     assert outcomes == {pid: Outcome.CHANGED, gone: Outcome.VANISHED}
