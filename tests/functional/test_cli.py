@@ -52,6 +52,7 @@ def selection(session_factory, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_run_terminates_exactly_what_the_flags_select(session_factory, apps, reaper_dsn) -> None:
     orders = [apps.open("orders") for _ in range(2)]
     payments = apps.open("payments")
@@ -236,6 +237,7 @@ def test_policy_schema_is_json_schema() -> None:
     assert "rules" in schema["properties"]
 
 
+@pytest.mark.slow
 def test_report_counts_sessions_by_application(session_factory, apps, reaper_dsn) -> None:
     for _ in range(3):
         apps.open("orders")

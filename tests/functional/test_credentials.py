@@ -80,6 +80,7 @@ def invoke() -> dict[str, Any]:
 
 
 @pytest.mark.usefixtures("policy_file")
+@pytest.mark.slow
 def test_secret_in_rds_format_supplies_the_reapers_login(apps, secret_login, capsys) -> None:
     # given the reaper's login in an RDS-format secret and a stale session
     pid = apps.open_stale("orders", threshold=THRESHOLD)
@@ -95,6 +96,7 @@ def test_secret_in_rds_format_supplies_the_reapers_login(apps, secret_login, cap
 
 
 @pytest.mark.usefixtures("rds_secret", "policy_file")
+@pytest.mark.slow
 def test_missing_secret_is_a_target_error_naming_the_secret(apps, capsys) -> None:
     # given REAPER_SECRET_ID naming a secret that does not exist, and a stale session
     pid = apps.open_stale("orders", threshold=THRESHOLD)
@@ -149,6 +151,7 @@ def test_secret_that_is_not_json_is_a_credentials_error_without_its_text(rds_sec
 
 
 @pytest.mark.usefixtures("policy_file")
+@pytest.mark.slow
 def test_rotated_password_is_picked_up_by_reading_the_secret_again_once(
     admin_conn, apps, secret_login, capsys
 ) -> None:

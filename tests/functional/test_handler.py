@@ -105,6 +105,7 @@ def invoke(event: dict[str, Any], *, timeout_seconds: int = 60) -> dict[str, Any
 
 
 @pytest.mark.usefixtures("database_url")
+@pytest.mark.slow
 def test_scheduled_pass_with_policy_from_ssm_terminates_exactly_the_matching_idle_sessions(
     apps, policy_parameter, admin_conn, capsys
 ) -> None:
@@ -170,6 +171,7 @@ def test_scheduled_pass_with_policy_from_ssm_terminates_exactly_the_matching_idl
 
 
 @pytest.mark.usefixtures("database_url")
+@pytest.mark.slow
 def test_policy_change_in_ssm_applies_on_the_next_invocation_once_the_cache_expires(
     apps, policy_parameter, function_env
 ) -> None:
@@ -193,6 +195,7 @@ def test_policy_change_in_ssm_applies_on_the_next_invocation_once_the_cache_expi
 
 
 @pytest.mark.usefixtures("database_url", "function_env")
+@pytest.mark.slow
 def test_policy_is_cached_across_warm_invocations_for_the_cache_time(
     apps, policy_parameter
 ) -> None:
@@ -229,6 +232,7 @@ BAD_POLICIES = [
 
 @pytest.mark.parametrize(("document", "named"), BAD_POLICIES)
 @pytest.mark.usefixtures("database_url")
+@pytest.mark.slow
 def test_bad_policy_in_ssm_terminates_nothing_and_fails_visibly(
     apps, policy_parameter, capsys, document, named
 ) -> None:
@@ -257,6 +261,7 @@ def test_bad_policy_in_ssm_terminates_nothing_and_fails_visibly(
 
 
 @pytest.mark.usefixtures("database_url")
+@pytest.mark.slow
 def test_policy_parameter_denied_by_iam_terminates_nothing_and_fails_visibly(
     stale_orders, apps, policy_parameter, capsys
 ) -> None:
@@ -297,6 +302,7 @@ def test_without_any_policy_source_the_conservative_default_applies(apps) -> Non
 
 
 @pytest.mark.usefixtures("database_url")
+@pytest.mark.slow
 def test_event_with_an_unknown_field_is_refused_and_nothing_is_terminated(
     stale_orders, apps, capsys
 ) -> None:
@@ -315,6 +321,7 @@ def test_event_with_an_unknown_field_is_refused_and_nothing_is_terminated(
 
 
 @pytest.mark.usefixtures("database_url")
+@pytest.mark.slow
 def test_alarm_going_to_alarm_runs_a_pass_at_once(stale_orders, apps) -> None:
     # given a stale session
 
@@ -328,6 +335,7 @@ def test_alarm_going_to_alarm_runs_a_pass_at_once(stale_orders, apps) -> None:
 
 
 @pytest.mark.usefixtures("database_url")
+@pytest.mark.slow
 def test_alarm_returning_to_ok_runs_no_pass(stale_orders, apps, capsys) -> None:
     # given a stale session
 
@@ -343,6 +351,7 @@ def test_alarm_returning_to_ok_runs_no_pass(stale_orders, apps, capsys) -> None:
 
 
 @pytest.mark.usefixtures("database_url")
+@pytest.mark.slow
 def test_manual_dry_run_event_terminates_nothing_even_if_the_policy_would(
     stale_orders, apps, capsys
 ) -> None:
@@ -362,6 +371,7 @@ def test_manual_dry_run_event_terminates_nothing_even_if_the_policy_would(
     assert line["pid"] == stale_orders
 
 
+@pytest.mark.slow
 def test_one_unreachable_target_does_not_stop_the_others_but_fails_the_invocation(
     stale_orders, apps, writer_and_unreachable_reader, capsys
 ) -> None:
@@ -386,6 +396,7 @@ def test_one_unreachable_target_does_not_stop_the_others_but_fails_the_invocatio
     assert "not-a-secret" not in out
 
 
+@pytest.mark.slow
 def test_manual_event_naming_one_target_leaves_the_others_alone(
     stale_orders, apps, writer_and_unreachable_reader, capsys
 ) -> None:
@@ -402,6 +413,7 @@ def test_manual_event_naming_one_target_leaves_the_others_alone(
 
 
 @pytest.mark.usefixtures("database_url")
+@pytest.mark.slow
 def test_manual_event_naming_an_unknown_target_is_refused(stale_orders, apps) -> None:
     # given one target ("default") and a stale session
 
@@ -412,6 +424,7 @@ def test_manual_event_naming_an_unknown_target_is_refused(stale_orders, apps) ->
 
 
 @pytest.mark.usefixtures("database_url")
+@pytest.mark.slow
 def test_no_pass_starts_when_the_deadline_leaves_no_time(
     stale_orders, apps, function_env, capsys
 ) -> None:
@@ -428,6 +441,7 @@ def test_no_pass_starts_when_the_deadline_leaves_no_time(
     assert line["error_type"] == "DeadlineExceededError"
 
 
+@pytest.mark.slow
 def test_database_password_never_appears_in_the_output(
     apps, reaper_role, database_url, policy_parameter, capsys
 ) -> None:
