@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -187,3 +189,13 @@ def test_random_documents_either_validate_or_raise_policy_error(document: object
 @given(text=st.text(max_size=200) | st.binary(max_size=200))
 def test_random_text_either_validates_or_raises_policy_error(text: str | bytes) -> None:
     _assert_valid_or_refused_by_name(lambda: parse_policy(text, source="fuzz"))
+
+
+def test_the_built_in_default_policy_is_the_one_the_tuning_guide_shows() -> None:
+    from reaper.aws.policy_source import DEFAULT_POLICY
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "tuning.md").read_text()
+    section = guide.split("## The built-in default policy", 1)[1]
+    shown = re.search(r"```json\n(.*?)```", section, flags=re.DOTALL)
+    assert shown is not None
+    assert policy_from_mapping(json.loads(shown[1]), source="docs/tuning.md") == DEFAULT_POLICY
