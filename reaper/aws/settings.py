@@ -43,16 +43,20 @@ TARGET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$"
 _SECRET_FIELDS = frozenset({"database_url", "targets"})
 
 
-class LocalSettings(BaseSettings):
-    """What the command line takes from the environment."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+class _DatabaseUrlSettings(BaseSettings):
+    """REAPER_DATABASE_URL, which both the command line and the function read."""
 
     database_url: SecretStr | None = None
 
     def database_url_value(self) -> str | None:
         """The DSN, if set; it may hold a password, so never print it."""
         return self.database_url.get_secret_value() if self.database_url else None
+
+
+class LocalSettings(_DatabaseUrlSettings):
+    """What the command line takes from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
 
 class ObservabilitySettings(BaseSettings):
@@ -88,7 +92,7 @@ class TargetEntry(BaseModel):
         return self
 
 
-class LambdaSettings(BaseSettings):
+class LambdaSettings(_DatabaseUrlSettings):
     """The Lambda function's configuration (every variable is documented in docs/tuning.md)."""
 
     # Empty variables count as unset: a template's "" default must not mean "the empty path".
@@ -99,7 +103,6 @@ class LambdaSettings(BaseSettings):
     policy_cache_seconds: int = Field(default=60, ge=0, le=3600)
     secret_cache_seconds: int = Field(default=300, ge=0, le=86_400)
 
-    database_url: SecretStr | None = None
     secret_id: str | None = Field(default=None, min_length=1)
     iam_auth: bool = False
     db_host: str | None = Field(default=None, min_length=1)
@@ -222,10 +225,6 @@ class LambdaSettings(BaseSettings):
             # full check; an explicit verify-ca (certificates without the host name) is kept.
             return "verify-ca" if self.sslmode == "verify-ca" else "verify-full"
         return self.sslmode or "require"
-
-    def database_url_value(self) -> str | None:
-        """The base DSN, if set; it may hold a password, so never print it."""
-        return self.database_url.get_secret_value() if self.database_url else None
 
 
 def load_lambda_settings() -> LambdaSettings:
