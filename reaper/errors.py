@@ -3,33 +3,85 @@
 A failure on a single session (refused, already gone) is data in the pass result, never an
 exception; only what stops a pass is raised. Messages name the field, target or value at fault
 and never carry a password, token or full DSN.
+
+The class tree, with the exit code of `reaper` when the error stops a command (the
+`exit_code` attribute of each class; README.md's table lists the same codes)::
+
+    Exception
+    └── ReaperError                    1  internal: none of the below
+        ├── PolicyError                2  bad input: nothing was done
+        ├── SettingsError              2
+        ├── EventError                 2
+        ├── CredentialsError           3  the database cannot be logged in to
+        ├── DiscoveryError             3  the RDS API cannot list the databases
+        ├── TargetUnreachableError     3
+        │   ├── AuthenticationError    3
+        │   └── DatabaseFullError      6  every connection slot is taken (SQLSTATE 53300)
+        ├── VisibilityError            5  the pass could not run safely: nothing (more)
+        ├── PassAbortedError           5  was terminated
+        ├── LocalPostgresError         1
+        ├── DeadlineExceededError      1  (Lambda only: reported per target)
+        └── TargetsFailedError         1  (Lambda only: fails the invocation)
+
+Exit code 0 is a pass done (also a dry run or a pass skipped for the lock), 4 a pass that ran
+but had terminations refused (a result, not an exception), 7 a `reaper doctor` with a failed
+check (a report, not an exception), 130 an interrupt.
 """
 
 from __future__ import annotations
+
+from enum import IntEnum
+from typing import ClassVar
+
+
+class ExitCode(IntEnum):
+    """The exit codes of the `reaper` command."""
+
+    OK = 0
+    INTERNAL = 1
+    BAD_INPUT = 2
+    UNREACHABLE = 3
+    REFUSED = 4
+    UNSAFE = 5
+    DATABASE_FULL = 6
+    CHECKS_FAILED = 7
+    INTERRUPTED = 130
 
 
 class ReaperError(Exception):
     """Root of every error the reaper raises on purpose."""
 
+    exit_code: ClassVar[ExitCode] = ExitCode.INTERNAL
+
 
 class PolicyError(ReaperError):
     """Raised when a policy document is missing, is not JSON, or fails validation."""
+
+    exit_code = ExitCode.BAD_INPUT
 
 
 class SettingsError(ReaperError):
     """Raised when the environment or CLI flags describe an impossible configuration."""
 
+    exit_code = ExitCode.BAD_INPUT
+
 
 class EventError(ReaperError):
     """Raised when a Lambda event has an unknown shape or a malformed or unknown field."""
+
+    exit_code = ExitCode.BAD_INPUT
 
 
 class CredentialsError(ReaperError):
     """Raised when connection credentials cannot be obtained (secret missing, malformed, denied)."""
 
+    exit_code = ExitCode.UNREACHABLE
+
 
 class TargetUnreachableError(ReaperError):
     """Raised when the database cannot be reached or refuses the connection (incl. bad login)."""
+
+    exit_code = ExitCode.UNREACHABLE
 
 
 class AuthenticationError(TargetUnreachableError):
@@ -38,6 +90,8 @@ class AuthenticationError(TargetUnreachableError):
 
 class DatabaseFullError(TargetUnreachableError):
     """Raised when the server refuses the login because its connection slots are taken (53300)."""
+
+    exit_code = ExitCode.DATABASE_FULL
 
     def __init__(self, message: str, *, cause: str) -> None:
         super().__init__(message)
@@ -49,9 +103,13 @@ class DatabaseFullError(TargetUnreachableError):
 class VisibilityError(ReaperError):
     """Raised when the reaper's role cannot see other roles' sessions (needs pg_monitor)."""
 
+    exit_code = ExitCode.UNSAFE
+
 
 class PassAbortedError(ReaperError):
     """Raised when the database fails in the middle of a pass (timeout, shutdown, lost link)."""
+
+    exit_code = ExitCode.UNSAFE
 
 
 class LocalPostgresError(ReaperError):
@@ -68,3 +126,5 @@ class TargetsFailedError(ReaperError):
 
 class DiscoveryError(ReaperError):
     """Raised when the RDS API cannot list the databases to discover (denied, throttled, down)."""
+
+    exit_code = ExitCode.UNREACHABLE

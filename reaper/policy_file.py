@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from reaper._files import read_text
 from reaper.core.policy import parse_policy
 from reaper.errors import PolicyError
 
@@ -26,10 +27,5 @@ def read_policy_file(path: Path) -> Policy:
             the message names the file (and each bad field).
     """
     source = policy_source_name(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError(f"cannot read {source}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise PolicyError(f"{source} is not UTF-8 text") from exc
+    text = read_text(path, described_as=source, error=PolicyError)
     return parse_policy(text, source=source)

@@ -80,20 +80,7 @@ def run_pass(
         decisions = plan(snapshot, policy)
         laps.end("plan")
         signals = (
-            {}
-            if dry_run
-            else gateway.terminate(
-                conn,
-                [
-                    gateway.PlannedSignal(
-                        pid=d.session.pid,
-                        backend_start=d.session.backend_start,
-                        state=d.session.state or "",
-                        state_change=d.session.state_change,
-                    )
-                    for d in decisions.to_terminate
-                ],
-            )
+            {} if dry_run else gateway.terminate(conn, [d.session for d in decisions.to_terminate])
         )
         laps.end("terminate")
     laps.end("close")

@@ -70,12 +70,11 @@ def _reset_powertools() -> Iterator[None]:
 def _reset() -> None:
     from aws_lambda_powertools.utilities import parameters
 
-    from reaper.aws import credentials, discovery, observability, policy_source
+    from reaper.aws import _clients, discovery, observability
 
     observability.metrics.clear_metrics()
     parameters.clear_caches()
-    policy_source.clear_cache()
-    credentials.clear_cache()
+    _clients.clear_clients()
     discovery.clear_cache()
 
 
@@ -130,16 +129,25 @@ def secrets_client(aws: None) -> Any:
 
 
 @dataclass
-class PolicyParameter:
-    """The policy's SSM parameter; REAPER_POLICY_PARAMETER points at it."""
+class _StoredDocument:
+    """A JSON document the function reads from AWS; `put` writes it (a dict or raw text)."""
 
     client: Any
     name: str
 
     def put(self, document: dict[str, Any] | str) -> None:
-        """Write the parameter as `aws ssm put-parameter --overwrite` does."""
-        value = document if isinstance(document, str) else json.dumps(document)
-        self.client.put_parameter(Name=self.name, Value=value, Type="String", Overwrite=True)
+        self._store(document if isinstance(document, str) else json.dumps(document))
+
+    def _store(self, text: str) -> None:
+        raise NotImplementedError
+
+
+class PolicyParameter(_StoredDocument):
+    """The policy's SSM parameter; REAPER_POLICY_PARAMETER points at it."""
+
+    def _store(self, text: str) -> None:
+        # As `aws ssm put-parameter --overwrite` does.
+        self.client.put_parameter(Name=self.name, Value=text, Type="String", Overwrite=True)
 
 
 @pytest.fixture
@@ -164,20 +172,15 @@ def rds_secret_document(server: PgServer, role: Role, **overrides: Any) -> dict[
     return {key: value for key, value in document.items() if value is not None}
 
 
-@dataclass
-class RdsSecret:
+class RdsSecret(_StoredDocument):
     """The database secret; REAPER_SECRET_ID points at it."""
 
-    client: Any
-    name: str
-
-    def put(self, document: dict[str, Any] | str) -> None:
-        """Create the secret, or store a new version (what a rotation does)."""
-        value = document if isinstance(document, str) else json.dumps(document)
+    def _store(self, text: str) -> None:
+        # Create the secret, or store a new version (what a rotation does).
         try:
-            self.client.put_secret_value(SecretId=self.name, SecretString=value)
+            self.client.put_secret_value(SecretId=self.name, SecretString=text)
         except self.client.exceptions.ResourceNotFoundException:
-            self.client.create_secret(Name=self.name, SecretString=value)
+            self.client.create_secret(Name=self.name, SecretString=text)
 
 
 @pytest.fixture

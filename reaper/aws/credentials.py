@@ -13,16 +13,13 @@ tokens end up only in `Target.params`; no message here ever contains one.
 
 from __future__ import annotations
 
-import functools
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import boto3
-from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 from botocore.exceptions import BotoCoreError, ClientError
 
-from reaper.aws.policy_source import AWS_CLIENT_CONFIG, aws_error_reason
+from reaper.aws import _clients
 from reaper.aws.settings import DEFAULT_DBNAME, DEFAULT_PORT
 from reaper.errors import CredentialsError
 from reaper.pg.target import Target
@@ -32,27 +29,7 @@ if TYPE_CHECKING:
 
 # The keys of an RDS database secret (the format RDS and the rotation functions write) that the
 # reaper needs; host, port and dbname may come from REAPER_TARGETS instead.
-REQUIRED_SECRET_KEYS = ("username", "password")
-
-
-@functools.cache
-def secrets_provider() -> SecretsProvider:
-    """The Secrets Manager provider, created on first use and kept by warm invocations."""
-    return SecretsProvider(boto_config=AWS_CLIENT_CONFIG)
-
-
-@functools.cache
-def rds_client() -> Any:
-    """The RDS client (IAM token signing, discovery), created on first use and kept."""
-    # A session of its own: boto3's default session is not safe to use from the target
-    # threads at once. Typed as Any: boto3 is untyped without the optional stubs package.
-    return boto3.session.Session().client("rds", config=AWS_CLIENT_CONFIG)
-
-
-def clear_cache() -> None:
-    """Forget the AWS clients and cached secrets (tests; a later call builds fresh ones)."""
-    secrets_provider.cache_clear()
-    rds_client.cache_clear()
+_REQUIRED_SECRET_KEYS = ("username", "password")
 
 
 def uses_secret(settings: LambdaSettings, entry: TargetEntry) -> bool:
@@ -150,9 +127,11 @@ def _tls_params(settings: LambdaSettings) -> dict[str, str]:
 
 def _params_from_secret(secret_id: str, *, max_age: int, refresh: bool) -> dict[str, str]:
     try:
-        raw = secrets_provider().get(secret_id, max_age=max_age, force_fetch=refresh)
+        raw = _clients.secrets_provider().get(secret_id, max_age=max_age, force_fetch=refresh)
     except GetParameterError as exc:
-        raise CredentialsError(f"cannot read secret {secret_id}: {aws_error_reason(exc)}") from exc
+        raise CredentialsError(
+            f"cannot read secret {secret_id}: {_clients.error_reason(exc)}"
+        ) from exc
     if isinstance(raw, bytes):
         raise CredentialsError(
             f"secret {secret_id} is binary; expected JSON text in the RDS secret format"
@@ -167,7 +146,7 @@ def _params_from_secret(secret_id: str, *, max_age: int, refresh: bool) -> dict[
         ) from None
     if not isinstance(document, dict):
         raise CredentialsError(f"secret {secret_id} is not a JSON object (RDS secret format)")
-    missing = [key for key in REQUIRED_SECRET_KEYS if not document.get(key)]
+    missing = [key for key in _REQUIRED_SECRET_KEYS if not document.get(key)]
     if missing:
         raise CredentialsError(
             f"secret {secret_id} has no {', '.join(repr(key) for key in missing)} "
@@ -190,7 +169,7 @@ def _params_from_iam(settings: LambdaSettings, entry: TargetEntry, user: str) ->
         raise CredentialsError(f"target {entry.name}: IAM authentication needs a host")
     port = entry.port or settings.db_port or DEFAULT_PORT
     try:
-        client = rds_client()
+        client = _clients.rds_client()
         token = client.generate_db_auth_token(
             DBHostname=host, Port=port, DBUsername=user, Region=client.meta.region_name
         )

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from reaper.aws.credentials import rds_client
+from reaper.aws._clients import rds_client
 from reaper.errors import DiscoveryError
 
 if TYPE_CHECKING:

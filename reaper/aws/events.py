@@ -21,14 +21,14 @@ from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from reaper.aws.settings import TARGET_NAME_PATTERN
-from reaper.core.policy import describe_validation_error
+from reaper.core.validation import describe_validation_error
 from reaper.errors import EventError
 
 SCHEDULED_DETAIL_TYPE = "Scheduled Event"
 ALARM_DETAIL_TYPE = "CloudWatch Alarm State Change"
 EventKind = Literal["scheduled", "alarm", "manual"]
 TargetName = Annotated[str, Field(pattern=TARGET_NAME_PATTERN)]
-ModelT = TypeVar("ModelT", bound=BaseModel)
+_ModelT = TypeVar("_ModelT", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -190,7 +190,7 @@ def select_targets(configured: tuple[str, ...], wanted: tuple[str, ...] | None) 
     return tuple(name for name in configured if name in wanted)
 
 
-def _validate(model: type[ModelT], event: dict[str, Any], kind: str) -> ModelT:
+def _validate(model: type[_ModelT], event: dict[str, Any], kind: str) -> _ModelT:
     try:
         return model.model_validate(event)
     except ValidationError as exc:

@@ -83,7 +83,7 @@ def timeouts_within(seconds_left: float, *, connect_timeout: int) -> Timeouts:
     )
 
 
-def pass_on_target(
+def _pass_on_target(
     settings: LambdaSettings,
     entry: TargetEntry,
     policy: Policy,
@@ -156,7 +156,7 @@ def run_on_targets(
     try:
         futures = [
             executor.submit(
-                pass_on_target,
+                _pass_on_target,
                 settings,
                 job.entry,
                 job.policy,

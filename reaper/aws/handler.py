@@ -245,7 +245,7 @@ def _target_summary(run: TargetRun) -> dict[str, Any]:
         "duration_seconds": None if result is None else round(result.duration_seconds, 3),
         "counts": None if result is None else asdict(result.counts),
         "connections": (
-            None if result is None or result.connections is None else asdict(result.connections)
+            None if result is None or result.connections is None else result.connections.to_dict()
         ),
         "oldest_idle_seconds": None if result is None else result.oldest_idle_seconds,
         "terminated_by_application": (

@@ -8,16 +8,13 @@ terminates nothing. Only when no source is configured at all does DEFAULT_POLICY
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from aws_lambda_powertools.utilities.parameters import SSMProvider
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
-from botocore.config import Config
-from botocore.exceptions import ClientError
 
-from reaper.core.policy import parse_policy, policy_from_mapping
+from reaper.aws import _clients
+from reaper.core.policy import one_rule_policy, parse_policy
 from reaper.errors import PolicyError
 from reaper.policy_file import policy_source_name, read_policy_file
 
@@ -29,16 +26,12 @@ DEFAULT_POLICY_SOURCE = "built-in default policy"
 
 # Conservative on purpose: only sessions that say they come from Lambda ("lambda:*"), idle for
 # 15 minutes, at most 50 per pass. Documented in docs/tuning.md; keep the two in step.
-DEFAULT_POLICY_DOCUMENT: dict[str, Any] = {
-    "rules": [{"name": "lambda", "application_names": ["lambda:*"], "states": {"idle": 900}}],
-    "max_terminations": 50,
-}
-DEFAULT_POLICY: Policy = policy_from_mapping(DEFAULT_POLICY_DOCUMENT, source=DEFAULT_POLICY_SOURCE)
-
-# From inside a VPC without an SSM endpoint the default botocore timeouts (60 s, with retries)
-# would outlast the function; fail fast instead, so the error is logged and counted.
-AWS_CLIENT_CONFIG = Config(
-    connect_timeout=3, read_timeout=5, retries={"mode": "standard", "max_attempts": 3}
+DEFAULT_POLICY: Policy = one_rule_policy(
+    ["lambda:*"],
+    idle_seconds=900,
+    rule_name="lambda",
+    max_terminations=50,
+    source=DEFAULT_POLICY_SOURCE,
 )
 
 
@@ -48,17 +41,6 @@ class LoadedPolicy:
 
     policy: Policy
     source: str
-
-
-@functools.cache
-def ssm_provider() -> SSMProvider:
-    """The SSM provider, created on first use and kept, with its cache, by warm invocations."""
-    return SSMProvider(boto_config=AWS_CLIENT_CONFIG)
-
-
-def clear_cache() -> None:
-    """Forget the provider and its cached values (tests; a later call builds a fresh one)."""
-    ssm_provider.cache_clear()
 
 
 def load_policy(settings: LambdaSettings) -> LoadedPolicy:
@@ -105,20 +87,11 @@ def describe_policy_source(settings: LambdaSettings) -> str:
 
 def _read_parameter(name: str, *, max_age: int) -> str:
     try:
-        value = ssm_provider().get(name, max_age=max_age)
+        value = _clients.ssm_provider().get(name, max_age=max_age)
     except GetParameterError as exc:
-        raise PolicyError(f"cannot read SSM parameter {name}: {aws_error_reason(exc)}") from exc
+        raise PolicyError(
+            f"cannot read SSM parameter {name}: {_clients.error_reason(exc)}"
+        ) from exc
     if not isinstance(value, str):  # pragma: no cover - get() without transform returns str
         raise PolicyError(f"SSM parameter {name} did not return text")
     return value
-
-
-def aws_error_reason(exc: BaseException) -> str:
-    """The AWS error code and message behind a Powertools error (which wraps the ClientError)."""
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, ClientError):
-        error = cause.response.get("Error", {})
-        code = error.get("Code", "error")
-        message = error.get("Message", "")
-        return f"{code}: {message}" if message else code
-    return str(exc) or type(exc).__name__

@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from reaper.core.validation import describe_validation_error, require_unique_names
 from reaper.errors import SettingsError
 
 ENV_PREFIX = "REAPER_"
@@ -43,16 +44,20 @@ TARGET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$"
 _SECRET_FIELDS = frozenset({"database_url", "targets"})
 
 
-class LocalSettings(BaseSettings):
-    """What the command line takes from the environment."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+class _DatabaseUrlSettings(BaseSettings):
+    """REAPER_DATABASE_URL, which both the command line and the function read."""
 
     database_url: SecretStr | None = None
 
     def database_url_value(self) -> str | None:
         """The DSN, if set; it may hold a password, so never print it."""
         return self.database_url.get_secret_value() if self.database_url else None
+
+
+class LocalSettings(_DatabaseUrlSettings):
+    """What the command line takes from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
 
 class ObservabilitySettings(BaseSettings):
@@ -126,7 +131,7 @@ class DiscoveryTag(BaseModel):
         return f"{self.key}={self.value}"
 
 
-class LambdaSettings(BaseSettings):
+class LambdaSettings(_DatabaseUrlSettings):
     """The Lambda function's configuration (every variable is documented in docs/tuning.md)."""
 
     # Empty variables count as unset: a template's "" default must not mean "the empty path".
@@ -137,7 +142,6 @@ class LambdaSettings(BaseSettings):
     policy_cache_seconds: int = Field(default=60, ge=0, le=3600)
     secret_cache_seconds: int = Field(default=300, ge=0, le=86_400)
 
-    database_url: SecretStr | None = None
     secret_id: str | None = Field(default=None, min_length=1)
     iam_auth: bool = False
     db_host: str | None = Field(default=None, min_length=1)
@@ -192,10 +196,7 @@ class LambdaSettings(BaseSettings):
             return None
         if not targets:
             raise ValueError("the list is empty; leave REAPER_TARGETS unset for one target")
-        names = [target.name for target in targets]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"target names must be unique; repeated: {', '.join(repeated)}")
+        require_unique_names((target.name for target in targets), what="target")
         return targets
 
     @model_validator(mode="after")
@@ -293,10 +294,6 @@ class LambdaSettings(BaseSettings):
             return "verify-ca" if self.sslmode == "verify-ca" else "verify-full"
         return self.sslmode or "require"
 
-    def database_url_value(self) -> str | None:
-        """The base DSN, if set; it may hold a password, so never print it."""
-        return self.database_url.get_secret_value() if self.database_url else None
-
 
 def load_lambda_settings() -> LambdaSettings:
     """Read and validate the function's settings from the environment.
@@ -309,30 +306,15 @@ def load_lambda_settings() -> LambdaSettings:
         return LambdaSettings()
     except ValidationError as exc:
         raise SettingsError(
-            f"invalid settings: {describe_settings_error(exc, prefix=ENV_PREFIX)}"
+            "invalid settings: "
+            + describe_validation_error(
+                exc, field_label=_variable_name, hidden_fields=_SECRET_FIELDS
+            )
         ) from exc
     except PydanticSettingsError as exc:
         # pydantic-settings' own message names the field and the source, never the value.
         raise SettingsError(f"invalid settings: {exc}") from exc
 
 
-def describe_settings_error(exc: ValidationError, *, prefix: str) -> str:
-    """One readable clause per problem, naming the environment variable (and the value only when
-    the variable cannot hold a password)."""
-    problems = []
-    for error in exc.errors(include_url=False):
-        location = error["loc"]
-        message = error["msg"].removeprefix("Value error, ")
-        if not location:
-            problems.append(message)
-            continue
-        field_name = str(location[0])
-        path = (
-            prefix
-            + field_name.upper()
-            + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location[1:])
-        )
-        shown = error["type"] != "missing" and field_name not in _SECRET_FIELDS
-        value = f" (got {error['input']!r:.80})" if shown else ""
-        problems.append(f"{path}: {message}{value}")
-    return "; ".join(problems)
+def _variable_name(field_name: str) -> str:
+    return f"{ENV_PREFIX}{field_name.upper()}"

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from reaper.aws.discovery import discover, tagged
 from reaper.aws.settings import TargetEntry
-from reaper.core.policy import describe_validation_error
+from reaper.core.validation import describe_validation_error
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

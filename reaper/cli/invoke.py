@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from reaper._files import read_text
 from reaper.errors import EventError
 
 if TYPE_CHECKING:
@@ -89,12 +90,7 @@ def read_event(event_file: Path) -> Any:
     Raises:
         EventError: the file cannot be read or is not JSON.
     """
-    try:
-        text = event_file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise EventError(f"cannot read event file {event_file}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise EventError(f"event file {event_file} is not UTF-8 text") from exc
+    text = read_text(event_file, described_as=f"event file {event_file}", error=EventError)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -103,7 +99,7 @@ def read_event(event_file: Path) -> Any:
         ) from exc
 
 
-def runtime_environment(context: LocalLambdaContext) -> dict[str, str]:
+def _runtime_environment(context: LocalLambdaContext) -> dict[str, str]:
     """The variables the Lambda runtime sets for a function like `context` describes."""
     return {
         "AWS_LAMBDA_FUNCTION_NAME": context.function_name,
@@ -165,7 +161,7 @@ def invoke_event(event: Any, context: LocalLambdaContext) -> Any:
     Raises:
         Exception: whatever the handler raised.
     """
-    with emulated_environment(runtime_environment(context)):
+    with emulated_environment(_runtime_environment(context)):
         # Imported here, as the runtime imports the handler module inside its environment.
         from reaper.aws.handler import lambda_handler
 
@@ -195,14 +191,14 @@ def invoke_main(
         response = invoke_event(event, context)
     except Exception as exc:
         # Like the Lambda runtime: any exception from the handler is the invocation's error.
-        print(json.dumps(lambda_error_document(exc, request_id=context.aws_request_id)))
+        print(json.dumps(_lambda_error_document(exc, request_id=context.aws_request_id)))
         return 1
     # One line, as sam local invoke prints the response after the function's own output.
     print(json.dumps(response, default=str))
     return 0
 
 
-def lambda_error_document(exc: BaseException, *, request_id: str) -> dict[str, Any]:
+def _lambda_error_document(exc: BaseException, *, request_id: str) -> dict[str, Any]:
     """The document Lambda returns for an invocation whose handler raised."""
     return {
         "errorMessage": str(exc),

@@ -1,17 +1,7 @@
 """The `reaper` command: flags -> policy and target -> the same pass as the Lambda -> rendering.
 
-Exit codes (documented in README.md):
-    0  done (also a dry run, or a pass skipped because another reaper held the lock)
-    1  unexpected internal error
-    2  bad input: usage, policy, settings or event
-    3  target unreachable, or its login refused
-    4  the pass ran but some terminations were refused (privilege)
-    5  the pass could not run safely: the role cannot see other sessions, or the database
-       failed mid-pass (timeout, shutdown); nothing further was terminated
-  6  the database is full: the login was refused for want of a connection slot (SQLSTATE
-       53300); the message names the fix
-  7  `reaper doctor`: at least one check failed
-  130  interrupted
+Exit codes: `reaper.errors.ExitCode`; each error class carries its own (`exit_code`), and
+reaper/errors.py draws the tree with the code of each.
 """
 
 from __future__ import annotations
@@ -29,6 +19,7 @@ from reaper.core.policy import (
     policy_schema,
     render_policy,
 )
+from reaper.errors import ExitCode
 from reaper.pg.gateway import Timeouts
 from reaper.policy_file import read_policy_file
 
@@ -38,29 +29,6 @@ if TYPE_CHECKING:
     from reaper.core.policy import Policy
     from reaper.core.result import PassResult
     from reaper.pg.target import Target
-
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_BAD_INPUT = 2
-EXIT_UNREACHABLE = 3
-EXIT_REFUSED = 4
-EXIT_UNSAFE = 5
-EXIT_DATABASE_FULL = 6
-EXIT_CHECKS_FAILED = 7
-EXIT_INTERRUPTED = 130
-
-_EXIT_FOR_ERROR: tuple[tuple[type[errors.ReaperError], int], ...] = (
-    (errors.PolicyError, EXIT_BAD_INPUT),
-    (errors.SettingsError, EXIT_BAD_INPUT),
-    (errors.EventError, EXIT_BAD_INPUT),
-    (errors.CredentialsError, EXIT_UNREACHABLE),
-    (errors.DiscoveryError, EXIT_UNREACHABLE),
-    # Before its base class TargetUnreachableError: the first match wins.
-    (errors.DatabaseFullError, EXIT_DATABASE_FULL),
-    (errors.TargetUnreachableError, EXIT_UNREACHABLE),
-    (errors.VisibilityError, EXIT_UNSAFE),
-    (errors.PassAbortedError, EXIT_UNSAFE),
-)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,20 +42,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_code_for(exc)
     except KeyboardInterrupt:
         print("reaper: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
 
 
 def exit_code_for(exc: errors.ReaperError) -> int:
     """The documented exit code for an error that stopped the command."""
-    for error_type, code in _EXIT_FOR_ERROR:
-        if isinstance(exc, error_type):
-            return code
-    return EXIT_INTERNAL
+    return int(exc.exit_code)
 
 
-def exit_code_for_result(result: PassResult) -> int:
-    """0 for a clean pass, EXIT_REFUSED when any planned termination was refused."""
-    return EXIT_REFUSED if result.counts.refused else EXIT_OK
+def _exit_code_for_result(result: PassResult) -> int:
+    """0 for a clean pass, ExitCode.REFUSED when any planned termination was refused."""
+    return ExitCode.REFUSED if result.counts.refused else ExitCode.OK
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -228,7 +193,7 @@ def _command_run(args: argparse.Namespace) -> int:
         _print_json(result.to_dict())
     else:
         print(render_pass(result, verbose=args.verbose))
-    return exit_code_for_result(result)
+    return _exit_code_for_result(result)
 
 
 def _command_doctor(args: argparse.Namespace) -> int:
@@ -238,7 +203,7 @@ def _command_doctor(args: argparse.Namespace) -> int:
     report = doctor_main(
         _target_from_args(args), policy, _timeouts_from_args(args), as_json=args.json
     )
-    return EXIT_CHECKS_FAILED if report.failed else EXIT_OK
+    return ExitCode.CHECKS_FAILED if report.failed else ExitCode.OK
 
 
 def _command_report(args: argparse.Namespace) -> int:
@@ -256,17 +221,17 @@ def _command_report(args: argparse.Namespace) -> int:
         _print_json({"target": target.name, **census.to_dict()})
     else:
         print(render_census(census, target.name))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _command_policy_check(args: argparse.Namespace) -> int:
     print(render_policy(read_policy_file(args.file)))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _command_policy_schema(_args: argparse.Namespace) -> int:
     _print_json(policy_schema())
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _command_invoke(args: argparse.Namespace) -> int:

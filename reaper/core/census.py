@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from reaper.core.snapshot import CLIENT_BACKEND
-
 if TYPE_CHECKING:
     from reaper.core.snapshot import Snapshot
 
@@ -53,11 +51,7 @@ class Census:
 def take_census(snapshot: Snapshot) -> Census:
     """Group the snapshot's client sessions; the reaper's own backend is left out."""
     now = snapshot.taken_at
-    clients = [
-        s
-        for s in snapshot.sessions
-        if s.backend_type == CLIENT_BACKEND and s.pid != snapshot.own_pid
-    ]
+    clients = snapshot.other_clients
     grouped: dict[tuple[str, str | None, str | None, str | None], list[float | None]] = {}
     histogram: dict[str, dict[str, int]] = {}
     for session in clients:
@@ -88,7 +82,7 @@ def take_census(snapshot: Snapshot) -> Census:
         client_connections=picture.client_connections,
         max_connections=picture.max_connections,
         usable_connections=picture.usable_connections,
-        utilization=picture.utilization(),
+        utilization=picture.utilization_before,
         other_backends=len(snapshot.sessions) - picture.client_connections,
         groups=groups,
         idle_histogram=dict(sorted(histogram.items())),

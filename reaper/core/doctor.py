@@ -209,7 +209,8 @@ def policy_checks(snapshot: Snapshot, policy: Policy) -> tuple[Check, ...]:
     summary = f"would terminate {len(decided.to_terminate)} of {clients} client session(s) now"
     if not decided.gate_open:
         summary += (
-            f" (the pressure gate is closed: utilization {decided.utilization:.0%} is below "
+            f" (the pressure gate is closed: utilization "
+            f"{snapshot.connections.utilization_before:.0%} is below "
             f"min_utilization {policy.min_utilization:.0%})"
         )
     if policy.dry_run:

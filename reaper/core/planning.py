@@ -72,7 +72,6 @@ class Plan:
     """Every session's decision plus the gate and budget that shaped them."""
 
     decisions: tuple[Decision, ...]
-    utilization: float
     gate_open: bool
     # Terminations the target utilization asks for; None without a target.
     target_need: int | None
@@ -148,8 +147,7 @@ def plan(snapshot: Snapshot, policy: Policy) -> Plan:
         eligible.append(Decision(session, Reason.IDLE_TOO_LONG, rule.name, idle_seconds, threshold))
 
     kept = _newest_to_keep(covered, {rule.name: rule.keep_newest for rule in policy.rules})
-    utilization = snapshot.connections.utilization()
-    gate_open = utilization >= policy.min_utilization
+    gate_open = snapshot.connections.utilization_before >= policy.min_utilization
     target_need = _target_need(snapshot, policy.target_utilization)
     budget = (
         policy.max_terminations
@@ -176,7 +174,7 @@ def plan(snapshot: Snapshot, policy: Policy) -> Plan:
             granted += 1
 
     decisions = tuple(decided[session.pid] for session in snapshot.sessions)
-    return Plan(decisions, utilization, gate_open, target_need)
+    return Plan(decisions, gate_open, target_need)
 
 
 def _protection(session: Session, snapshot: Snapshot, policy: Policy) -> Reason | None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from reaper.core.validation import describe_validation_error, require_unique_names
 from reaper.errors import PolicyError
 
 if TYPE_CHECKING:
@@ -159,10 +160,7 @@ class Policy(_Document):
             rule if rule.name else rule.model_copy(update={"name": f"rule-{position}"})
             for position, rule in enumerate(rules, start=1)
         )
-        names = [rule.name for rule in named]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"rule names must be unique; repeated: {', '.join(repeated)}")
+        require_unique_names((rule.name for rule in named), what="rule")
         return named
 
     @model_validator(mode="after")
@@ -244,34 +242,3 @@ def policy_schema() -> dict[str, Any]:
 def render_policy(policy: Policy) -> str:
     """The normalised document: defaults filled in, rules named, as stable indented JSON."""
     return json.dumps(policy.model_dump(mode="json"), indent=2)
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """One readable line per problem: the field's path, what is wrong, and the value given."""
-    problems = []
-    for error in exc.errors(include_url=False):
-        location = _dotted(error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "json_invalid":
-            problems.append(f"not valid JSON ({error['ctx'].get('error', message)})")
-            continue
-        value = "" if error["type"] == "missing" else f" (got {_short_repr(error['input'])})"
-        if not location:
-            problems.append(message)
-            continue
-        problems.append(f"{location}: {message}{value}")
-    return "; ".join(problems)
-
-
-def _dotted(location: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in location:
-        if part == "[key]":
-            continue
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _short_repr(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -7,15 +7,16 @@ the handler turns it into metrics and audit lines, and both serialise it with `t
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from reaper.core.planning import Reason
+from reaper.core.snapshot import SessionIdentity
 
 if TYPE_CHECKING:
     from reaper.core.planning import Plan
-    from reaper.core.snapshot import Snapshot
+    from reaper.core.snapshot import Connections, Snapshot
 
 
 class Outcome(StrEnum):
@@ -30,15 +31,9 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class SessionRecord:
+class SessionRecord(SessionIdentity):
     """One examined session, its decision and what happened to it."""
 
-    pid: int
-    user: str | None
-    database: str | None
-    application_name: str
-    client_addr: str | None
-    state: str | None
     idle_seconds: float | None
     rule: str | None
     reason: Reason
@@ -64,18 +59,6 @@ class Counts:
 
 
 @dataclass(frozen=True, slots=True)
-class Connections:
-    """The connection picture before the pass and the utilization it left behind."""
-
-    client_connections: int
-    max_connections: int
-    reserved_connections: int
-    usable_connections: int
-    utilization_before: float
-    utilization_after: float
-
-
-@dataclass(frozen=True, slots=True)
 class PassResult:
     """Everything a pass did on one target."""
 
@@ -93,7 +76,10 @@ class PassResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (enums as their values)."""
-        return asdict(self)
+        document = asdict(self)
+        if self.connections is not None:
+            document["connections"] = self.connections.to_dict()
+        return document
 
     def terminated_by_application(self) -> dict[str, int]:
         """Terminations per application_name."""
@@ -132,12 +118,7 @@ def summarize(
             outcome = Outcome.SPARED
         records.append(
             SessionRecord(
-                pid=session.pid,
-                user=session.user,
-                database=session.database,
-                application_name=session.application_name,
-                client_addr=session.client_addr,
-                state=session.state,
+                **session.identity(),
                 idle_seconds=decision.idle_seconds,
                 rule=decision.rule,
                 reason=decision.reason,
@@ -163,12 +144,9 @@ def summarize(
         kept_as_newest=reasons[Reason.KEPT_AS_NEWEST],
         gate_closed=reasons[Reason.GATE_CLOSED],
     )
-    picture = snapshot.connections
-    remaining = picture.client_connections - counts.terminated
     idle_ages = [
         age
-        for s in snapshot.sessions
-        if s.backend_type == "client backend" and s.pid != snapshot.own_pid
+        for s in snapshot.other_clients
         if (age := s.idle_seconds(snapshot.taken_at)) is not None
     ]
     return PassResult(
@@ -178,16 +156,7 @@ def summarize(
         duration_seconds=duration_seconds,
         gate_open=plan.gate_open,
         server_version_num=snapshot.server_version_num,
-        connections=Connections(
-            client_connections=picture.client_connections,
-            max_connections=picture.max_connections,
-            reserved_connections=(
-                picture.superuser_reserved_connections + picture.reserved_connections
-            ),
-            usable_connections=picture.usable_connections,
-            utilization_before=picture.utilization(),
-            utilization_after=picture.utilization(remaining),
-        ),
+        connections=replace(snapshot.connections, terminated=counts.terminated),
         oldest_idle_seconds=max(idle_ages, default=None),
         counts=counts,
         sessions=tuple(records),

@@ -5,8 +5,8 @@ The engine fills these from one query; the planner and the census read them. No 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -15,17 +15,30 @@ CLIENT_BACKEND = "client backend"
 
 
 @dataclass(frozen=True, slots=True)
-class Session:
-    """One row of pg_stat_activity, with what the reaper's role may do to it."""
+class SessionIdentity:
+    """Who a session is, as results and logs show it."""
 
     pid: int
-    backend_start: datetime | None
-    backend_type: str | None
     user: str | None
     database: str | None
     application_name: str
     client_addr: str | None
     state: str | None
+
+    def identity(self) -> dict[str, Any]:
+        """These fields as keyword arguments, to describe the same session elsewhere."""
+        return {name: getattr(self, name) for name in _IDENTITY_FIELDS}
+
+
+_IDENTITY_FIELDS = tuple(field.name for field in fields(SessionIdentity))
+
+
+@dataclass(frozen=True, slots=True)
+class Session(SessionIdentity):
+    """One row of pg_stat_activity, with what the reaper's role may do to it."""
+
+    backend_start: datetime | None
+    backend_type: str | None
     state_change: datetime | None
     is_superuser: bool
     # The last statement was LISTEN: idle, but waiting for notifications.
@@ -42,27 +55,45 @@ class Session:
 
 
 @dataclass(frozen=True, slots=True)
-class ConnectionPicture:
-    """How full the server is: client connections against the slots ordinary roles may use."""
+class Connections:
+    """How full the server is: client connections against the slots ordinary roles may use.
+
+    The snapshot holds the picture before a pass (`terminated` 0); a pass result holds the same
+    picture with the number it terminated, so both utilizations can be told. `to_dict()` is the
+    `connections` object of `reaper run --json` and of the handler's summary.
+    """
 
     client_connections: int
     max_connections: int
-    superuser_reserved_connections: int
-    # reserved_connections exists from PostgreSQL 16; 0 before.
+    # superuser_reserved_connections, plus reserved_connections from PostgreSQL 16.
     reserved_connections: int
+    terminated: int = 0
 
     @property
     def usable_connections(self) -> int:
-        """Slots for ordinary roles: max_connections minus both reserves (at least 1)."""
-        return max(
-            1,
-            self.max_connections - self.superuser_reserved_connections - self.reserved_connections,
-        )
+        """Slots for ordinary roles: max_connections minus the reserves (at least 1)."""
+        return max(1, self.max_connections - self.reserved_connections)
 
-    def utilization(self, client_connections: int | None = None) -> float:
-        """Client connections (now, or the number given) as a fraction of the usable slots."""
-        count = self.client_connections if client_connections is None else client_connections
-        return count / self.usable_connections
+    @property
+    def utilization_before(self) -> float:
+        """Client connections at the snapshot as a fraction of the usable slots."""
+        return self.client_connections / self.usable_connections
+
+    @property
+    def utilization_after(self) -> float:
+        """The same after the pass's terminations."""
+        return (self.client_connections - self.terminated) / self.usable_connections
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: the counts and both utilizations."""
+        return {
+            "client_connections": self.client_connections,
+            "max_connections": self.max_connections,
+            "reserved_connections": self.reserved_connections,
+            "usable_connections": self.usable_connections,
+            "utilization_before": self.utilization_before,
+            "utilization_after": self.utilization_after,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,15 +103,18 @@ class Snapshot:
     taken_at: datetime
     own_pid: int
     role: str
-    role_is_superuser: bool
-    # False when the role lacks pg_read_all_stats (pg_monitor): other roles' sessions then show
-    # NULL state and backend_type, so idle cannot be told from active.
-    role_sees_all_sessions: bool
     server_version_num: int
-    connections: ConnectionPicture
+    connections: Connections
     sessions: tuple[Session, ...]
 
     @property
     def hidden_sessions(self) -> tuple[Session, ...]:
         """Sessions whose state the role is not allowed to see."""
         return tuple(s for s in self.sessions if s.backend_type is None)
+
+    @property
+    def other_clients(self) -> tuple[Session, ...]:
+        """Client backends other than the reaper's own: what a census counts."""
+        return tuple(
+            s for s in self.sessions if s.backend_type == CLIENT_BACKEND and s.pid != self.own_pid
+        )

@@ -7,7 +7,7 @@ reads a fresh pg_stat_activity (the view is cached per transaction).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -23,14 +23,14 @@ from reaper.core.doctor import (
     full_database_fix,
 )
 from reaper.core.result import Outcome
-from reaper.core.snapshot import ConnectionPicture, Session, Snapshot
+from reaper.core.snapshot import CLIENT_BACKEND, Connections, Session, Snapshot
 from reaper.errors import (
     AuthenticationError,
     DatabaseFullError,
     PassAbortedError,
     TargetUnreachableError,
 )
-from reaper.pg import statements
+from reaper.pg import _statements
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -60,6 +60,11 @@ _TOO_MANY_CONNECTIONS_MESSAGES: tuple[tuple[str, str], ...] = (
     ("too many connections for database ", CAUSE_DATABASE),
 )
 
+_SESSION_FIELDS = tuple(field.name for field in fields(Session))
+# What a planned session must still be at signal time (pids are reused): the query parameters
+# of _statements.TERMINATE and TERMINATE_ONE.
+_IDENTITY = ("pid", "backend_start", "state", "state_change")
+
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
@@ -69,16 +74,6 @@ class Timeouts:
     statement_ms: int = 30_000
     lock_ms: int = 1_000
     idle_in_transaction_ms: int = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedSignal:
-    """The identity a session must still have at signal time to be terminated."""
-
-    pid: int
-    backend_start: Any
-    state: str
-    state_change: Any
 
 
 def connect(target: Target, timeouts: Timeouts = Timeouts()) -> psycopg.Connection[Any]:
@@ -136,7 +131,7 @@ def read_setup_facts(conn: psycopg.Connection[Any]) -> SetupFacts:
     """What the doctor checks about the reaper's role and the server."""
     with _database_errors(), conn.cursor(row_factory=dict_row) as cursor:
         row = cursor.execute(
-            statements.SETUP_FACTS, {"managed_roles": statements.MANAGED_ROLES_PATTERN}
+            _statements.SETUP_FACTS, {"managed_roles": _statements.MANAGED_ROLES_PATTERN}
         ).fetchone()
     assert row is not None  # one row: the reaper's own role always exists
     sslmode = next(
@@ -169,54 +164,38 @@ def read_setup_facts(conn: psycopg.Connection[Any]) -> SetupFacts:
 
 def try_pass_lock(conn: psycopg.Connection[Any]) -> bool:
     """Take the session-level pass lock; False if another reaper holds it on this database."""
-    row = _fetch_one(conn, statements.TRY_PASS_LOCK, {"key": statements.PASS_LOCK_KEY})
+    row = _fetch_one(conn, _statements.TRY_PASS_LOCK, {"key": _statements.PASS_LOCK_KEY})
     return bool(row[0])
 
 
 def take_snapshot(conn: psycopg.Connection[Any]) -> Snapshot:
     """Read every session and the connection limits in one statement."""
     with _database_errors(), conn.cursor(row_factory=dict_row) as cursor:
-        rows = cursor.execute(statements.SNAPSHOT).fetchall()
+        rows = cursor.execute(_statements.SNAPSHOT).fetchall()
     first = rows[0]  # never empty: the reaper's own backend is always listed
-    sessions = tuple(
-        Session(
-            pid=row["pid"],
-            backend_start=row["backend_start"],
-            backend_type=row["backend_type"],
-            user=row["usename"],
-            database=row["datname"],
-            application_name=row["application_name"],
-            client_addr=row["client_addr"],
-            state=row["state"],
-            state_change=row["state_change"],
-            is_superuser=row["is_superuser"],
-            is_listening=row["is_listening"],
-            may_signal=row["may_signal"],
-        )
-        for row in rows
-    )
-    picture = ConnectionPicture(
-        client_connections=sum(1 for s in sessions if s.backend_type == "client backend"),
-        max_connections=first["max_connections"],
-        superuser_reserved_connections=first["superuser_reserved_connections"],
-        reserved_connections=first["reserved_connections"],
-    )
+    # The statement names its session columns after Session's fields.
+    sessions = tuple(Session(**{name: row[name] for name in _SESSION_FIELDS}) for row in rows)
     return Snapshot(
         taken_at=first["taken_at"],
         own_pid=first["own_pid"],
         role=first["role"],
-        role_is_superuser=first["role_is_superuser"],
-        role_sees_all_sessions=first["role_sees_all_sessions"],
         server_version_num=first["server_version_num"],
-        connections=picture,
+        connections=Connections(
+            client_connections=sum(1 for s in sessions if s.backend_type == CLIENT_BACKEND),
+            max_connections=first["max_connections"],
+            reserved_connections=(
+                first["superuser_reserved_connections"] + first["reserved_connections"]
+            ),
+        ),
         sessions=sessions,
     )
 
 
-def terminate(
-    conn: psycopg.Connection[Any], planned: Sequence[PlannedSignal]
-) -> dict[int, Outcome]:
+def terminate(conn: psycopg.Connection[Any], planned: Sequence[Session]) -> dict[int, Outcome]:
     """Signal exactly the planned sessions that are provably unchanged; report each one.
+
+    A session is signalled only if its backend still has the identity the snapshot recorded
+    (pid, backend_start, state, state_change): see _statements.TERMINATE.
 
     Returns:
         The outcome per planned pid. A refusal is an outcome, never an exception.
@@ -226,15 +205,10 @@ def terminate(
     """
     if not planned:
         return {}
-    params = {
-        "pids": [p.pid for p in planned],
-        "backend_starts": [p.backend_start for p in planned],
-        "states": [p.state for p in planned],
-        "state_changes": [p.state_change for p in planned],
-    }
+    params = {name: [getattr(session, name) for session in planned] for name in _IDENTITY}
     try:
         with _database_errors(pg_errors.InsufficientPrivilege), conn.cursor() as cursor:
-            rows = cursor.execute(statements.TERMINATE, params).fetchall()
+            rows = cursor.execute(_statements.TERMINATE, params).fetchall()
     except pg_errors.InsufficientPrivilege:
         return dict(_terminate_one_by_one(conn, planned))
     outcomes = {}
@@ -254,25 +228,20 @@ def terminate(
 
 
 def _terminate_one_by_one(
-    conn: psycopg.Connection[Any], planned: Sequence[PlannedSignal]
+    conn: psycopg.Connection[Any], planned: Sequence[Session]
 ) -> Iterator[tuple[int, Outcome]]:
-    for signal in planned:
-        params = {
-            "pid": signal.pid,
-            "backend_start": signal.backend_start,
-            "state": signal.state,
-            "state_change": signal.state_change,
-        }
+    for session in planned:
+        params = {name: getattr(session, name) for name in _IDENTITY}
         try:
             with _database_errors(pg_errors.InsufficientPrivilege), conn.cursor() as cursor:
-                row = cursor.execute(statements.TERMINATE_ONE, params).fetchone()
+                row = cursor.execute(_statements.TERMINATE_ONE, params).fetchone()
         except pg_errors.InsufficientPrivilege:
-            yield signal.pid, Outcome.REFUSED
+            yield session.pid, Outcome.REFUSED
             continue
         if row is None:
-            yield signal.pid, Outcome.CHANGED
+            yield session.pid, Outcome.CHANGED
         else:
-            yield signal.pid, Outcome.TERMINATED if row[0] else Outcome.VANISHED
+            yield session.pid, Outcome.TERMINATED if row[0] else Outcome.VANISHED
 
 
 def _fetch_one(conn: psycopg.Connection[Any], query: Any, params: dict[str, Any]) -> Any:

@@ -42,12 +42,12 @@ class Target:
                 "the database URL is not a valid PostgreSQL connection string "
                 "(expected postgresql://user@host:port/dbname or key=value pairs)"
             ) from exc
-        return cls(name=name or describe_endpoint(params), params=params)
+        return cls(name=name or _describe_endpoint(params), params=params)
 
     @property
     def endpoint(self) -> str:
         """user@host:port/dbname, without the password."""
-        return describe_endpoint(self.params)
+        return _describe_endpoint(self.params)
 
     @property
     def user(self) -> str | None:
@@ -66,7 +66,7 @@ class Target:
         return self.name
 
 
-def describe_endpoint(params: Mapping[str, str]) -> str:
+def _describe_endpoint(params: Mapping[str, str]) -> str:
     """user@host:port/dbname from libpq keywords, defaulting as libpq does; never the password."""
     host = params.get("host") or params.get("hostaddr") or "localhost"
     port = params.get("port") or "5432"

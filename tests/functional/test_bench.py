@@ -6,6 +6,7 @@ No timing is asserted here; speed is what `make bench` reports.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,9 +53,13 @@ def test_bench_on_a_small_fleet_writes_results_and_states_every_target(tmp_path:
     options = ["--bench-sizes", str(FLEET), "--bench-majors", "18", "--bench-rounds", "1"]
     options += ["--bench-cold-start-runs", "1", "--bench-output-dir", str(tmp_path), "-q"]
 
+    # The bench is its own pytest run: a pytest-xdist worker's variables would make
+    # pytest-benchmark believe it runs under xdist and switch itself off.
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")}
     run = subprocess.run(
         [sys.executable, "-m", "bench", *options],
         cwd=REPO_ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.fix_db import dsn_for
-from tests.functional.reaping import alive, ended, reaper_role, wait_past_threshold
+from tests.functional.reaping import (
+    THRESHOLD,
+    alive,
+    ended,
+    policy_document,
+    reaper_role,
+    wait_past_threshold,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -34,18 +41,6 @@ def reaper_dsn(pg_server, role_factory) -> str:
     return dsn_for(pg_server, role.name, role.password)
 
 
-@pytest.fixture
-def app_role(role_factory):
-    return role_factory("app", grants=())
-
-
-def open_app(session_factory, app_role, suffix, **kwargs) -> int:
-    conn = session_factory(
-        session_factory.app(suffix), user=app_role.name, password=app_role.password, **kwargs
-    )
-    return session_factory.pid_of(conn)
-
-
 def selection(session_factory, *extra: str) -> list[str]:
     return [
         "--application-name",
@@ -57,16 +52,23 @@ def selection(session_factory, *extra: str) -> list[str]:
     ]
 
 
-def test_run_terminates_exactly_what_the_flags_select(
-    session_factory, app_role, reaper_dsn
-) -> None:
-    orders = [open_app(session_factory, app_role, "orders") for _ in range(2)]
-    payments = open_app(session_factory, app_role, "payments")
-    in_txn = open_app(session_factory, app_role, "orders", state="idle in transaction")
+@pytest.mark.slow
+def test_run_terminates_exactly_what_the_flags_select(session_factory, apps, reaper_dsn) -> None:
+    orders = [apps.open("orders") for _ in range(2)]
+    payments = apps.open("payments")
+    in_txn = apps.open("orders", state="idle in transaction")
     wait_past_threshold()
     done = reaper_cli("run", "--dsn", reaper_dsn, *selection(session_factory), "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
+    assert set(result["connections"]) == {
+        "client_connections",
+        "max_connections",
+        "reserved_connections",
+        "usable_connections",
+        "utilization_before",
+        "utilization_after",
+    }
     terminated = sorted(s["pid"] for s in result["sessions"] if s["outcome"] == "terminated")
     assert terminated == sorted(orders)
     assert all(ended(session_factory, pid) for pid in orders)
@@ -74,9 +76,9 @@ def test_run_terminates_exactly_what_the_flags_select(
     assert alive(session_factory, in_txn)
 
 
-def test_state_flag_selects_idle_in_transaction(session_factory, app_role, reaper_dsn) -> None:
-    idle = open_app(session_factory, app_role, "orders")
-    in_txn = open_app(session_factory, app_role, "orders", state="idle in transaction")
+def test_state_flag_selects_idle_in_transaction(session_factory, apps, reaper_dsn) -> None:
+    idle = apps.open("orders")
+    in_txn = apps.open("orders", state="idle in transaction")
     wait_past_threshold()
     args = selection(session_factory, "--state", "idle in transaction")
     done = reaper_cli("run", "--dsn", reaper_dsn, *args)
@@ -85,10 +87,8 @@ def test_state_flag_selects_idle_in_transaction(session_factory, app_role, reape
     assert alive(session_factory, idle)
 
 
-def test_dry_run_prints_the_plan_and_terminates_nothing(
-    session_factory, app_role, reaper_dsn
-) -> None:
-    pid = open_app(session_factory, app_role, "orders")
+def test_dry_run_prints_the_plan_and_terminates_nothing(session_factory, apps, reaper_dsn) -> None:
+    pid = apps.open("orders")
     wait_past_threshold()
     done = reaper_cli("run", "--dsn", reaper_dsn, *selection(session_factory), "--dry-run")
     assert done.returncode == 0, done.stderr
@@ -97,8 +97,8 @@ def test_dry_run_prints_the_plan_and_terminates_nothing(
     assert alive(session_factory, pid)
 
 
-def test_dsn_can_come_from_the_environment(session_factory, app_role, reaper_dsn) -> None:
-    pid = open_app(session_factory, app_role, "orders")
+def test_dsn_can_come_from_the_environment(session_factory, apps, reaper_dsn) -> None:
+    pid = apps.open("orders")
     wait_past_threshold()
     env = {"REAPER_DATABASE_URL": reaper_dsn, "PATH": "/usr/bin:/bin"}
     done = reaper_cli("run", *selection(session_factory), env=env)
@@ -106,49 +106,38 @@ def test_dsn_can_come_from_the_environment(session_factory, app_role, reaper_dsn
     assert ended(session_factory, pid)
 
 
-def test_policy_file_replaces_the_flags(
-    session_factory, app_role, reaper_dsn, tmp_path: Path
-) -> None:
-    pid = open_app(session_factory, app_role, "orders")
+def test_policy_file_replaces_the_flags(session_factory, apps, reaper_dsn, tmp_path: Path) -> None:
+    pid = apps.open("orders")
     wait_past_threshold()
     policy = tmp_path / "policy.json"
-    policy.write_text(
-        json.dumps(
-            {
-                "rules": [
-                    {"application_names": [f"{session_factory.prefix}*"], "states": {"idle": 0.5}}
-                ],
-                "allow_short_thresholds": True,
-            }
-        )
-    )
+    policy.write_text(policy_document([f"{session_factory.prefix}*"], THRESHOLD))
     done = reaper_cli("run", "--dsn", reaper_dsn, "--policy", str(policy))
     assert done.returncode == 0, done.stderr
     assert ended(session_factory, pid)
 
 
-def test_refused_terminations_exit_4(pg_server, session_factory, app_role, role_factory) -> None:
-    weak = reaper_role(role_factory, "pg_monitor")
-    pid = open_app(session_factory, app_role, "orders")
-    wait_past_threshold()
-    dsn = dsn_for(pg_server, weak.name, weak.password)
-    done = reaper_cli("run", "--dsn", dsn, *selection(session_factory))
-    assert done.returncode == 4
-    assert "refused 1" in done.stdout
-    assert alive(session_factory, pid)
-
-
-def test_role_that_cannot_see_sessions_exits_5_and_terminates_nothing(
-    pg_server, session_factory, app_role, role_factory
+@pytest.mark.parametrize(
+    ("grant", "expected"),
+    [
+        # sees every session but may signal none of another role's: the pass reports refusals
+        pytest.param("pg_monitor", (4, "stdout", "refused 1"), id="no-pg_signal_backend-exits-4"),
+        # may signal but cannot see states: the pass is refused before anything is planned
+        pytest.param("pg_signal_backend", (5, "stderr", "pg_monitor"), id="no-pg_monitor-exits-5"),
+    ],
+)
+def test_a_reaper_role_lacking_a_privilege_exits_non_zero_and_terminates_nothing(
+    pg_server, apps, role_factory, grant, expected
 ) -> None:
-    blind = reaper_role(role_factory, "pg_signal_backend")
-    pid = open_app(session_factory, app_role, "orders")
-    wait_past_threshold()
-    dsn = dsn_for(pg_server, blind.name, blind.password)
-    done = reaper_cli("run", "--dsn", dsn, *selection(session_factory))
-    assert done.returncode == 5
-    assert "pg_monitor" in done.stderr
-    assert alive(session_factory, pid)
+    # given a stale session and a reaper role with only one of the two grants it needs
+    pid = apps.open_stale("orders", threshold=THRESHOLD)
+    role = reaper_role(role_factory, grant)
+    dsn = dsn_for(pg_server, role.name, role.password)
+    # when it runs, then it exits with the documented code and says why
+    done = reaper_cli("run", "--dsn", dsn, *selection(apps.factory))
+    exit_code, stream, says = expected
+    assert done.returncode == exit_code
+    assert says in getattr(done, stream)
+    assert apps.alive(pid)
 
 
 def test_unreachable_database_exits_3_naming_host_and_port_not_password() -> None:
@@ -248,10 +237,11 @@ def test_policy_schema_is_json_schema() -> None:
     assert "rules" in schema["properties"]
 
 
-def test_report_counts_sessions_by_application(session_factory, app_role, reaper_dsn) -> None:
+@pytest.mark.slow
+def test_report_counts_sessions_by_application(session_factory, apps, reaper_dsn) -> None:
     for _ in range(3):
-        open_app(session_factory, app_role, "orders")
-    open_app(session_factory, app_role, "orders", state="active")
+        apps.open("orders")
+    apps.open("orders", state="active")
     wait_past_threshold()
     done = reaper_cli("report", "--dsn", reaper_dsn, "--json")
     assert done.returncode == 0, done.stderr

@@ -8,7 +8,6 @@ password like any other and is never printed.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,6 @@ from reaper.aws.settings import TargetEntry, load_lambda_settings
 from reaper.cli.invoke import local_context
 from reaper.errors import CredentialsError, TargetsFailedError
 from tests.fix_aws import SECRET_NAME, log_records, metric, rds_secret_document
-from tests.fix_db import wait_until
 from tests.functional.reaping import policy_document
 
 if TYPE_CHECKING:
@@ -35,11 +33,6 @@ SCHEDULED_EVENT = json.loads(
 THRESHOLD = 1.0
 # What every RDS IAM token looks like: a presigned "connect" request.
 IAM_TOKEN_MARKERS = ("Action=connect", "X-Amz-Signature=", "X-Amz-Credential=")
-
-
-@pytest.fixture
-def app_role(role_factory):
-    return role_factory("app", grants=())
 
 
 @pytest.fixture
@@ -82,46 +75,31 @@ def secret_login(pg_server, reaper_role, rds_secret) -> SecretLogin:
     return SecretLogin(pg_server, reaper_role, rds_secret)
 
 
-def stale_session(session_factory, app_role) -> int:
-    conn = session_factory(
-        session_factory.app("orders"), user=app_role.name, password=app_role.password
-    )
-    time.sleep(THRESHOLD + 0.5)
-    return session_factory.pid_of(conn)
-
-
 def invoke() -> dict[str, Any]:
     return lambda_handler(SCHEDULED_EVENT, local_context())
 
 
-def ended(session_factory, pid: int) -> bool:
-    wait_until(lambda: session_factory.state_of(pid) is None, message=f"backend {pid} ended")
-    return True
-
-
 @pytest.mark.usefixtures("policy_file")
-def test_secret_in_rds_format_supplies_the_reapers_login(
-    session_factory, app_role, secret_login, capsys
-) -> None:
+@pytest.mark.slow
+def test_secret_in_rds_format_supplies_the_reapers_login(apps, secret_login, capsys) -> None:
     # given the reaper's login in an RDS-format secret and a stale session
-    pid = stale_session(session_factory, app_role)
+    pid = apps.open_stale("orders", threshold=THRESHOLD)
 
     # when a pass runs
     summary = invoke()
 
     # then it logged in with the secret and reaped, printing no password
     assert summary["targets"][0]["status"] == "ok"
-    assert ended(session_factory, pid)
+    assert apps.ended(pid)
     captured = capsys.readouterr()
     assert secret_login.role.password not in captured.out + captured.err
 
 
 @pytest.mark.usefixtures("rds_secret", "policy_file")
-def test_missing_secret_is_a_target_error_naming_the_secret(
-    session_factory, app_role, capsys
-) -> None:
+@pytest.mark.slow
+def test_missing_secret_is_a_target_error_naming_the_secret(apps, capsys) -> None:
     # given REAPER_SECRET_ID naming a secret that does not exist, and a stale session
-    pid = stale_session(session_factory, app_role)
+    pid = apps.open_stale("orders", threshold=THRESHOLD)
     capsys.readouterr()
 
     # when a pass runs, then the invocation fails
@@ -129,7 +107,7 @@ def test_missing_secret_is_a_target_error_naming_the_secret(
         invoke()
 
     # and the error line names the secret, TargetErrors is 1, nothing was terminated
-    assert session_factory.state_of(pid) is not None
+    assert apps.alive(pid)
     out = capsys.readouterr().out
     (line,) = [r for r in log_records(out) if r.get("audit") == "target_error"]
     assert line["error_type"] == "CredentialsError"
@@ -173,8 +151,9 @@ def test_secret_that_is_not_json_is_a_credentials_error_without_its_text(rds_sec
 
 
 @pytest.mark.usefixtures("policy_file")
+@pytest.mark.slow
 def test_rotated_password_is_picked_up_by_reading_the_secret_again_once(
-    admin_conn, session_factory, app_role, secret_login, capsys
+    admin_conn, apps, secret_login, capsys
 ) -> None:
     # given a warm function that has cached the secret for five minutes
     assert invoke()["targets"][0]["status"] == "ok"
@@ -182,7 +161,7 @@ def test_rotated_password_is_picked_up_by_reading_the_secret_again_once(
     # when the password is rotated in PostgreSQL and in the secret, and a stale session waits
     old_password = secret_login.role.password
     new_password = secret_login.rotate(admin_conn)
-    pid = stale_session(session_factory, app_role)
+    pid = apps.open_stale("orders", threshold=THRESHOLD)
     capsys.readouterr()
     summary = invoke()
 
@@ -190,7 +169,7 @@ def test_rotated_password_is_picked_up_by_reading_the_secret_again_once(
     (target,) = summary["targets"]
     assert target["status"] == "ok"
     assert target["secret_reread"] is True
-    assert ended(session_factory, pid)
+    assert apps.ended(pid)
     out = capsys.readouterr().out
     assert any("rotated password" in r["message"] for r in log_records(out))
     assert new_password not in out

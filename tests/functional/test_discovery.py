@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from botocore.stub import Stubber
 
-from reaper.aws import credentials
+from reaper.aws import _clients
 from reaper.aws.discovery import discover, list_instances
 from reaper.aws.handler import lambda_handler
 from reaper.aws.settings import DiscoveryTag
@@ -177,7 +177,7 @@ def test_only_instances_in_the_functions_vpc_are_discovered_when_it_is_set(rds) 
 def test_an_rds_api_failure_is_a_discovery_error_naming_the_call_and_code(
     rds, code, message
 ) -> None:
-    with Stubber(credentials.rds_client()) as stub:
+    with Stubber(_clients.rds_client()) as stub:
         stub.add_client_error(
             "describe_db_instances", service_error_code=code, service_message=message
         )
@@ -200,7 +200,7 @@ def test_the_listing_is_reused_within_the_cache_time_and_read_again_after(rds) -
 
 def test_a_failed_listing_is_not_cached(rds) -> None:
     rds.instance("orders-db")
-    with Stubber(credentials.rds_client()) as stub:
+    with Stubber(_clients.rds_client()) as stub:
         stub.add_client_error("describe_db_instances", service_error_code="Throttling")
         with pytest.raises(DiscoveryError):
             discover(max_age=3600)
@@ -346,7 +346,7 @@ def test_an_rds_api_failure_fails_the_invocation_and_touches_no_database(
     capsys.readouterr()
 
     # when the RDS API refuses the listing
-    with Stubber(credentials.rds_client()) as stub:
+    with Stubber(_clients.rds_client()) as stub:
         stub.add_client_error("describe_db_instances", service_error_code="AccessDenied")
         with pytest.raises(DiscoveryError, match="AccessDenied"):
             invoke()
@@ -429,7 +429,7 @@ def test_reaper_targets_lists_listed_targets_without_printing_a_password(
 
 
 def test_reaper_targets_exits_3_when_the_rds_api_cannot_be_asked(rds, capsys) -> None:
-    with Stubber(credentials.rds_client()) as stub:
+    with Stubber(_clients.rds_client()) as stub:
         stub.add_client_error("describe_db_instances", service_error_code="AccessDenied")
         assert main(["targets"]) == 3
     assert "AccessDenied" in capsys.readouterr().err

@@ -11,8 +11,9 @@ import pytest
 from psycopg import sql
 
 from reaper.cli.invoke import invoke_main
-from reaper.cli.main import EXIT_CHECKS_FAILED, EXIT_OK, main
+from reaper.cli.main import main
 from reaper.core.doctor import RESERVED_CONNECTIONS_MAJOR
+from reaper.errors import ExitCode
 from reaper.local.roles import REAPER_GRANTS
 from tests.fix_aws import log_records
 from tests.fix_db import dsn_for
@@ -62,7 +63,7 @@ def test_doctor_passes_for_the_documented_role(pg_server, role_factory, admin_co
     exit_code, output = doctor(capsys, "--dsn", dsn_for(pg_server, role.name, role.password))
 
     # then nothing fails, and each grant is seen
-    assert exit_code == EXIT_OK, output
+    assert exit_code == ExitCode.OK, output
     checks = lines_by_check(output)
     for name in ("sees sessions", "signals others", "least privilege", "statement timeout"):
         assert checks[name].startswith("  ok"), checks[name]
@@ -82,7 +83,7 @@ def test_doctor_fails_for_a_bare_role_naming_each_missing_grant(
     exit_code, output = doctor(capsys, "--dsn", dsn_for(pg_server, role.name, role.password))
 
     # then it fails and names every grant the reaper needs
-    assert exit_code == EXIT_CHECKS_FAILED
+    assert exit_code == ExitCode.CHECKS_FAILED
     checks = lines_by_check(output)
     assert checks["sees sessions"].startswith("  fail")
     assert f"GRANT pg_monitor TO {role.name}" in checks["sees sessions"]
@@ -101,7 +102,7 @@ def test_doctor_warns_about_a_superuser(pg_server, capsys) -> None:
     exit_code, output = doctor(capsys, "--dsn", pg_server.admin_dsn)
 
     # then it warns, but a superuser can do the job: nothing fails
-    assert exit_code == EXIT_OK, output
+    assert exit_code == ExitCode.OK, output
     checks = lines_by_check(output)
     assert checks["least privilege"].startswith("  warn")
     assert "is a superuser" in checks["least privilege"]
@@ -138,7 +139,7 @@ def test_doctor_with_a_policy_reports_a_live_mix_and_terminates_nothing(
     )
 
     # then it counts what a pass would terminate and names what no rule covers
-    assert exit_code == EXIT_OK, output
+    assert exit_code == ExitCode.OK, output
     report = json.loads(output)
     checks = {check["name"]: check for check in report["checks"]}
     assert checks["policy"]["status"] == "ok"
@@ -162,7 +163,7 @@ def test_doctor_reads_the_dsn_from_the_environment_and_prints_json(
     exit_code, output = doctor(capsys, "--json")
 
     report = json.loads(output)
-    assert exit_code == EXIT_OK
+    assert exit_code == ExitCode.OK
     assert report["status"] in ("ok", "warn")
     assert [check["name"] for check in report["checks"]][:3] == [
         "connection",
@@ -177,7 +178,7 @@ def test_doctor_on_an_unreachable_target_fails_its_connection_check(capsys) -> N
         capsys, "--dsn", "postgresql://nobody:hunter2-secret@127.0.0.1:1/postgres?connect_timeout=2"
     )
 
-    assert exit_code == EXIT_CHECKS_FAILED
+    assert exit_code == ExitCode.CHECKS_FAILED
     assert lines_by_check(output)["connection"].startswith("  fail")
     assert "hunter2-secret" not in output
 

@@ -7,8 +7,8 @@ import threading
 import psycopg
 import pytest
 
-from reaper.cli.main import EXIT_UNSAFE, exit_code_for
-from reaper.errors import PassAbortedError
+from reaper.cli.main import exit_code_for
+from reaper.errors import ExitCode, PassAbortedError
 from reaper.local.cluster import LocalPostgres, available_binaries
 from reaper.pg import gateway
 from reaper.pg.target import Target
@@ -61,7 +61,7 @@ def test_statement_timeout_aborts_the_pass_with_a_clear_error(
         finally:
             locker.close()
         # then the pass stops with the "could not run safely" exit code
-        assert exit_code_for(caught.value) == EXIT_UNSAFE
+        assert exit_code_for(caught.value) == ExitCode.UNSAFE
         # and the reaper's connection is left outside any transaction
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
@@ -123,7 +123,7 @@ def test_server_shut_down_in_the_middle_of_a_pass(binaries) -> None:
     assert isinstance(failure, PassAbortedError)
     assert "lost the connection" in str(failure)
     assert server.password not in str(failure)
-    assert exit_code_for(failure) == EXIT_UNSAFE
+    assert exit_code_for(failure) == ExitCode.UNSAFE
 
 
 def test_sessions_survive_a_pass_that_fails_before_terminating(

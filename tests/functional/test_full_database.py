@@ -21,9 +21,9 @@ import pytest
 from psycopg import sql
 
 from reaper.cli.invoke import invoke_main
-from reaper.cli.main import EXIT_DATABASE_FULL, EXIT_OK, main
+from reaper.cli.main import main
 from reaper.core.doctor import RESERVED_CONNECTIONS_MAJOR
-from reaper.errors import DatabaseFullError, LocalPostgresError
+from reaper.errors import DatabaseFullError, ExitCode, LocalPostgresError
 from reaper.local.cluster import LocalPostgres, available_binaries
 from reaper.local.roles import create_login_role
 from reaper.pg import gateway
@@ -184,7 +184,7 @@ def test_full_database_is_freed_through_the_reserved_slot_with_the_documented_gr
     exit_code, output = run_reaper(filled.dsn(DOCUMENTED_ROLE, DOCUMENTED_PASSWORD), capsys)
 
     # then it got in through the reserve and freed every idle application session
-    assert exit_code == EXIT_OK, output
+    assert exit_code == ExitCode.OK, output
     result = _json_result(output)
     assert result["counts"]["terminated"] == len(filled.sessions)
     wait_until(lambda: filled.app_sessions() == 0, message="application sessions terminated")
@@ -205,7 +205,7 @@ def test_reaper_without_a_way_in_is_refused_with_the_full_database_error(
     exit_code, output = run_reaper(filled.dsn(role, password), capsys)
 
     # then it exits with the full-database code, says so and names both remedies
-    assert exit_code == EXIT_DATABASE_FULL
+    assert exit_code == ExitCode.DATABASE_FULL
     assert "the database is full" in output
     assert "53300" in output
     assert f"GRANT pg_use_reserved_connections TO {role}" in output
@@ -253,7 +253,7 @@ def test_doctor_passes_for_the_documented_role_and_sees_its_way_in(
     output = capsys.readouterr().out
 
     # then nothing fails; on 16+ the reserve is there and usable, before 16 there is none
-    assert exit_code == EXIT_OK, output
+    assert exit_code == ExitCode.OK, output
     [line] = [line for line in output.splitlines() if "reserved way in" in line]
     if full_server.major >= RESERVED_CONNECTIONS_MAJOR:
         assert line.startswith("  ok")

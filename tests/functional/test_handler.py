@@ -7,18 +7,17 @@ checked (names, units, values, dimensions), the JSON log lines too.
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from botocore.stub import Stubber
 
-from reaper.aws import policy_source
+from reaper.aws import _clients
 from reaper.aws.fanout import MIN_PASS_SECONDS, timeouts_within
 from reaper.aws.handler import lambda_handler
 from reaper.cli.invoke import local_context
+from reaper.core.policy import one_rule_policy, render_policy
 from reaper.errors import (
     DeadlineExceededError,
     EventError,
@@ -28,10 +27,11 @@ from reaper.errors import (
 )
 from reaper.pg.gateway import Timeouts
 from tests.fix_aws import emf_metrics, log_records, metric
-from tests.fix_db import dsn_for, wait_until
+from tests.fix_db import dsn_for
+from tests.functional import reaping
 
 if TYPE_CHECKING:
-    from tests.fix_db import Role, SessionFactory
+    from tests.functional.conftest import Apps
 
 EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
 THRESHOLD = 1.0
@@ -44,53 +44,31 @@ def load_event(name: str) -> dict[str, Any]:
 
 def wait_past_threshold() -> None:
     """Sleep until sessions opened before the call are older than THRESHOLD."""
-    time.sleep(THRESHOLD + 0.5)
+    reaping.wait_past_threshold(THRESHOLD)
 
 
-@dataclass
-class Apps:
-    """This test's simulated Lambda functions: sessions of a role without grants, named
-    `{per-test prefix}-{suffix}` so that no other test's policy matches them."""
-
-    factory: SessionFactory
-    role: Role
-
-    def name(self, suffix: str) -> str:
-        return self.factory.app(suffix)
-
-    def open(self, suffix: str, **kwargs: Any) -> int:
-        """Open a session of application `suffix`; return its backend pid."""
-        conn = self.factory(
-            self.name(suffix), user=self.role.name, password=self.role.password, **kwargs
-        )
-        return self.factory.pid_of(conn)
-
-    def alive(self, pid: int) -> bool:
-        return self.factory.state_of(pid) is not None
-
-    def ended(self, pid: int) -> bool:
-        """Wait for a signalled backend to exit (asynchronously); True once it has."""
-        wait_until(lambda: not self.alive(pid), message=f"backend {pid} ended")
-        return True
-
-    def policy(self, **overrides: Any) -> dict[str, Any]:
-        """Reap the 'orders' sessions idle for more than THRESHOLD seconds."""
-        return {
-            "rules": [
-                {
-                    "name": "orders",
-                    "application_names": [self.name("orders")],
-                    "states": {"idle": THRESHOLD},
-                }
-            ],
-            "allow_short_thresholds": True,
-            **overrides,
-        }
+def orders_policy(apps: Apps, **overrides: Any) -> str:
+    """Reap this test's 'orders' sessions idle for more than THRESHOLD seconds (JSON)."""
+    policy = one_rule_policy(
+        [apps.name("orders")],
+        idle_seconds=THRESHOLD,
+        rule_name="orders",
+        allow_short_thresholds=True,
+        source="test",
+        **overrides,
+    )
+    return render_policy(policy)
 
 
 @pytest.fixture
-def apps(session_factory, role_factory) -> Apps:
-    return Apps(session_factory, role_factory("app", grants=()))
+def stale_orders(apps, policy_parameter, capsys) -> int:
+    """The policy in SSM reaps this test's 'orders' sessions and one is idle past it; what
+    the test printed so far is discarded. Returns the session's pid."""
+    policy_parameter.put(orders_policy(apps))
+    pid = apps.open("orders")
+    wait_past_threshold()
+    capsys.readouterr()
+    return pid
 
 
 @pytest.fixture
@@ -127,12 +105,13 @@ def invoke(event: dict[str, Any], *, timeout_seconds: int = 60) -> dict[str, Any
 
 
 @pytest.mark.usefixtures("database_url")
+@pytest.mark.slow
 def test_scheduled_pass_with_policy_from_ssm_terminates_exactly_the_matching_idle_sessions(
     apps, policy_parameter, admin_conn, capsys
 ) -> None:
     # given a policy in SSM for this test's "orders" sessions, two of them idle past it, and
     # sessions it must spare: another application, an active query, a young idle session
-    policy_parameter.put(apps.policy())
+    policy_parameter.put(orders_policy(apps))
     stale = [apps.open("orders") for _ in range(2)]
     other_app = apps.open("billing")
     active = apps.open("orders", state="active")
@@ -192,12 +171,13 @@ def test_scheduled_pass_with_policy_from_ssm_terminates_exactly_the_matching_idl
 
 
 @pytest.mark.usefixtures("database_url")
+@pytest.mark.slow
 def test_policy_change_in_ssm_applies_on_the_next_invocation_once_the_cache_expires(
     apps, policy_parameter, function_env
 ) -> None:
     # given a dry-run policy in SSM, read without caching
     function_env.setenv("REAPER_POLICY_CACHE_SECONDS", "0")
-    policy_parameter.put(apps.policy(dry_run=True))
+    policy_parameter.put(orders_policy(apps, dry_run=True))
     pid = apps.open("orders")
     wait_past_threshold()
     first = invoke(load_event("scheduled.json"))
@@ -205,7 +185,7 @@ def test_policy_change_in_ssm_applies_on_the_next_invocation_once_the_cache_expi
     assert apps.alive(pid)
 
     # when an operator switches dry run off with put-parameter --overwrite
-    policy_parameter.put(apps.policy(dry_run=False))
+    policy_parameter.put(orders_policy(apps, dry_run=False))
     second = invoke(load_event("scheduled.json"))
 
     # then the next invocation applies it
@@ -215,17 +195,18 @@ def test_policy_change_in_ssm_applies_on_the_next_invocation_once_the_cache_expi
 
 
 @pytest.mark.usefixtures("database_url", "function_env")
+@pytest.mark.slow
 def test_policy_is_cached_across_warm_invocations_for_the_cache_time(
     apps, policy_parameter
 ) -> None:
     # given a dry-run policy read with the default 60-second cache
-    policy_parameter.put(apps.policy(dry_run=True))
+    policy_parameter.put(orders_policy(apps, dry_run=True))
     pid = apps.open("orders")
     wait_past_threshold()
     invoke(load_event("scheduled.json"))
 
     # when the parameter changes and the function is invoked again at once
-    policy_parameter.put(apps.policy(dry_run=False))
+    policy_parameter.put(orders_policy(apps, dry_run=False))
     second = invoke(load_event("scheduled.json"))
 
     # then the cached document still governs
@@ -251,6 +232,7 @@ BAD_POLICIES = [
 
 @pytest.mark.parametrize(("document", "named"), BAD_POLICIES)
 @pytest.mark.usefixtures("database_url")
+@pytest.mark.slow
 def test_bad_policy_in_ssm_terminates_nothing_and_fails_visibly(
     apps, policy_parameter, capsys, document, named
 ) -> None:
@@ -279,15 +261,12 @@ def test_bad_policy_in_ssm_terminates_nothing_and_fails_visibly(
 
 
 @pytest.mark.usefixtures("database_url")
+@pytest.mark.slow
 def test_policy_parameter_denied_by_iam_terminates_nothing_and_fails_visibly(
-    apps, policy_parameter, capsys
+    stale_orders, apps, policy_parameter, capsys
 ) -> None:
     # given a valid policy the function's role is not allowed to read
-    policy_parameter.put(apps.policy())
-    pid = apps.open("orders")
-    wait_past_threshold()
-    capsys.readouterr()
-    with Stubber(policy_source.ssm_provider().client) as denied:
+    with Stubber(_clients.ssm_provider().client) as denied:
         denied.add_client_error(
             "get_parameter",
             service_error_code="AccessDeniedException",
@@ -301,7 +280,7 @@ def test_policy_parameter_denied_by_iam_terminates_nothing_and_fails_visibly(
             invoke(load_event("scheduled.json"))
 
     # and nothing was terminated, PolicyErrors is 1 and the error line names the parameter
-    assert apps.alive(pid)
+    assert apps.alive(stale_orders)
     out = capsys.readouterr().out
     assert metric(out, "PolicyErrors").value == 1
     (error,) = [r for r in log_records(out) if r["level"] == "ERROR"]
@@ -323,21 +302,18 @@ def test_without_any_policy_source_the_conservative_default_applies(apps) -> Non
 
 
 @pytest.mark.usefixtures("database_url")
+@pytest.mark.slow
 def test_event_with_an_unknown_field_is_refused_and_nothing_is_terminated(
-    apps, policy_parameter, capsys
+    stale_orders, apps, capsys
 ) -> None:
     # given a stale session and a manual event with a misspelt field
-    policy_parameter.put(apps.policy())
-    pid = apps.open("orders")
-    wait_past_threshold()
-    capsys.readouterr()
 
     # when it is invoked, then the invocation fails naming the field
     with pytest.raises(EventError, match="dry_runn"):
         invoke({"action": "reap", "dry_runn": True})
 
     # and nothing was terminated
-    assert apps.alive(pid)
+    assert apps.alive(stale_orders)
     out = capsys.readouterr().out
     assert not [m for m in emf_metrics(out) if m.name == "SessionsTerminated"]
     (error,) = [r for r in log_records(out) if r["level"] == "ERROR"]
@@ -345,11 +321,9 @@ def test_event_with_an_unknown_field_is_refused_and_nothing_is_terminated(
 
 
 @pytest.mark.usefixtures("database_url")
-def test_alarm_going_to_alarm_runs_a_pass_at_once(apps, policy_parameter) -> None:
+@pytest.mark.slow
+def test_alarm_going_to_alarm_runs_a_pass_at_once(stale_orders, apps) -> None:
     # given a stale session
-    policy_parameter.put(apps.policy())
-    pid = apps.open("orders")
-    wait_past_threshold()
 
     # when the DatabaseConnections alarm goes into ALARM
     summary = invoke(load_event("alarm.json"))
@@ -357,16 +331,13 @@ def test_alarm_going_to_alarm_runs_a_pass_at_once(apps, policy_parameter) -> Non
     # then a pass runs
     assert summary["event"] == "alarm"
     assert summary["action"] == "pass"
-    assert apps.ended(pid)
+    assert apps.ended(stale_orders)
 
 
 @pytest.mark.usefixtures("database_url")
-def test_alarm_returning_to_ok_runs_no_pass(apps, policy_parameter, capsys) -> None:
+@pytest.mark.slow
+def test_alarm_returning_to_ok_runs_no_pass(stale_orders, apps, capsys) -> None:
     # given a stale session
-    policy_parameter.put(apps.policy())
-    pid = apps.open("orders")
-    wait_past_threshold()
-    capsys.readouterr()
 
     # when the alarm goes back to OK
     summary = invoke(load_event("alarm-ok.json"))
@@ -374,20 +345,17 @@ def test_alarm_returning_to_ok_runs_no_pass(apps, policy_parameter, capsys) -> N
     # then nothing runs: no target, no target metric
     assert summary["action"] == "none"
     assert summary["targets"] == []
-    assert apps.alive(pid)
+    assert apps.alive(stale_orders)
     out = capsys.readouterr().out
     assert {m.name for m in emf_metrics(out)} == {"PolicyErrors"}
 
 
 @pytest.mark.usefixtures("database_url")
+@pytest.mark.slow
 def test_manual_dry_run_event_terminates_nothing_even_if_the_policy_would(
-    apps, policy_parameter, capsys
+    stale_orders, apps, capsys
 ) -> None:
     # given a policy that terminates, and a stale session
-    policy_parameter.put(apps.policy(dry_run=False))
-    pid = apps.open("orders")
-    wait_past_threshold()
-    capsys.readouterr()
 
     # when an operator sends the dry-run event
     summary = invoke(load_event("manual-dry-run.json"))
@@ -395,29 +363,26 @@ def test_manual_dry_run_event_terminates_nothing_even_if_the_policy_would(
     # then the session is only reported
     assert summary["dry_run"] is True
     assert summary["targets"][0]["counts"]["would_terminate"] == 1
-    assert apps.alive(pid)
+    assert apps.alive(stale_orders)
     out = capsys.readouterr().out
     assert metric(out, "SessionsTerminated", Target="default").value == 0
     (line,) = [r for r in log_records(out) if r.get("audit") == "session"]
     assert line["outcome"] == "would_terminate"
-    assert line["pid"] == pid
+    assert line["pid"] == stale_orders
 
 
+@pytest.mark.slow
 def test_one_unreachable_target_does_not_stop_the_others_but_fails_the_invocation(
-    apps, writer_and_unreachable_reader, policy_parameter, capsys
+    stale_orders, apps, writer_and_unreachable_reader, capsys
 ) -> None:
     # given two targets, the reader unreachable, and a stale session on the writer's server
-    policy_parameter.put(apps.policy())
-    pid = apps.open("orders")
-    wait_past_threshold()
-    capsys.readouterr()
 
     # when the scheduled pass runs, then the invocation fails naming the reader
     with pytest.raises(TargetsFailedError, match="reader"):
         invoke(load_event("scheduled.json"))
 
     # and the writer was still reaped, each target reporting in a blob of its own
-    assert apps.ended(pid)
+    assert apps.ended(stale_orders)
     out = capsys.readouterr().out
     assert metric(out, "SessionsTerminated", Target="writer").value == 1
     assert metric(out, "TargetErrors", Target="writer").value == 0
@@ -431,64 +396,57 @@ def test_one_unreachable_target_does_not_stop_the_others_but_fails_the_invocatio
     assert "not-a-secret" not in out
 
 
+@pytest.mark.slow
 def test_manual_event_naming_one_target_leaves_the_others_alone(
-    apps, writer_and_unreachable_reader, policy_parameter, capsys
+    stale_orders, apps, writer_and_unreachable_reader, capsys
 ) -> None:
     # given two targets, the reader unreachable
-    policy_parameter.put(apps.policy())
-    pid = apps.open("orders")
-    wait_past_threshold()
-    capsys.readouterr()
 
     # when an operator asks for the writer only
     summary = invoke({"action": "reap", "targets": ["writer"]})
 
     # then only the writer is visited
     assert [t["target"] for t in summary["targets"]] == ["writer"]
-    assert apps.ended(pid)
+    assert apps.ended(stale_orders)
     out = capsys.readouterr().out
     assert not [m for m in emf_metrics(out) if m.dimensions.get("Target") == "reader"]
 
 
 @pytest.mark.usefixtures("database_url")
-def test_manual_event_naming_an_unknown_target_is_refused(apps, policy_parameter) -> None:
+@pytest.mark.slow
+def test_manual_event_naming_an_unknown_target_is_refused(stale_orders, apps) -> None:
     # given one target ("default") and a stale session
-    policy_parameter.put(apps.policy())
-    pid = apps.open("orders")
-    wait_past_threshold()
 
     # when an operator names a target that does not exist, then the event is refused
     with pytest.raises(EventError, match="'writer' not configured"):
         invoke({"action": "reap", "targets": ["writer"]})
-    assert apps.alive(pid)
+    assert apps.alive(stale_orders)
 
 
 @pytest.mark.usefixtures("database_url")
+@pytest.mark.slow
 def test_no_pass_starts_when_the_deadline_leaves_no_time(
-    apps, policy_parameter, function_env, capsys
+    stale_orders, apps, function_env, capsys
 ) -> None:
     # given a stale session and an invocation with less time left than the safety margin
     function_env.setenv("REAPER_DEADLINE_MARGIN_SECONDS", "5")
-    policy_parameter.put(apps.policy())
-    pid = apps.open("orders")
-    wait_past_threshold()
-    capsys.readouterr()
 
     # when it runs, then the target is reported as out of time and the invocation fails
     with pytest.raises(TargetsFailedError):
         invoke(load_event("scheduled.json"), timeout_seconds=4)
-    assert apps.alive(pid)
+    assert apps.alive(stale_orders)
     out = capsys.readouterr().out
     assert metric(out, "TargetErrors", Target="default").value == 1
     (line,) = [r for r in log_records(out) if r.get("audit") == "target_error"]
     assert line["error_type"] == "DeadlineExceededError"
 
 
+@pytest.mark.slow
 def test_database_password_never_appears_in_the_output(
     apps, reaper_role, database_url, policy_parameter, capsys
 ) -> None:
     # given a pass that terminates a session and one that fails on a refused login
-    policy_parameter.put(apps.policy())
+    policy_parameter.put(orders_policy(apps))
     apps.open("orders")
     wait_past_threshold()
     invoke(load_event("scheduled.json"))

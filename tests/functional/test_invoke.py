@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 from reaper.cli.invoke import invoke_main, local_context
 from reaper.errors import EventError
 from tests.fix_aws import emf_metrics, json_lines, log_records, metric
-from tests.fix_db import dsn_for, wait_until
+from tests.fix_db import dsn_for
 from tests.functional.reaping import policy_document
 
 EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
@@ -35,11 +34,6 @@ REAPS = {
 
 
 @pytest.fixture
-def app_role(role_factory):
-    return role_factory("app", grants=())
-
-
-@pytest.fixture
 def local_function(pg_server, role_factory, session_factory, function_env, tmp_path) -> None:
     """The settings a developer gives `reaper invoke`: a DSN and a policy file."""
     reaper = role_factory("reaper")
@@ -49,14 +43,6 @@ def local_function(pg_server, role_factory, session_factory, function_env, tmp_p
     function_env.setenv("REAPER_POLICY_FILE", str(policy))
     for name in ("AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_EXECUTION_ENV"):
         function_env.delenv(name, raising=False)
-
-
-def stale_session(session_factory, app_role) -> int:
-    conn = session_factory(
-        session_factory.app("orders"), user=app_role.name, password=app_role.password
-    )
-    time.sleep(THRESHOLD + 0.5)
-    return session_factory.pid_of(conn)
 
 
 def response_of(out: str) -> dict[str, Any]:
@@ -70,10 +56,10 @@ def test_every_event_file_has_an_expected_outcome() -> None:
 
 @pytest.mark.parametrize("event_file", EVENT_FILES, ids=lambda path: path.stem)
 def test_every_event_runs_through_reaper_invoke_and_prints_emf_metrics(
-    event_file, local_function, session_factory, app_role, capsys
+    event_file, local_function, apps, capsys
 ) -> None:
     # given a session idle past the policy's threshold
-    pid = stale_session(session_factory, app_role)
+    pid = apps.open_stale("orders", threshold=THRESHOLD)
     capsys.readouterr()
 
     # when the event file is invoked locally
@@ -91,9 +77,9 @@ def test_every_event_runs_through_reaper_invoke_and_prints_emf_metrics(
     else:
         assert {m.name for m in emf_metrics(out)} == {"PolicyErrors"}
     if reaps:
-        wait_until(lambda: session_factory.state_of(pid) is None, message="session ended")
+        assert apps.ended(pid)
     else:
-        assert session_factory.state_of(pid) is not None
+        assert apps.alive(pid)
 
 
 def test_invoke_runs_the_handler_in_a_lambda_environment_and_restores_the_callers(

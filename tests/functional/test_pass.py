@@ -5,17 +5,20 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import pytest
+from psycopg.pq import TransactionStatus
 
 from reaper.core.planning import Reason, plan
-from reaper.core.policy import policy_from_mapping
+from reaper.core.policy import IDLE_STATES, one_rule_policy
 from reaper.core.result import Outcome
 from reaper.errors import AuthenticationError, VisibilityError
 from reaper.pg import gateway
 from reaper.run import run_pass
 from tests.fix_db import wait_until
 from tests.functional.reaping import (
+    THRESHOLD,
     alive,
     ended,
     policy_for,
@@ -24,13 +27,16 @@ from tests.functional.reaping import (
     wait_past_threshold,
 )
 
-MATCH_NOTHING = {"rules": [{"application_names": ["lambda:nothing-matches-this"]}]}
+if TYPE_CHECKING:
+    import psycopg
+
+MATCH_NOTHING = one_rule_policy(["lambda:nothing-matches-this"], idle_seconds=900, source="test")
 
 
 @pytest.fixture
-def app_role(role_factory):
-    """The role the simulated Lambda functions log in as (no special grants)."""
-    return role_factory("app", grants=())
+def stale_orders(apps) -> int:
+    """An 'orders' session of this test, idle past THRESHOLD: its pid."""
+    return apps.open_stale("orders", threshold=THRESHOLD)
 
 
 @pytest.fixture
@@ -39,26 +45,19 @@ def reaper(pg_server, role_factory):
     return target_for(pg_server, reaper_role(role_factory))
 
 
-def open_app(session_factory, app_role, suffix, **kwargs):
-    conn = session_factory(
-        session_factory.app(suffix), user=app_role.name, password=app_role.password, **kwargs
-    )
-    return session_factory.pid_of(conn), conn
-
-
 def outcome_of(result, pid):
     return next(r for r in result.sessions if r.pid == pid)
 
 
 def test_only_idle_sessions_past_the_threshold_are_terminated(
-    session_factory, app_role, reaper
+    session_factory, apps, reaper
 ) -> None:
     # given idle sessions of two applications, an active query and an idle transaction
-    idle = [open_app(session_factory, app_role, "orders")[0] for _ in range(3)]
-    active, _ = open_app(session_factory, app_role, "orders", state="active")
-    in_txn, _ = open_app(session_factory, app_role, "orders", state="idle in transaction")
+    idle = [apps.open("orders") for _ in range(3)]
+    active = apps.open("orders", state="active")
+    in_txn = apps.open("orders", state="idle in transaction")
     other = session_factory.pid_of(
-        session_factory("metabase", user=app_role.name, password=app_role.password)
+        session_factory("metabase", user=apps.role.name, password=apps.role.password)
     )
     wait_past_threshold()
     # when a pass runs
@@ -73,8 +72,8 @@ def test_only_idle_sessions_past_the_threshold_are_terminated(
     assert result.counts.terminated == 3
 
 
-def test_young_sessions_are_spared(session_factory, app_role, reaper) -> None:
-    pid, _ = open_app(session_factory, app_role, "orders")
+def test_young_sessions_are_spared(session_factory, apps, reaper) -> None:
+    pid = apps.open("orders")
     result = run_pass(reaper, policy_for(session_factory, rule={"states": {"idle": 300}}))
     assert outcome_of(result, pid).reason is Reason.YOUNGER_THAN_THRESHOLD
     assert alive(session_factory, pid)
@@ -82,24 +81,15 @@ def test_young_sessions_are_spared(session_factory, app_role, reaper) -> None:
 
 def test_own_backend_and_background_workers_are_never_planned(pg_server, reaper) -> None:
     # given a policy that matches every application in every idle state (dry run: shared servers)
-    everything = policy_from_mapping(
-        {
-            "rules": [
-                {
-                    "application_names": ["*"],
-                    "states": {
-                        "idle": 0.001,
-                        "idle in transaction": 0.001,
-                        "idle in transaction (aborted)": 0.001,
-                    },
-                }
-            ],
-            "terminate_superuser_sessions": True,
-            "spare_listeners": False,
-            "allow_short_thresholds": True,
-            "dry_run": True,
-        },
+    everything = one_rule_policy(
+        ["*"],
+        idle_seconds=0.001,
+        states=IDLE_STATES,
         source="test",
+        terminate_superuser_sessions=True,
+        spare_listeners=False,
+        allow_short_thresholds=True,
+        dry_run=True,
     )
     # when it is planned against the live server
     with gateway.connect(reaper) as conn:
@@ -136,14 +126,14 @@ def test_superuser_session_is_spared_by_default(session_factory, reaper) -> None
 
 
 def test_excluded_users_and_applications_are_spared(
-    session_factory, app_role, role_factory, reaper
+    session_factory, apps, role_factory, reaper
 ) -> None:
     etl = role_factory("etl", grants=())
     by_user = session_factory.pid_of(
         session_factory(session_factory.app("etl"), user=etl.name, password=etl.password)
     )
-    by_app, _ = open_app(session_factory, app_role, "cron")
-    victim, _ = open_app(session_factory, app_role, "orders")
+    by_app = apps.open("cron")
+    victim = apps.open("orders")
     wait_past_threshold()
     policy = policy_for(
         session_factory,
@@ -158,12 +148,10 @@ def test_excluded_users_and_applications_are_spared(
 
 
 def test_idle_in_transaction_is_terminated_when_the_rule_covers_it(
-    session_factory, app_role, reaper
+    session_factory, apps, reaper
 ) -> None:
-    in_txn, _ = open_app(session_factory, app_role, "orders", state="idle in transaction")
-    aborted, _ = open_app(
-        session_factory, app_role, "orders", state="idle in transaction (aborted)"
-    )
+    in_txn = apps.open("orders", state="idle in transaction")
+    aborted = apps.open("orders", state="idle in transaction (aborted)")
     wait_past_threshold()
     policy = policy_for(
         session_factory,
@@ -175,8 +163,9 @@ def test_idle_in_transaction_is_terminated_when_the_rule_covers_it(
     assert ended(session_factory, aborted)
 
 
-def test_listen_session_is_spared(session_factory, app_role, reaper) -> None:
-    pid, conn = open_app(session_factory, app_role, "notifier")
+def test_listen_session_is_spared(session_factory, apps, reaper) -> None:
+    conn = apps.connect("notifier")
+    pid = session_factory.pid_of(conn)
     conn.execute("LISTEN orders_changed")
     wait_past_threshold()
     result = run_pass(reaper, policy_for(session_factory))
@@ -184,8 +173,8 @@ def test_listen_session_is_spared(session_factory, app_role, reaper) -> None:
     assert alive(session_factory, pid)
 
 
-def test_dry_run_terminates_nothing(session_factory, app_role, reaper) -> None:
-    pids = [open_app(session_factory, app_role, "orders")[0] for _ in range(3)]
+def test_dry_run_terminates_nothing(session_factory, apps, reaper) -> None:
+    pids = [apps.open("orders") for _ in range(3)]
     wait_past_threshold()
     result = run_pass(reaper, policy_for(session_factory, dry_run=True))
     assert result.dry_run
@@ -194,18 +183,18 @@ def test_dry_run_terminates_nothing(session_factory, app_role, reaper) -> None:
     assert all(alive(session_factory, pid) for pid in pids)
 
 
-def test_dry_run_flag_overrides_a_real_policy(session_factory, app_role, reaper) -> None:
-    pid, _ = open_app(session_factory, app_role, "orders")
+def test_dry_run_flag_overrides_a_real_policy(session_factory, apps, reaper) -> None:
+    pid = apps.open("orders")
     wait_past_threshold()
     result = run_pass(reaper, policy_for(session_factory), force_dry_run=True)
     assert outcome_of(result, pid).outcome is Outcome.WOULD_TERMINATE
     assert alive(session_factory, pid)
 
 
-def test_cap_terminates_the_oldest_first(session_factory, app_role, reaper) -> None:
+def test_cap_terminates_the_oldest_first(session_factory, apps, reaper) -> None:
     pids = []
     for _ in range(4):
-        pids.append(open_app(session_factory, app_role, "orders")[0])
+        pids.append(apps.open("orders"))
         time.sleep(0.05)  # distinct state_change instants
     wait_past_threshold()
     result = run_pass(reaper, policy_for(session_factory, max_terminations=2))
@@ -215,8 +204,8 @@ def test_cap_terminates_the_oldest_first(session_factory, app_role, reaper) -> N
     assert all(alive(session_factory, pid) for pid in pids[2:])
 
 
-def test_target_utilization_terminates_just_enough(session_factory, app_role, reaper) -> None:
-    pids = [open_app(session_factory, app_role, "orders")[0] for _ in range(5)]
+def test_target_utilization_terminates_just_enough(session_factory, apps, reaper) -> None:
+    pids = [apps.open("orders") for _ in range(5)]
     wait_past_threshold()
     with gateway.connect(reaper) as conn:
         picture = gateway.take_snapshot(conn).connections
@@ -230,10 +219,10 @@ def test_target_utilization_terminates_just_enough(session_factory, app_role, re
     assert sum(alive(session_factory, pid) for pid in pids) == 3
 
 
-def test_keep_newest_leaves_the_most_recent_sessions(session_factory, app_role, reaper) -> None:
+def test_keep_newest_leaves_the_most_recent_sessions(session_factory, apps, reaper) -> None:
     pids = []
     for _ in range(3):
-        pids.append(open_app(session_factory, app_role, "orders")[0])
+        pids.append(apps.open("orders"))
         time.sleep(0.05)
     wait_past_threshold()
     result = run_pass(reaper, policy_for(session_factory, rule={"keep_newest": 1}))
@@ -242,8 +231,8 @@ def test_keep_newest_leaves_the_most_recent_sessions(session_factory, app_role, 
     assert alive(session_factory, pids[2])
 
 
-def test_closed_pressure_gate_terminates_nothing(session_factory, app_role, reaper) -> None:
-    pid, _ = open_app(session_factory, app_role, "orders")
+def test_closed_pressure_gate_terminates_nothing(session_factory, apps, reaper) -> None:
+    pid = apps.open("orders")
     wait_past_threshold()
     result = run_pass(reaper, policy_for(session_factory, min_utilization=0.99))
     assert result.gate_open is False
@@ -251,8 +240,8 @@ def test_closed_pressure_gate_terminates_nothing(session_factory, app_role, reap
     assert alive(session_factory, pid)
 
 
-def test_open_pressure_gate_terminates(session_factory, app_role, reaper) -> None:
-    pid, _ = open_app(session_factory, app_role, "orders")
+def test_open_pressure_gate_terminates(session_factory, apps, reaper) -> None:
+    pid = apps.open("orders")
     wait_past_threshold()
     result = run_pass(reaper, policy_for(session_factory, min_utilization=0.0))
     assert result.gate_open is True
@@ -263,18 +252,18 @@ def test_open_pressure_gate_terminates(session_factory, app_role, reaper) -> Non
     ("cidr", "terminated"), [("10.0.0.0/8", False), ("127.0.0.0/8", True), ("::1/128", False)]
 )
 def test_client_address_cidr_selects_sessions(
-    session_factory, app_role, reaper, cidr, terminated
+    session_factory, apps, reaper, cidr, terminated
 ) -> None:
-    pid, _ = open_app(session_factory, app_role, "orders")  # over TCP from 127.0.0.1
+    pid = apps.open("orders")  # over TCP from 127.0.0.1
     wait_past_threshold()
     result = run_pass(reaper, policy_for(session_factory, rule={"client_addresses": [cidr]}))
     assert (outcome_of(result, pid).outcome is Outcome.TERMINATED) is terminated
     assert ended(session_factory, pid) if terminated else alive(session_factory, pid)
 
 
-def test_database_patterns_select_sessions(session_factory, app_role, reaper) -> None:
-    in_postgres, _ = open_app(session_factory, app_role, "orders")
-    in_template1, _ = open_app(session_factory, app_role, "orders", dbname="template1")
+def test_database_patterns_select_sessions(session_factory, apps, reaper) -> None:
+    in_postgres = apps.open("orders")
+    in_template1 = apps.open("orders", dbname="template1")
     wait_past_threshold()
     result = run_pass(reaper, policy_for(session_factory, rule={"databases": ["template1"]}))
     assert outcome_of(result, in_postgres).reason is Reason.NO_RULE_MATCHES
@@ -283,11 +272,13 @@ def test_database_patterns_select_sessions(session_factory, app_role, reaper) ->
 
 
 def test_session_that_ran_a_query_after_the_snapshot_is_spared(
-    session_factory, app_role, reaper
+    session_factory, apps, reaper
 ) -> None:
     # given a planned session
-    pid, conn = open_app(session_factory, app_role, "orders")
-    gone, gone_conn = open_app(session_factory, app_role, "orders")
+    conn = apps.connect("orders")
+    pid = session_factory.pid_of(conn)
+    gone_conn = apps.connect("orders")
+    gone = session_factory.pid_of(gone_conn)
     wait_past_threshold()
     with gateway.connect(reaper) as reaper_conn:
         snapshot = gateway.take_snapshot(reaper_conn)
@@ -296,39 +287,31 @@ def test_session_that_ran_a_query_after_the_snapshot_is_spared(
         # when one runs a query and the other disconnects before the signal
         conn.execute("SELECT 1")
         gone_conn.close()
-        outcomes = gateway.terminate(
-            reaper_conn,
-            [
-                gateway.PlannedSignal(
-                    d.session.pid, d.session.backend_start, d.session.state, d.session.state_change
-                )
-                for d in planned
-            ],
-        )
+        # its backend exits after the close returns: wait, or it may still be there to signal
+        assert ended(session_factory, gone)
+        outcomes = gateway.terminate(reaper_conn, [d.session for d in planned])
     # then neither is signalled, and the active one lives on
     assert outcomes == {pid: Outcome.CHANGED, gone: Outcome.VANISHED}
     assert alive(session_factory, pid)
     assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_a_reused_pid_is_not_signalled(session_factory, app_role, reaper) -> None:
+def test_a_reused_pid_is_not_signalled(session_factory, apps, reaper) -> None:
     # given a planned session whose recorded backend_start no longer matches (pid reuse)
-    pid, _ = open_app(session_factory, app_role, "orders")
+    pid = apps.open("orders")
     wait_past_threshold()
     with gateway.connect(reaper) as reaper_conn:
         snapshot = gateway.take_snapshot(reaper_conn)
         [decision] = plan(snapshot, policy_for(session_factory)).to_terminate
         s = decision.session
         earlier = s.backend_start.replace(microsecond=(s.backend_start.microsecond + 1) % 10**6)
-        outcomes = gateway.terminate(
-            reaper_conn, [gateway.PlannedSignal(pid, earlier, s.state, s.state_change)]
-        )
+        outcomes = gateway.terminate(reaper_conn, [replace(s, backend_start=earlier)])
     assert outcomes == {pid: Outcome.VANISHED}
     assert alive(session_factory, pid)
 
 
-def test_second_concurrent_pass_skips(session_factory, app_role, reaper) -> None:
-    pid, _ = open_app(session_factory, app_role, "orders")
+def test_second_concurrent_pass_skips(session_factory, apps, reaper) -> None:
+    pid = apps.open("orders")
     wait_past_threshold()
     with gateway.connect(reaper) as holder:
         assert gateway.try_pass_lock(holder)
@@ -339,8 +322,8 @@ def test_second_concurrent_pass_skips(session_factory, app_role, reaper) -> None
     assert run_pass(reaper, policy_for(session_factory)).counts.terminated == 1
 
 
-def test_two_passes_at_once_terminate_each_session_once(session_factory, app_role, reaper) -> None:
-    pids = [open_app(session_factory, app_role, "orders")[0] for _ in range(6)]
+def test_two_passes_at_once_terminate_each_session_once(session_factory, apps, reaper) -> None:
+    pids = [apps.open("orders") for _ in range(6)]
     wait_past_threshold()
     results = []
     errors: list[BaseException] = []
@@ -362,37 +345,37 @@ def test_two_passes_at_once_terminate_each_session_once(session_factory, app_rol
 
 
 def test_role_without_pg_monitor_is_refused_and_terminates_nothing(
-    pg_server, session_factory, app_role, role_factory
+    pg_server, session_factory, role_factory, stale_orders
 ) -> None:
-    pid, _ = open_app(session_factory, app_role, "orders")
-    wait_past_threshold()
+    # given a reaper role that may signal but cannot see other roles' session states
     blind = target_for(pg_server, reaper_role(role_factory, "pg_signal_backend"))
+    # when it runs a pass, then the pass is refused before anything is planned
     with pytest.raises(VisibilityError, match=r"cannot see .*pg_monitor"):
         run_pass(blind, policy_for(session_factory))
-    assert alive(session_factory, pid)
+    assert alive(session_factory, stale_orders)
 
 
 def test_role_without_pg_signal_backend_reports_refusals(
-    pg_server, session_factory, app_role, role_factory
+    pg_server, session_factory, role_factory, stale_orders
 ) -> None:
-    pid, _ = open_app(session_factory, app_role, "orders")
-    wait_past_threshold()
+    # given a reaper role that sees every session but may signal none of another role's
     weak = target_for(pg_server, reaper_role(role_factory, "pg_monitor"))
+    # when it runs a pass, then the stale session is reported refused and lives on
     result = run_pass(weak, policy_for(session_factory))
-    assert outcome_of(result, pid).outcome is Outcome.REFUSED
+    assert outcome_of(result, stale_orders).outcome is Outcome.REFUSED
     assert result.counts.refused == 1
-    assert alive(session_factory, pid)
+    assert alive(session_factory, stale_orders)
 
 
 def test_refusal_of_one_session_does_not_stop_the_others(
-    pg_server, session_factory, app_role, role_factory
+    pg_server, session_factory, apps, role_factory
 ) -> None:
     # given a reaper without pg_signal_backend: it may signal only its own role's sessions
     role = reaper_role(role_factory, "pg_monitor")
     own = session_factory.pid_of(
         session_factory(session_factory.app("orders"), user=role.name, password=role.password)
     )
-    foreign, _ = open_app(session_factory, app_role, "orders")
+    foreign = apps.open("orders")
     wait_past_threshold()
     result = run_pass(target_for(pg_server, role), policy_for(session_factory))
     assert outcome_of(result, own).outcome is Outcome.TERMINATED
@@ -401,9 +384,45 @@ def test_refusal_of_one_session_does_not_stop_the_others(
     assert alive(session_factory, foreign)
 
 
-def test_connection_closes_and_leaves_no_transaction(session_factory, admin_conn, reaper) -> None:
+def outside_any_transaction(conn: psycopg.Connection, admin_conn: psycopg.Connection) -> bool:
+    """The reaper's connection is idle and its backend holds no transaction, as both the client
+    (libpq's transaction status) and the server (pg_stat_activity) see it."""
+    state, xact_start, backend_xid = admin_conn.execute(
+        "SELECT state, xact_start, backend_xid FROM pg_stat_activity WHERE pid = %s",
+        [conn.info.backend_pid],
+    ).fetchone()
+    client_status = conn.info.transaction_status
+    return (client_status, state, xact_start, backend_xid) == (
+        TransactionStatus.IDLE,
+        "idle",
+        None,
+        None,
+    )
+
+
+def test_every_step_of_a_pass_leaves_no_transaction_open(
+    session_factory, admin_conn, reaper, stale_orders
+) -> None:
+    # given the reaper's connection
+    with gateway.connect(reaper) as conn:
+        assert outside_any_transaction(conn, admin_conn)
+        # when each step of a pass runs on it, then none leaves a transaction behind
+        assert gateway.try_pass_lock(conn)
+        assert outside_any_transaction(conn, admin_conn)
+        snapshot = gateway.take_snapshot(conn)
+        assert outside_any_transaction(conn, admin_conn)
+        planned = [d.session for d in plan(snapshot, policy_for(session_factory)).to_terminate]
+        assert gateway.terminate(conn, planned) == {stale_orders: Outcome.TERMINATED}
+        assert outside_any_transaction(conn, admin_conn)
+
+
+def test_pass_closes_its_connection_so_nothing_it_held_outlives_it(
+    session_factory, admin_conn, reaper
+) -> None:
+    # given a finished pass
     run_pass(reaper, policy_for(session_factory))
 
+    # then its backend is gone with the connection, and with it the pass lock
     def reaper_backends() -> int:
         row = admin_conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'idle-reaper'"
@@ -429,6 +448,6 @@ def test_wrong_password_is_an_authentication_error(pg_server, role_factory) -> N
     role = reaper_role(role_factory)
     wrong = replace(role, password="not-the-password")
     with pytest.raises(AuthenticationError) as caught:
-        run_pass(target_for(pg_server, wrong), policy_from_mapping(MATCH_NOTHING, source="t"))
+        run_pass(target_for(pg_server, wrong), MATCH_NOTHING)
     assert "not-the-password" not in str(caught.value)
     assert role.name in str(caught.value)

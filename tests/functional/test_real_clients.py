@@ -118,6 +118,7 @@ def pids_of(admin_conn, application_name: str, state: str) -> list[int]:
     return sorted(row[0] for row in rows)
 
 
+@pytest.mark.slow
 def test_reaper_terminates_exactly_the_selected_psql_sessions_while_pgbench_runs(
     pg_server, admin_conn, session_factory, role_factory, psql_sessions
 ) -> None:

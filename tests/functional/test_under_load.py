@@ -26,6 +26,7 @@ SECONDS = 8
 THRESHOLD = 1.5
 
 
+@pytest.mark.slow
 def test_passes_beside_pgbench_never_fail_a_transaction(
     pg_server, admin_conn, session_factory, role_factory
 ) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from reaper.core.policy import IDLE_STATES, Policy, policy_from_mapping
-from reaper.core.snapshot import CLIENT_BACKEND, ConnectionPicture, Session, Snapshot
+from reaper.core.policy import IDLE_STATES, Policy, one_rule_policy, policy_from_mapping
+from reaper.core.snapshot import CLIENT_BACKEND, Connections, Session, Snapshot
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 OWN_PID = 1
@@ -59,26 +59,23 @@ def snapshot(
         taken_at=NOW,
         own_pid=OWN_PID,
         role="idle_reaper",
-        role_is_superuser=False,
-        role_sees_all_sessions=True,
         server_version_num=180000,
-        connections=ConnectionPicture(
+        connections=Connections(
             client_connections=clients if client_connections is None else client_connections,
             max_connections=max_connections,
-            superuser_reserved_connections=3,
-            reserved_connections=0,
+            reserved_connections=3,
         ),
         sessions=everything,
     )
 
 
 def policy(**overrides: Any) -> Policy:
-    """A policy reaping lambda:* idle for 60 s, with document-level overrides."""
-    document: dict[str, Any] = {
-        "rules": [{"name": "lambda", "application_names": ["lambda:*"], "states": {"idle": 60}}],
-        **overrides,
-    }
-    return policy_from_mapping(document, source="test")
+    """A policy reaping lambda:* idle for 60 s, with document-level overrides (`rules` too)."""
+    if "rules" in overrides:
+        return policy_from_mapping(overrides, source="test")
+    return one_rule_policy(
+        ["lambda:*"], idle_seconds=60, rule_name="lambda", source="test", **overrides
+    )
 
 
 # --- hypothesis strategies ------------------------------------------------------------------

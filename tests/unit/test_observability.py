@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from reaper.aws import observability
 from reaper.core.planning import Reason
-from reaper.core.result import Connections, Counts, Outcome, PassResult, SessionRecord
+from reaper.core.result import Counts, Outcome, PassResult, SessionRecord
+from reaper.core.snapshot import Connections
 from tests.fix_aws import emf_blobs, emf_metrics, log_records, metric
 
 
@@ -34,9 +35,7 @@ RESULT = PassResult(
         client_connections=90,
         max_connections=100,
         reserved_connections=3,
-        usable_connections=97,
-        utilization_before=90 / 97,
-        utilization_after=87 / 97,
+        terminated=3,
     ),
     oldest_idle_seconds=1234.56,
     counts=Counts(examined=95, matched=6, planned=4, terminated=3, refused=1),

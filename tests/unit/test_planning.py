@@ -219,6 +219,7 @@ def test_role_that_cannot_see_other_sessions_is_refused_before_planning() -> Non
 
 @settings(max_examples=300, deadline=None)
 @given(snap=snapshots_strategy(), pol=policies_strategy())
+@pytest.mark.slow
 def test_no_protected_session_is_ever_planned(snap, pol) -> None:
     for decision in plan(snap, pol).to_terminate:
         s = decision.session
@@ -243,6 +244,7 @@ def test_no_protected_session_is_ever_planned(snap, pol) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(snap=snapshots_strategy(), pol=policies_strategy())
+@pytest.mark.slow
 def test_cap_and_target_are_never_exceeded_and_the_oldest_go_first(snap, pol) -> None:
     decisions = plan(snap, pol)
     planned = decisions.to_terminate
@@ -262,6 +264,7 @@ def test_cap_and_target_are_never_exceeded_and_the_oldest_go_first(snap, pol) ->
 
 @settings(max_examples=300, deadline=None)
 @given(snap=snapshots_strategy(), pol=policies_strategy())
+@pytest.mark.slow
 def test_every_session_gets_exactly_one_decision(snap, pol) -> None:
     decisions = plan(snap, pol)
     assert [d.session.pid for d in decisions.decisions] == [s.pid for s in snap.sessions]
@@ -269,6 +272,7 @@ def test_every_session_gets_exactly_one_decision(snap, pol) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(snap=snapshots_strategy(), pol=policies_strategy())
+@pytest.mark.slow
 def test_keep_newest_sessions_of_each_application_survive(snap, pol) -> None:
     decisions = plan(snap, pol)
     planned = {d.session.pid for d in decisions.to_terminate}

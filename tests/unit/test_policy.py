@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from reaper.core.policy import (
@@ -19,6 +21,9 @@ from reaper.core.policy import (
 )
 from reaper.errors import PolicyError
 from tests.unit.planning_data import policies_strategy
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MINIMAL = {"rules": [{"application_names": ["lambda:*"]}]}
 
@@ -146,16 +151,51 @@ _json_values = st.recursive(
 )
 
 
+def _assert_valid_or_refused_by_name(parse: Callable[[], Policy]) -> None:
+    """What every input must give: a policy that keeps the safety defaults, or a PolicyError
+    that names the source and says what is wrong. Anything else (a TypeError, a pydantic error
+    leaking out) propagates and fails the test."""
+    try:
+        policy = parse()
+    except PolicyError as exc:
+        message = str(exc)
+        assert message.startswith("invalid policy in fuzz: ")
+        assert message.removeprefix("invalid policy in fuzz: ").strip()
+        event("refused")
+        return
+    event("valid")
+    assert isinstance(policy, Policy)
+    assert policy.rules
+    assert all(rule.name and rule.application_names and rule.states for rule in policy.rules)
+    assert "rdsadmin" in policy.exclude.users
+    assert parse_policy(render_policy(policy), source="round trip") == policy
+
+
+# A valid document with one field set to anything: valid results too, not only refusals.
+_near_valid = st.builds(
+    lambda field, value: {**MINIMAL, field: value},
+    st.sampled_from(sorted(Policy.model_fields)),
+    st.booleans() | st.integers(-2, 200) | st.floats(-0.5, 1.5) | _json_values,
+)
+
+
 @settings(max_examples=500, deadline=None)
-@given(document=_json_values)
+@given(document=_json_values | _near_valid)
 def test_random_documents_either_validate_or_raise_policy_error(document: object) -> None:
-    # Anything but a PolicyError (a TypeError, a pydantic error leaking out) fails the test.
-    with contextlib.suppress(PolicyError):
-        policy_from_mapping(document, source="fuzz")
+    _assert_valid_or_refused_by_name(lambda: policy_from_mapping(document, source="fuzz"))
 
 
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(max_size=200) | st.binary(max_size=200))
 def test_random_text_either_validates_or_raises_policy_error(text: str | bytes) -> None:
-    with contextlib.suppress(PolicyError):
-        parse_policy(text, source="fuzz")
+    _assert_valid_or_refused_by_name(lambda: parse_policy(text, source="fuzz"))
+
+
+def test_the_built_in_default_policy_is_the_one_the_tuning_guide_shows() -> None:
+    from reaper.aws.policy_source import DEFAULT_POLICY
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "tuning.md").read_text()
+    section = guide.split("## The built-in default policy", 1)[1]
+    shown = re.search(r"```json\n(.*?)```", section, flags=re.DOTALL)
+    assert shown is not None
+    assert policy_from_mapping(json.loads(shown[1]), source="docs/tuning.md") == DEFAULT_POLICY

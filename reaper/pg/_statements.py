@@ -28,16 +28,13 @@ _MAY_SIGNAL: Final = """
 SNAPSHOT: Final[LiteralString] = (
     """
 WITH me AS (
-    SELECT rolsuper,
-           rolsuper OR pg_has_role('pg_read_all_stats', 'USAGE') AS sees_all
-    FROM pg_roles
-    WHERE rolname = current_user
+    SELECT rolsuper FROM pg_roles WHERE rolname = current_user
 )
 SELECT a.pid,
        a.backend_start,
        a.backend_type,
-       a.usename::text,
-       a.datname::text,
+       a.usename::text AS "user",
+       a.datname::text AS database,
        coalesce(a.application_name, '') AS application_name,
        host(a.client_addr) AS client_addr,
        a.state,
@@ -51,8 +48,6 @@ SELECT a.pid,
        statement_timestamp() AS taken_at,
        pg_backend_pid() AS own_pid,
        current_user::text AS role,
-       me.rolsuper AS role_is_superuser,
-       me.sees_all AS role_sees_all_sessions,
        current_setting('server_version_num')::int AS server_version_num,
        current_setting('max_connections')::int AS max_connections,
        current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
@@ -78,8 +73,8 @@ WITH me AS (
 -- Arrays travel in binary format: quoting thousands of timestamps as text costs more than the plan.
 planned AS (
     SELECT *
-    FROM unnest(%(pids)b::int[], %(backend_starts)b::timestamptz[],
-                %(states)b::text[], %(state_changes)b::timestamptz[])
+    FROM unnest(%(pid)b::int[], %(backend_start)b::timestamptz[],
+                %(state)b::text[], %(state_change)b::timestamptz[])
          AS p(pid, backend_start, state, state_change)
 ),
 live AS (
@@ -123,9 +118,8 @@ WHERE a.pid = %(pid)s
 # A session-level advisory lock: two reapers on one database never act at once, and the lock is
 # released by the server if the reaper's connection dies. The key is fixed; it spells "idlereap".
 PASS_LOCK_KEY: Final = 0x69646C6572656170
+# Released when the connection closes, at the end of the pass: there is no unlock statement.
 TRY_PASS_LOCK: Final[LiteralString] = "SELECT pg_try_advisory_lock(%(key)s)"
-RELEASE_PASS_LOCK: Final[LiteralString] = "SELECT pg_advisory_unlock(%(key)s)"
-
 # What `reaper doctor` needs to know about the reaper's role and the server, in one statement.
 # pg_has_role() on an OID from to_regrole() is NULL where the role does not exist
 # (pg_use_reserved_connections before 16, rds_superuser outside RDS) instead of an error.

@@ -1,0 +1,64 @@
+"""Fixtures the functional tests share: the simulated Lambda functions and their sessions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.functional.reaping import alive, ended, wait_past_threshold
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+
+    from tests.fix_db import Role, RoleFactory, SessionFactory
+
+
+@pytest.fixture
+def app_role(role_factory: RoleFactory) -> Role:
+    """The role the simulated Lambda functions log in as (no special grants)."""
+    return role_factory("app", grants=())
+
+
+@dataclass
+class Apps:
+    """This test's simulated Lambda functions: sessions of `app_role`, named
+    `{per-test prefix}-{suffix}` so that no other test's policy matches them."""
+
+    factory: SessionFactory
+    role: Role
+
+    def name(self, suffix: str) -> str:
+        """The application_name of `suffix` in this test."""
+        return self.factory.app(suffix)
+
+    def connect(self, suffix: str, **kwargs: Any) -> Connection[Any]:
+        """Open a session of application `suffix` (kwargs: state, dbname); its connection."""
+        return self.factory(
+            self.name(suffix), user=self.role.name, password=self.role.password, **kwargs
+        )
+
+    def open(self, suffix: str, **kwargs: Any) -> int:
+        """Open a session of application `suffix` (kwargs: state, dbname); its backend pid."""
+        return self.factory.pid_of(self.connect(suffix, **kwargs))
+
+    def open_stale(self, suffix: str, *, threshold: float) -> int:
+        """Open a session of application `suffix` and wait until it is idle past `threshold`."""
+        pid = self.open(suffix)
+        wait_past_threshold(threshold)
+        return pid
+
+    def alive(self, pid: int) -> bool:
+        """True while backend `pid` exists."""
+        return alive(self.factory, pid)
+
+    def ended(self, pid: int) -> bool:
+        """Wait for a signalled backend to exit (asynchronously); True once it has."""
+        return ended(self.factory, pid)
+
+
+@pytest.fixture
+def apps(session_factory: SessionFactory, app_role: Role) -> Apps:
+    """Open this test's application sessions as `app_role`."""
+    return Apps(session_factory, app_role)
