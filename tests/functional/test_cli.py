@@ -127,6 +127,7 @@ def test_policy_file_replaces_the_flags(
     assert ended(session_factory, pid)
 
 
+@pytest.mark.safety
 def test_refused_terminations_exit_4(pg_server, session_factory, app_role, role_factory) -> None:
     weak = reaper_role(role_factory, "pg_monitor")
     pid = open_app(session_factory, app_role, "orders")
@@ -138,6 +139,7 @@ def test_refused_terminations_exit_4(pg_server, session_factory, app_role, role_
     assert alive(session_factory, pid)
 
 
+@pytest.mark.safety
 def test_role_that_cannot_see_sessions_exits_5_and_terminates_nothing(
     pg_server, session_factory, app_role, role_factory
 ) -> None:
@@ -182,6 +184,7 @@ def test_unroutable_database_fails_within_the_connect_timeout() -> None:
     assert "s3cret-Pa55" not in done.stderr + done.stdout
 
 
+@pytest.mark.usefixtures("server_checks_passwords")
 def test_wrong_password_exits_3_without_echoing_it(pg_server, role_factory) -> None:
     role = reaper_role(role_factory)
     dsn = dsn_for(pg_server, role.name, "Wr0ng-Passw0rd")

@@ -26,6 +26,9 @@ from tests.functional.reaping import (
 
 MATCH_NOTHING = {"rules": [{"application_names": ["lambda:nothing-matches-this"]}]}
 
+# Each rule and each protection of a pass is the engine's safety: proven on every major.
+pytestmark = pytest.mark.safety
+
 
 @pytest.fixture
 def app_role(role_factory):
@@ -425,6 +428,7 @@ def test_reaper_connection_sets_its_name_and_timeouts(reaper) -> None:
     assert settings == ("idle-reaper", "30s", "1s", "10s")
 
 
+@pytest.mark.usefixtures("server_checks_passwords")
 def test_wrong_password_is_an_authentication_error(pg_server, role_factory) -> None:
     role = reaper_role(role_factory)
     wrong = replace(role, password="not-the-password")
