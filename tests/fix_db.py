@@ -333,7 +333,7 @@ def pg_server(request: pytest.FixtureRequest) -> Iterator[PgServer]:
         yield _warm_up(server)
 
 
-_checks_passwords: dict[tuple[str, int], bool] = {}
+_checks_passwords: dict[PgServer, bool] = {}
 
 
 def _accepts_a_wrong_password(server: PgServer) -> bool:
@@ -352,10 +352,9 @@ def server_checks_passwords(pg_server: PgServer) -> None:
     CI services often trust every login; a test of what happens to a refused password cannot
     run there, and says so instead of failing.
     """
-    key = (pg_server.host, pg_server.port)
-    if key not in _checks_passwords:
-        _checks_passwords[key] = not _accepts_a_wrong_password(pg_server)
-    if not _checks_passwords[key]:
+    if pg_server not in _checks_passwords:
+        _checks_passwords[pg_server] = not _accepts_a_wrong_password(pg_server)
+    if not _checks_passwords[pg_server]:
         pytest.skip(
             f"{pg_server.label} at {pg_server.host}:{pg_server.port} accepts a wrong password "
             "(pg_hba.conf trusts the login), so a refused password cannot be tested there"
