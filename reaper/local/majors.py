@@ -180,10 +180,13 @@ def _bindir(package_dir: Path) -> Path:
 
 
 def _make_dir(path: Path) -> None:
-    # 0755 whatever the umask: the server may run as another OS user (see the docstring).
+    """Create `path` and its missing parents 0755 whatever the umask: the server may run as
+    another OS user (see the module docstring). Existing directories are left as they are."""
+    missing = [directory for directory in (path, *path.parents) if not directory.exists()]
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        path.chmod(0o755)
+        for directory in reversed(missing):
+            directory.mkdir(exist_ok=True)
+            directory.chmod(0o755)
     except OSError as exc:
         raise LocalPostgresError(f"cannot create the PostgreSQL cache {path}: {exc}") from exc
 

