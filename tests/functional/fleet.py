@@ -18,7 +18,8 @@ import psycopg
 import pytest
 
 from reaper.errors import LocalPostgresError
-from reaper.local.cluster import LocalPostgres, available_binaries
+from reaper.local.binaries import available_binaries
+from reaper.local.cluster import LocalPostgres
 from tests.fix_db import ADMIN_APPLICATION_NAME, PgServer, RoleFactory, SessionFactory, wait_until
 
 if TYPE_CHECKING:

@@ -116,6 +116,7 @@ def test_policy_file_replaces_the_flags(session_factory, apps, reaper_dsn, tmp_p
     assert ended(session_factory, pid)
 
 
+@pytest.mark.safety
 @pytest.mark.parametrize(
     ("grant", "expected"),
     [
@@ -171,6 +172,7 @@ def test_unroutable_database_fails_within_the_connect_timeout() -> None:
     assert "s3cret-Pa55" not in done.stderr + done.stdout
 
 
+@pytest.mark.usefixtures("server_checks_passwords")
 def test_wrong_password_exits_3_without_echoing_it(pg_server, role_factory) -> None:
     role = reaper_role(role_factory)
     dsn = dsn_for(pg_server, role.name, "Wr0ng-Passw0rd")

@@ -150,7 +150,7 @@ def test_secret_that_is_not_json_is_a_credentials_error_without_its_text(rds_sec
     assert raised.value.__cause__ is None
 
 
-@pytest.mark.usefixtures("policy_file")
+@pytest.mark.usefixtures("policy_file", "server_checks_passwords")
 @pytest.mark.slow
 def test_rotated_password_is_picked_up_by_reading_the_secret_again_once(
     admin_conn, apps, secret_login, capsys
@@ -236,7 +236,7 @@ def test_iam_targets_override_the_host_per_entry_and_verify_with_a_ca_bundle(
         assert target.params["sslrootcert"] == str(bundle)
 
 
-@pytest.mark.usefixtures("aws", "policy_file")
+@pytest.mark.usefixtures("aws", "policy_file", "server_checks_passwords")
 def test_iam_token_never_appears_in_the_output_when_the_login_fails(
     pg_server, reaper_role, function_env, capsys
 ) -> None:

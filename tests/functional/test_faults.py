@@ -9,11 +9,15 @@ import pytest
 
 from reaper.cli.main import exit_code_for
 from reaper.errors import ExitCode, PassAbortedError
-from reaper.local.cluster import LocalPostgres, available_binaries
+from reaper.local.binaries import available_binaries
+from reaper.local.cluster import LocalPostgres
 from reaper.pg import gateway
 from reaper.pg.target import Target
 from tests.fix_db import wait_until
 from tests.functional.reaping import alive, reaper_role, target_for
+
+# A pass that fails must fail closed on every major.
+pytestmark = pytest.mark.safety
 
 # Long enough that only the event under test can end a blocked snapshot.
 PATIENT = gateway.Timeouts(statement_ms=60_000, lock_ms=60_000)

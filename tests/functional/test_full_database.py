@@ -24,13 +24,16 @@ from reaper.cli.invoke import invoke_main
 from reaper.cli.main import main
 from reaper.core.doctor import RESERVED_CONNECTIONS_MAJOR
 from reaper.errors import DatabaseFullError, ExitCode, LocalPostgresError
-from reaper.local.cluster import LocalPostgres, available_binaries
+from reaper.local.cluster import LocalPostgres
 from reaper.local.roles import create_login_role
 from reaper.pg import gateway
 from reaper.pg.target import Target
 from tests.fix_aws import log_records, metric
-from tests.fix_db import dsn_for, wait_until
+from tests.fix_db import binaries_or_skip, dsn_for, wait_until
 from tests.functional.reaping import THRESHOLD, policy_document, wait_past_threshold
+
+# A full database is when the reaper matters most: checked on every major, 16 and 17 too.
+pytestmark = pytest.mark.safety
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -114,11 +117,7 @@ class FullServer:
 @pytest.fixture(scope="module")
 def full_server(pg_server: PgServer) -> Iterator[FullServer]:
     """A dedicated server of the same major as `pg_server`, with the documented role."""
-    binaries = next((b for b in available_binaries() if b.major == pg_server.major), None)
-    if binaries is None:
-        pytest.skip(
-            f"no local PostgreSQL {pg_server.major} binaries to start a dedicated small server"
-        )
+    binaries = binaries_or_skip(pg_server.major)
     settings: dict[str, str | int] = {"max_connections": MAX_CONNECTIONS}
     if binaries.major >= RESERVED_CONNECTIONS_MAJOR:
         settings["reserved_connections"] = RESERVED_CONNECTIONS

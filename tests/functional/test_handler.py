@@ -441,6 +441,7 @@ def test_no_pass_starts_when_the_deadline_leaves_no_time(
     assert line["error_type"] == "DeadlineExceededError"
 
 
+@pytest.mark.usefixtures("server_checks_passwords")
 @pytest.mark.slow
 def test_database_password_never_appears_in_the_output(
     apps, reaper_role, database_url, policy_parameter, capsys

@@ -175,12 +175,14 @@ def test_many_connections_setting_starts(binaries: PostgresBinaries) -> None:
 # -- fixtures from tests.fix_db --------------------------------------------------------------
 
 
+@pytest.mark.safety
 def test_pg_server_reports_its_major_version(pg_server: PgServer, admin_conn: Connection) -> None:
     version_num = int(_fetch_one(admin_conn, "SHOW server_version_num"))
 
     assert version_num // 10000 == pg_server.major
 
 
+@pytest.mark.safety
 @pytest.mark.parametrize(
     "state",
     [

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 MATCH_NOTHING = one_rule_policy(["lambda:nothing-matches-this"], idle_seconds=900, source="test")
 
+# Each rule and each protection of a pass is the engine's safety: proven on every major.
+pytestmark = pytest.mark.safety
+
 
 @pytest.fixture
 def stale_orders(apps) -> int:
@@ -444,6 +447,7 @@ def test_reaper_connection_sets_its_name_and_timeouts(reaper) -> None:
     assert settings == ("idle-reaper", "30s", "1s", "10s")
 
 
+@pytest.mark.usefixtures("server_checks_passwords")
 def test_wrong_password_is_an_authentication_error(pg_server, role_factory) -> None:
     role = reaper_role(role_factory)
     wrong = replace(role, password="not-the-password")
