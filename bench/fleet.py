@@ -102,15 +102,23 @@ def scram_verifier(password: str, *, iterations: int) -> str:
 
 
 @contextlib.contextmanager
-def spared_sessions(server: BenchServer) -> Iterator[dict[int, str]]:
-    """Open the sessions every pass must spare; yields pid -> the state each must keep."""
+def held_fleet(server: BenchServer, concurrency: int) -> Iterator[Fleet]:
+    """The fleet's worker beside the sessions every pass must spare, which are checked once
+    more when it ends."""
     with open_sessions() as sessions:
-        expected: dict[int, str] = {}
+        spared: dict[int, str] = {}
         for application_name, superuser, state in SPARED:
             dsn = server.cluster.dsn() if superuser else server.app_dsn
             conn = sessions.open(dsn, state, application_name=application_name)
-            expected[conn.info.backend_pid] = state
-        yield expected
+            spared[conn.info.backend_pid] = state
+        checker = Checker(server.cluster.dsn(), spared)
+        try:
+            with fleet_worker(server.app_dsn, checker, concurrency) as fleet:
+                yield fleet
+            checker.wait_until_drained()
+            checker.check_spared()
+        finally:
+            checker.close()
 
 
 class Fleet:
@@ -127,14 +135,15 @@ class Fleet:
         self.spent = False
         self.open_seconds: dict[int, list[float]] = {}
 
-    def ready(self, size: int, idle_seconds: float) -> None:
-        """Make sure exactly `size` fleet sessions are there and idle for `idle_seconds`.
+    def ready(self, size: int) -> bool:
+        """Make sure exactly `size` fleet sessions are there; True when they were just opened
+        (the caller then waits out the policy's threshold, which spares younger sessions).
 
         Raises:
             BenchError: the fleet could not be opened, or the server holds another number.
         """
         if self.size == size and not self.spent:
-            return
+            return False
         self._call("close", 0)
         self._checker.wait_until_drained()
         self._checker.check_spared()
@@ -143,8 +152,7 @@ class Fleet:
         self.open_seconds.setdefault(size, []).append(seconds)
         self.size = size
         self._checker.expect_fleet(size)
-        # The policy rightly spares sessions younger than its threshold.
-        time.sleep(idle_seconds + 0.1)
+        return True
 
     def _call(self, command: str, argument: int) -> float:
         self._channel.send((command, argument))

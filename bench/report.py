@@ -14,10 +14,12 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 RATIO_LIMIT = 1.2
+FANOUT_LIMIT = 1.3  # one invocation over all fan-out servers / the slowest of them alone
 RSS_LIMIT_MIB = 128  # the smallest Lambda memory size
 PASS_TARGET_SIZES = (1_000, 4_000)
 RSS_TARGET_SIZE = 4_000
 PAIRS = (("reaper_pass", "bare_sql"), ("reaper_cli", "psql"))
+FANOUT_NAME = f"one invocation over all fan-out servers within {FANOUT_LIMIT}x the slowest alone"
 
 
 def build_results(raw: dict[str, Any]) -> dict[str, Any]:
@@ -27,26 +29,31 @@ def build_results(raw: dict[str, Any]) -> dict[str, Any]:
         stats, extra = bench["stats"], bench["extra_info"]
         rows.append({**extra, **{k: stats[k] for k in ("median", "min", "max", "stddev")}})
         rows[-1]["samples"] = stats["data"]
-    measured = [row for row in rows if row["kind"] not in ("cold_import", "lambda_invocation")]
-    cold = {row["statement"]: row for row in rows if row["kind"] == "cold_import"}
-    invocations = [row for row in rows if row["kind"] == "lambda_invocation"]
     results: dict[str, Any] = {
         "machine": raw["machine_info"],
         "commit": raw.get("commit_info", {}),
         "datetime": raw["datetime"],
-        "measurements": measured,
-        "cold_start": cold,
-        "lambda_invocations": invocations,
+        "measurements": [row for row in rows if any(row["kind"] in pair for pair in PAIRS)],
+        "cold_start": {row["statement"]: row for row in rows if row["kind"] == "cold_import"},
+        "lambda_invocations": [row for row in rows if row["kind"] == "lambda_invocation"],
+        "fanout": [row for row in rows if row["kind"] == "fanout"],
     }
     results["targets"] = evaluate_targets(results)
     return results
 
 
+def _row(results: dict[str, Any], kind: str, mode: str, major: int, size: int) -> Any:
+    """The measurement of `kind` in `mode` on that server at that size, or None."""
+    wanted = (kind, mode, major, size)
+    rows = results["measurements"]
+    return next(
+        (r for r in rows if (r["kind"], r["mode"], r["major"], r["sessions"]) == wanted), None
+    )
+
+
 def _median(results: dict[str, Any], kind: str, mode: str, major: int, size: int) -> float | None:
-    for row in results["measurements"]:
-        if (row["kind"], row["mode"], row["major"], row["sessions"]) == (kind, mode, major, size):
-            return float(row["median"])
-    return None
+    row = _row(results, kind, mode, major, size)
+    return None if row is None else float(row["median"])
 
 
 def _servers(results: dict[str, Any]) -> list[tuple[int, str]]:
@@ -54,7 +61,9 @@ def _servers(results: dict[str, Any]) -> list[tuple[int, str]]:
     return sorted({(row["major"], row["server"]) for row in rows}, reverse=True)
 
 
-def _target(name: str, server: str | None, value: float | None, limit: float, detail: str) -> Any:
+def _target(
+    name: str, server: str | None, value: float | None, limit: float, detail: str
+) -> dict[str, Any]:
     met = None if value is None else value <= limit
     return {"name": name, "server": server, "met": met, "value": value, "detail": detail}
 
@@ -85,7 +94,23 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         value = rss[0] if rss else None
         detail = f"{value:.1f} MiB" if value is not None else "not measured"
         targets.append(_target(name, label, value, RSS_LIMIT_MIB, detail))
-    return targets
+    return [*targets, _fanout_target(results["fanout"])]
+
+
+def _fanout_target(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """All fan-out servers in one invocation against the slowest of them alone."""
+    alone = [row for row in rows if len(row["targets"]) == 1]
+    together = [row for row in rows if len(row["targets"]) > 1]
+    if not (alone and together):
+        return _target(FANOUT_NAME, None, None, FANOUT_LIMIT, "not measured")
+    (everything,), slowest = together, max(alone, key=lambda row: row["median"])
+    ratio = everything["median"] / slowest["median"]
+    detail = (
+        f"{len(alone)} servers x {everything['sessions']} sessions: {_ms(everything['median'])}"
+        f" vs {_ms(slowest['median'])} ({slowest['targets'][0]}) = {ratio:.2f}x; reaper CPU"
+        f" {_ms(everything['medians']['reaper_cpu'] / len(alone))} per target"
+    )
+    return _target(FANOUT_NAME, everything["server"], ratio, FANOUT_LIMIT, detail)
 
 
 def read_handler_output(output: str) -> dict[str, Any]:
@@ -121,14 +146,9 @@ def format_report(results: dict[str, Any]) -> str:
                     ratio = f"{a / b:5.2f}x" if a and b else "  n/a"
                     cells.append(f"{_ms(a):>10} {_ms(b):>10} {ratio}")
                 lines.append("   ".join(cells))
-            steps = [
-                row["medians"]
-                for row in results["measurements"]
-                if (row["kind"], row["mode"], row["major"], row["sessions"])
-                == ("reaper_pass", "real", major, size)
-            ]
+            steps = _row(results, "reaper_pass", "real", major, size)
             if steps:
-                parts = ", ".join(f"{name} {_ms(value)}" for name, value in steps[0].items())
+                parts = ", ".join(f"{k} {_ms(value)}" for k, value in steps["medians"].items())
                 lines.append(f"    pass steps (real): {parts}")
     cold = results["cold_start"]
     if cold:
@@ -142,6 +162,13 @@ def format_report(results: dict[str, Any]) -> str:
             f"{_ms(run['init_seconds'])}, peak RSS {run['peak_rss_kib'] / 1024:.1f} MiB, "
             f"{len(run['metrics'])} EMF metrics, log {run['audit_bytes'] + run['other_bytes']:,} B"
         )
+    if results["fanout"]:
+        parts = ", ".join(
+            f"{row['targets'][0] if len(row['targets']) == 1 else 'all'} {_ms(row['median'])}"
+            f" (CPU {_ms(row['medians']['reaper_cpu'])})"
+            for row in results["fanout"]
+        )
+        lines.append(f"fan-out, one invocation (median, reaper CPU): {parts}")
     lines.append("Targets")
     for target in results["targets"]:
         status = {True: "MET", False: "MISSED", None: "NOT MEASURED"}[target["met"]]

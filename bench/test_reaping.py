@@ -2,13 +2,16 @@
 
 Per server and fleet size, dry and real: the reaper's pass against the bare statement in this
 process (both including connect and close), `reaper run` against `psql -c` as processes; one
-Lambda invocation in a child (peak RSS, duration, log). Once: cold imports in fresh interpreters.
+Lambda invocation in a child (peak RSS, duration, log). Once: cold imports in fresh interpreters,
+and the fan-out: one invocation over each of its servers alone, then over all of them at once.
 Every run must act on exactly the fleet (`require_exactly`); a real run terminates it, so
 pytest-benchmark's untimed `setup` opens a new one before each round.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -30,6 +33,7 @@ from bench.bare_sql import bare_statement
 from bench.conftest import rounds_for
 from bench.fleet import BenchError, require_exactly
 from bench.report import read_handler_output
+from reaper.cli.invoke import emulated_environment, invoke_event, local_context, read_event
 from reaper.core.policy import one_rule_policy
 from reaper.local.binaries import embedded_binaries
 from reaper.pg.target import Target
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
     from bench.fleet import BenchServer, Fleet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+EVENT_FILE = REPO_ROOT / "events" / "scheduled.json"
 # Short, so that a new fleet qualifies for reaping a moment after it is opened.
 IDLE_SECONDS = 0.25
 GLOB = "lambda:*"
@@ -73,34 +78,56 @@ MODES = ["dry", "real"]
 
 @dataclass(frozen=True)
 class Site:
-    """One measurement's server, fleet, fleet size and rounds, and its untimed per-round extras
-    (steps, CPU, a process's usage), whose medians go with pytest-benchmark's numbers."""
+    """One measurement's servers with their fleets (one, or the fan-out's), fleet size and rounds,
+    and its untimed per-round extras (steps, CPU, a process's usage), whose medians go with
+    pytest-benchmark's numbers."""
 
-    server: BenchServer
-    fleet: Fleet
+    servers: Sequence[tuple[BenchServer, Fleet]]
     size: int
     rounds: int
     extras: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
+    @property
+    def server(self) -> BenchServer:
+        return self.servers[0][0]
+
     def add(self, name: str, value: float) -> None:
         self.extras[name].append(value)
 
+    def ready(self) -> None:
+        """Every fleet there (untimed) and old enough: the policy rightly spares younger ones."""
+        opened = [fleet.ready(self.size) for _, fleet in self.servers]  # all of them, not any
+        if any(opened):
+            time.sleep(IDLE_SECONDS + 0.1)
+
+    def spend(self, real: bool = True) -> None:
+        """Say whether the run terminated the fleets: then the next round opens new ones."""
+        for _, fleet in self.servers:
+            fleet.spent = real
+
     def measure(
-        self, benchmark: BenchmarkFixture, run: Callable[[], None], *, kind: str, mode: str
+        self,
+        benchmark: BenchmarkFixture,
+        run: Callable[[], None],
+        *,
+        kind: str,
+        mode: str,
+        warm_up: bool = False,
+        **extra: Any,
     ) -> None:
-        """Time `run` with pytest-benchmark, a ready fleet before each round (untimed)."""
-        if mode == "dry" and kind in ("reaper_pass", "bare_sql"):
-            # Untimed: the first run in a process pays one-off costs (psycopg's loaders).
-            self.fleet.ready(self.size, IDLE_SECONDS)
+        """Time `run` with pytest-benchmark, ready fleets before each round (untimed); `warm_up`
+        first runs it untimed, when the first run in a process pays one-off costs (imports,
+        psycopg's loaders)."""
+        if warm_up:
+            self.ready()
             run()
             self.extras.clear()
         benchmark.pedantic(  # type: ignore[no-untyped-call]  # pytest-benchmark is untyped
             run,
-            setup=lambda: self.fleet.ready(self.size, IDLE_SECONDS),
+            setup=self.ready,
             rounds=1 if kind == "lambda_invocation" else self.rounds,
             iterations=1,
         )
-        medians = {name: statistics.median(values) for name, values in self.extras.items()}
         benchmark.extra_info.update(
             kind=kind,
             mode=mode,
@@ -108,14 +135,23 @@ class Site:
             major=self.server.cluster.major,
             server=self.server.cluster.binaries.label,
             server_version=self.server.server_version,
-            open_seconds=self.fleet.open_seconds.get(self.size, []),
-            medians=medians,
+            open_seconds=[s for _, f in self.servers for s in f.open_seconds.get(self.size, [])],
+            medians={name: statistics.median(values) for name, values in self.extras.items()},
+            **extra,
         )
 
 
 @pytest.fixture
 def site(server: BenchServer, fleet: Fleet, size: int, pytestconfig: pytest.Config) -> Site:
-    return Site(server, fleet, size, rounds_for(pytestconfig, size))
+    return Site([(server, fleet)], size, rounds_for(pytestconfig, size))
+
+
+@pytest.fixture(scope="session")
+def policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """POLICY as the Lambda function reads it (REAPER_POLICY_FILE)."""
+    path = tmp_path_factory.mktemp("policy") / "policy.json"
+    path.write_text(POLICY.model_dump_json(), encoding="utf-8")
+    return path
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -145,10 +181,10 @@ def test_in_process(benchmark: BenchmarkFixture, site: Site, kind: str, mode: st
         cpu_started = time.process_time()
         affected = reaper_pass() if kind == "reaper_pass" else bare_sql()
         site.add("client_cpu", time.process_time() - cpu_started)
-        site.fleet.spent = mode == "real"
+        site.spend(mode == "real")
         require_exactly(kind, affected, site.size)
 
-    site.measure(benchmark, reap, kind=kind, mode=mode)
+    site.measure(benchmark, reap, kind=kind, mode=mode, warm_up=mode == "dry")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -170,7 +206,7 @@ def test_process(benchmark: BenchmarkFixture, site: Site, mode: str, kind: str) 
 
     def reap() -> None:
         run = run_timed_process(argv, env=env)
-        site.fleet.spent = mode == "real"
+        site.spend(mode == "real")
         if run.returncode != 0:
             raise BenchError(f"{kind} exited {run.returncode}: {run.output.strip()[-500:]}")
         site.add("peak_rss_kib", run.peak_rss_kib)
@@ -180,24 +216,22 @@ def test_process(benchmark: BenchmarkFixture, site: Site, mode: str, kind: str) 
     site.measure(benchmark, reap, kind=kind, mode=mode)
 
 
-def test_lambda_invocation(benchmark: BenchmarkFixture, site: Site) -> None:
+def test_lambda_invocation(benchmark: BenchmarkFixture, site: Site, policy_file: Path) -> None:
     """One invocation of the handler in a child: its duration, peak RSS and log volume."""
     invocation: dict[str, Any] = {}
+    env = {
+        "REAPER_DATABASE_URL": site.server.reaper_dsn,
+        "REAPER_POLICY_FILE": str(policy_file),
+        # No AWS call is made (policy from a file, DSN given); boto3 still wants a region.
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     with tempfile.TemporaryDirectory(prefix="bench-lambda-") as scratch:
-        policy_file, result_file = Path(scratch) / "policy.json", Path(scratch) / "result.json"
-        policy_file.write_text(POLICY.model_dump_json(), encoding="utf-8")
-        env = {
-            "REAPER_DATABASE_URL": site.server.reaper_dsn,
-            "REAPER_POLICY_FILE": str(policy_file),
-            # No AWS call is made (policy from a file, DSN given); boto3 still wants a region.
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        event = REPO_ROOT / "events" / "scheduled.json"
-        argv = [sys.executable, "-m", "bench.lambda_child", str(event), str(result_file)]
+        result_file = Path(scratch) / "result.json"
+        argv = [sys.executable, "-m", "bench.lambda_child", str(EVENT_FILE), str(result_file)]
 
         def invoke() -> None:
             run = run_timed_process(argv, env=env, cwd=REPO_ROOT)
-            site.fleet.spent = True
+            site.spend()
             if run.returncode != 0:
                 raise BenchError(f"the Lambda invocation failed: {run.output.strip()[-800:]}")
             invocation.update(json.loads(result_file.read_text(encoding="utf-8")))
@@ -207,6 +241,38 @@ def test_lambda_invocation(benchmark: BenchmarkFixture, site: Site) -> None:
 
         site.measure(benchmark, invoke, kind="lambda_invocation", mode="real")
     benchmark.extra_info["invocation"] = invocation
+
+
+def test_fanout(
+    benchmark: BenchmarkFixture,
+    fanout: list[tuple[BenchServer, Fleet]],
+    fanout_targets: tuple[int, ...],
+    policy_file: Path,
+    pytestconfig: pytest.Config,
+) -> None:
+    """One handler invocation over these servers (REAPER_TARGETS), in this process as `reaper
+    invoke` runs it: each server alone, then all at once; each pass must terminate its fleet."""
+    size = pytestconfig.getoption("bench_fanout_sessions")
+    site = Site([fanout[index] for index in fanout_targets], size, rounds_for(pytestconfig, size))
+    names = [f"db{index}" for index in fanout_targets]
+    targets = [{"name": f"db{i}", "dsn": fanout[i][0].reaper_dsn} for i in fanout_targets]
+    env = {"REAPER_TARGETS": json.dumps(targets), "REAPER_POLICY_FILE": str(policy_file)}
+    event = read_event(EVENT_FILE)
+    terminated: dict[str, int] = {}
+
+    def invoke() -> None:
+        cpu_started = time.process_time()  # all threads: the handler's pool runs the passes
+        with emulated_environment(env), contextlib.redirect_stdout(io.StringIO()):
+            response = invoke_event(event, local_context())
+        site.add("reaper_cpu", time.process_time() - cpu_started)
+        site.spend()
+        counts = {one["target"]: one["counts"]["terminated"] for one in response["targets"]}
+        for name in names:
+            require_exactly(f"the pass on {name}", counts.get(name, 0), size)
+        terminated.update(counts)
+
+    site.measure(benchmark, invoke, kind="fanout", mode="real", warm_up=True, targets=names)
+    benchmark.extra_info["terminated"] = terminated
 
 
 @pytest.mark.parametrize("statement", list(IMPORTS))

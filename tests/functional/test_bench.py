@@ -31,7 +31,7 @@ def test_fleet_check_accepts_exactly_the_fleet_and_nothing_else(
     checker = Checker(pg_server.admin_dsn, spared={}, app_role=app.name)
     try:
         with fleet_worker(dsn_for(pg_server, app.name, app.password), checker, 8) as fleet:
-            fleet.ready(FLEET, idle_seconds=0)
+            fleet.ready(FLEET)
 
             checker.expect_fleet(FLEET)
             with pytest.raises(BenchError, match=f"expected {FLEET + 1} idle fleet sessions"):
