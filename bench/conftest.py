@@ -1,9 +1,7 @@
-"""The bench's options and fixtures: one server per installed major, the fleet, its sizes, and
-the fan-out's servers, each with its own fleet.
-
-`binaries` and `size` are session-scoped parameters, so pytest runs every measurement of one
-server and one fleet size together, and the fleet is opened once per size (and again, untimed,
-before each run that terminated it). `fanout_targets` is each fan-out server alone, then all.
+"""The bench's options and fixtures: one server (with its fleet) per installed major, the fleet
+sizes, and the fan-out's servers. `binaries` and `size` are session-scoped parameters, so pytest
+runs every measurement of one server and one fleet size together; `fanout_targets` is each
+fan-out server alone, then all of them.
 """
 
 from __future__ import annotations
@@ -13,14 +11,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from bench.fleet import HEADROOM_CONNECTIONS, bench_server, held_fleet
+from bench.fleet import bench_server
 from reaper.errors import LocalPostgresError
 from reaper.local.binaries import debian_binaries, embedded_binaries
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from bench.fleet import BenchServer, Fleet
+    from bench.fleet import BenchServer
     from reaper.local.binaries import PostgresBinaries
 
 
@@ -72,20 +70,14 @@ def rounds_for(config: pytest.Config, size: int) -> int:
 
 @pytest.fixture(scope="session")
 def server(binaries: PostgresBinaries, pytestconfig: pytest.Config) -> Iterator[BenchServer]:
-    """A throwaway server of this major with room for the largest fleet."""
+    """A throwaway server of this major with room for the largest fleet, and its fleet."""
     largest = max(_numbers(pytestconfig, "bench_sizes"))
-    with bench_server(binaries, largest + HEADROOM_CONNECTIONS) as started:
+    with bench_server(binaries, largest, pytestconfig.getoption("bench_concurrency")) as started:
         yield started
 
 
 @pytest.fixture(scope="session")
-def fleet(server: BenchServer, pytestconfig: pytest.Config) -> Iterator[Fleet]:
-    with held_fleet(server, pytestconfig.getoption("bench_concurrency")) as held:
-        yield held
-
-
-@pytest.fixture(scope="session")
-def fanout(pytestconfig: pytest.Config) -> Iterator[list[tuple[BenchServer, Fleet]]]:
+def fanout(pytestconfig: pytest.Config) -> Iterator[list[BenchServer]]:
     """The fan-out's servers, of the first installed major, each with its fleet."""
     installed = _installed(_numbers(pytestconfig, "bench_majors"))
     if not installed:
@@ -93,8 +85,7 @@ def fanout(pytestconfig: pytest.Config) -> Iterator[list[tuple[BenchServer, Flee
     size = pytestconfig.getoption("bench_fanout_sessions")
     concurrency = pytestconfig.getoption("bench_concurrency")
     with contextlib.ExitStack() as stack:
-        servers = [
-            stack.enter_context(bench_server(installed[0], size + HEADROOM_CONNECTIONS))
-            for _ in range(pytestconfig.getoption("bench_fanout_servers"))
+        count = pytestconfig.getoption("bench_fanout_servers")
+        yield [
+            stack.enter_context(bench_server(installed[0], size, concurrency)) for _ in range(count)
         ]
-        yield [(one, stack.enter_context(held_fleet(one, concurrency))) for one in servers]
