@@ -10,6 +10,7 @@ measure (a server did not start, a run acted on other sessions than the fleet), 
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import sys
@@ -26,12 +27,11 @@ BENCH_DIR = Path(__file__).resolve().parent
 def main(argv: list[str]) -> int:
     """Run pytest on the bench, then report; returns the exit code."""
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C: servers stopped, the fleet ended.
-    signal.signal(signal.SIGTERM, _interrupt)
-    output_dir = BENCH_DIR
-    for index, argument in enumerate(argv):
-        if argument.startswith("--bench-output-dir"):
-            value = argument.partition("=")[2] or argv[index + 1]
-            output_dir = Path(value)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # The one bench option this process needs; pytest (bench/conftest.py) declares them all.
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--bench-output-dir", type=Path, default=BENCH_DIR)
+    output_dir = options.parse_known_args(argv)[0].bench_output_dir
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         raw_path = Path(scratch) / "pytest-benchmark.json"
         config = [str(BENCH_DIR), "-c", str(BENCH_DIR / "pytest.ini")]
@@ -48,10 +48,6 @@ def main(argv: list[str]) -> int:
     plot_pass_time(results, plot_path)
     print(f"\n{format_report(results)}\n\nwrote {json_path} and {plot_path}")
     return 0
-
-
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

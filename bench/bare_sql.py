@@ -1,10 +1,8 @@
 """The statement a DBA would type into psql to do the reaper's job, in one statement.
 
-It selects what the benchmark's policy selects and, like the reaper, leaves superusers alone:
-for the reaper's least-privilege role one superuser's backend in the set would abort the whole
-statement ("must be a superuser to terminate superuser process"). It does not re-check sessions
-at signal time, spare LISTEN sessions, cap terminations or give reasons, as the reaper does.
-psycopg and `psql -c` send the same text; the threshold is a literal, as typed by hand.
+It selects what the benchmark's policy selects and leaves superusers alone (for the reaper's
+role one superuser's backend would abort the whole statement); docs/benchmarks.md says what it
+does not do that the reaper does. psycopg and `psql -c` send the same text, values as literals.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ WHERE a.application_name LIKE {pattern}
   AND NOT r.rolsuper"""
 
 
-def bare_statement(*, idle_seconds: float, like_pattern: str, terminate: bool) -> str:
+def bare_statement(idle_seconds: float, like_pattern: str, *, terminate: bool) -> str:
     """The one-statement reap (`terminate`) or its dry-run twin that lists the pids.
 
     Returns:

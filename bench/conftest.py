@@ -1,8 +1,7 @@
-"""The bench's options and fixtures: one server per installed major, the fleet, its sizes.
-
-`binaries` and `size` are session-scoped parameters, so pytest runs every measurement of one
-server and one fleet size together, and the fleet is opened once per size (and again, untimed,
-before each run that terminated it).
+"""The bench's options and fixtures: one server (with its fleet) per installed major, the fleet
+sizes, and the fan-out's servers. `binaries` and `size` are session-scoped parameters, so pytest
+runs every measurement of one server and one fleet size together; `fanout_targets` is each
+fan-out server alone, then all of them.
 """
 
 from __future__ import annotations
@@ -12,14 +11,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from bench.fleet import HEADROOM_CONNECTIONS, Checker, bench_server, fleet_worker, spared_sessions
+from bench.fleet import bench_server
 from reaper.errors import LocalPostgresError
 from reaper.local.binaries import debian_binaries, embedded_binaries
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from bench.fleet import BenchServer, Fleet
+    from bench.fleet import BenchServer
     from reaper.local.binaries import PostgresBinaries
 
 
@@ -30,6 +29,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-rounds", type=int, help="rounds per measurement (5; 3 above 1,000)")
     group.addoption("--bench-concurrency", type=int, default=64, help="sessions opened at once")
     group.addoption("--bench-cold-start-runs", type=int, default=7, help="interpreters per import")
+    group.addoption("--bench-fanout-servers", type=int, default=10, help="fan-out servers (10)")
+    group.addoption("--bench-fanout-sessions", type=int, default=20, help="sessions per server")
     group.addoption("--bench-output-dir", help="where results.json and the PNG go (bench/)")
 
 
@@ -53,6 +54,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "size" in metafunc.fixturenames:
         sizes = _numbers(metafunc.config, "bench_sizes")
         metafunc.parametrize("size", sizes, ids=str, scope="session")
+    if "fanout_targets" in metafunc.fixturenames:
+        count = metafunc.config.getoption("bench_fanout_servers")
+        alone: list[tuple[int, ...]] = [(index,) for index in range(count)]
+        together = [tuple(range(count))] if count > 1 else []
+        ids = [f"db{index}" for index in range(count)] + [f"all{count}"] * len(together)
+        metafunc.parametrize("fanout_targets", alone + together, ids=ids)
 
 
 def rounds_for(config: pytest.Config, size: int) -> int:
@@ -63,23 +70,22 @@ def rounds_for(config: pytest.Config, size: int) -> int:
 
 @pytest.fixture(scope="session")
 def server(binaries: PostgresBinaries, pytestconfig: pytest.Config) -> Iterator[BenchServer]:
-    """A throwaway server of this major with room for the largest fleet."""
+    """A throwaway server of this major with room for the largest fleet, and its fleet."""
     largest = max(_numbers(pytestconfig, "bench_sizes"))
-    with bench_server(binaries, largest + HEADROOM_CONNECTIONS) as started:
+    with bench_server(binaries, largest, pytestconfig.getoption("bench_concurrency")) as started:
         yield started
 
 
 @pytest.fixture(scope="session")
-def fleet(server: BenchServer, pytestconfig: pytest.Config) -> Iterator[Fleet]:
-    """The fleet's worker beside the spared sessions, which are checked once more at the end."""
-    with spared_sessions(server) as spared:
-        checker = Checker(server.cluster.dsn(), spared)
-        try:
-            with fleet_worker(
-                server.app_dsn, checker, pytestconfig.getoption("bench_concurrency")
-            ) as held:
-                yield held
-            checker.wait_until_drained()
-            checker.check_spared()
-        finally:
-            checker.close()
+def fanout(pytestconfig: pytest.Config) -> Iterator[list[BenchServer]]:
+    """The fan-out's servers, of the first installed major, each with its fleet."""
+    installed = _installed(_numbers(pytestconfig, "bench_majors"))
+    if not installed:
+        pytest.skip("none of --bench-majors is installed")
+    size = pytestconfig.getoption("bench_fanout_sessions")
+    concurrency = pytestconfig.getoption("bench_concurrency")
+    with contextlib.ExitStack() as stack:
+        count = pytestconfig.getoption("bench_fanout_servers")
+        yield [
+            stack.enter_context(bench_server(installed[0], size, concurrency)) for _ in range(count)
+        ]

@@ -1,14 +1,10 @@
 """What no benchmarking tool does: a server full of idle Lambda sessions, and proof of every reap.
 
-- `bench_server`: a throwaway cluster with the benchmark's roles: `bench_reaper` (the reaper's
-  least-privilege role, used by the reaper *and* the bare statement) and `bench_app` (the
-  simulated applications, with a cheap 1-iteration SCRAM verifier: SCRAM's key stretching made
-  logins CPU-bound, 212/s against 710/s here, and nothing timed logs in as `bench_app`).
-- `Fleet`: N idle sessions (`lambda:app-0..9`) held by a worker process that opens them with
-  psycopg's AsyncConnection, 64 at a time, so that thousands of connection objects never sit in
-  the process that times the pass (its garbage collector would walk them).
-- `Checker`: between runs, proves the fleet is exactly N idle sessions, waits for terminated
-  backends to leave, and proves the sessions every pass must spare are still there as they were.
+`bench_server` starts a throwaway cluster with the bench's roles, the sessions every pass must
+spare (`SPARED`) and a `Fleet`: N idle sessions (`lambda:app-0..9`) held by a worker process, so
+that thousands of connection objects never sit in the process that times the pass (its garbage
+collector would walk them), and the checks between runs: exactly N idle fleet sessions, the
+terminated ones gone, the spared ones as they were.
 """
 
 from __future__ import annotations
@@ -16,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import multiprocessing
@@ -43,7 +40,7 @@ APP_ROLE = "bench_app"
 REAPER_ROLE = "bench_reaper"
 LAMBDA_PREFIX = "lambda:app-"
 # Slots beyond the largest fleet: spared sessions, the admin, the reaper, psql, autovacuum.
-HEADROOM_CONNECTIONS = 300
+_HEADROOM_CONNECTIONS = 300
 _APPLICATIONS = 10
 _DRAIN_TIMEOUT_SECONDS = 180.0
 
@@ -64,30 +61,52 @@ class BenchError(Exception):
 
 @dataclass(frozen=True)
 class BenchServer:
-    """A started server with the benchmark's roles; DSNs carry passwords, never print them."""
+    """A started server with the benchmark's roles and its fleet; DSNs carry passwords, never
+    print them."""
 
     cluster: LocalPostgres
     server_version: str
+    fleet: Fleet
     # The reaper's role, used by the reaper and by the bare statement alike.
     reaper_dsn: str = field(repr=False)
     app_dsn: str = field(repr=False)
 
 
 @contextlib.contextmanager
-def bench_server(binaries: PostgresBinaries, max_connections: int) -> Iterator[BenchServer]:
-    """Start a throwaway cluster with the benchmark's roles; stop it (and delete it) after."""
-    with LocalPostgres(binaries, settings={"max_connections": max_connections}) as cluster:
+def bench_server(
+    binaries: PostgresBinaries, largest_fleet: int, concurrency: int
+) -> Iterator[BenchServer]:
+    """A throwaway cluster with the benchmark's roles and room for `largest_fleet`, the sessions
+    every pass must spare and the fleet's worker; on the way out the spared sessions are checked
+    once more, the worker ended, the cluster stopped and deleted."""
+    settings = {"max_connections": largest_fleet + _HEADROOM_CONNECTIONS}
+    with (
+        LocalPostgres(binaries, settings=settings) as cluster,
+        psycopg.connect(cluster.dsn(), autocommit=True, application_name="bench-admin") as admin,
+        open_sessions() as sessions,
+    ):
         reaper_password, app_password = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
-        with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
-            create_login_role(admin, REAPER_ROLE, reaper_password, grants=REAPER_GRANTS)
-            create_login_role(admin, APP_ROLE, scram_verifier(app_password, iterations=1))
-            row = admin.execute("SELECT version()").fetchone()
-        yield BenchServer(
-            cluster,
-            row[0] if row else "",
-            reaper_dsn=cluster.dsn(user=REAPER_ROLE, password=reaper_password),
-            app_dsn=cluster.dsn(user=APP_ROLE, password=app_password),
-        )
+        create_login_role(admin, REAPER_ROLE, reaper_password, grants=REAPER_GRANTS)
+        # The applications' logins: SCRAM's 4,096 iterations made them CPU-bound (212/s against
+        # 710/s with 1 here), and nothing timed logs in as this role.
+        create_login_role(admin, APP_ROLE, scram_verifier(app_password, iterations=1))
+        app_dsn = cluster.dsn(user=APP_ROLE, password=app_password)
+        spared: dict[int, str] = {}
+        for application_name, superuser, state in SPARED:
+            dsn = cluster.dsn() if superuser else app_dsn
+            conn = sessions.open(dsn, state, application_name=application_name)
+            spared[conn.info.backend_pid] = state
+        with fleet_worker(app_dsn, concurrency) as channel:
+            fleet = Fleet(channel, admin, spared)
+            yield BenchServer(
+                cluster,
+                admin.info.parameter_status("server_version") or "",
+                fleet,
+                reaper_dsn=cluster.dsn(user=REAPER_ROLE, password=reaper_password),
+                app_dsn=app_dsn,
+            )
+        fleet.wait_until_drained()
+        fleet.check_spared()
 
 
 def scram_verifier(password: str, *, iterations: int) -> str:
@@ -101,50 +120,43 @@ def scram_verifier(password: str, *, iterations: int) -> str:
     return f"SCRAM-SHA-256${iterations}:{encoded[0]}${encoded[1]}:{encoded[2]}"
 
 
-@contextlib.contextmanager
-def spared_sessions(server: BenchServer) -> Iterator[dict[int, str]]:
-    """Open the sessions every pass must spare; yields pid -> the state each must keep."""
-    with open_sessions() as sessions:
-        expected: dict[int, str] = {}
-        for application_name, superuser, state in SPARED:
-            dsn = server.cluster.dsn() if superuser else server.app_dsn
-            conn = sessions.open(dsn, state, application_name=application_name)
-            expected[conn.info.backend_pid] = state
-        yield expected
-
-
 class Fleet:
-    """The idle Lambda sessions, held by a worker process; `ready(n)` before every measured run.
+    """The idle Lambda sessions, held by a worker process, and the server's state between runs,
+    seen over a superuser's (autocommit) connection; `ready(n)` before every measured run.
 
     A real run terminates the whole fleet: the caller says so with `spent = True`, and the next
     `ready` replaces it (untimed).
     """
 
-    def __init__(self, channel: Connection, checker: Checker) -> None:
-        self._channel = channel
-        self._checker = checker
-        self.size = 0
-        self.spent = False
+    def __init__(
+        self,
+        channel: Connection,
+        admin: psycopg.Connection[Any],
+        spared: dict[int, str],
+        role: str = APP_ROLE,
+    ) -> None:
+        self._channel, self._admin, self._spared, self._role = channel, admin, spared, role
+        self.size, self.spent = 0, False
         self.open_seconds: dict[int, list[float]] = {}
 
-    def ready(self, size: int, idle_seconds: float) -> None:
-        """Make sure exactly `size` fleet sessions are there and idle for `idle_seconds`.
+    def ready(self, size: int) -> bool:
+        """Make sure exactly `size` fleet sessions are there; True when they were just opened
+        (the caller then waits out the policy's threshold, which spares younger sessions).
 
         Raises:
             BenchError: the fleet could not be opened, or the server holds another number.
         """
         if self.size == size and not self.spent:
-            return
+            return False
         self._call("close", 0)
-        self._checker.wait_until_drained()
-        self._checker.check_spared()
-        self.size, self.spent = 0, False
+        self.wait_until_drained()
+        self.check_spared()
         seconds = self._call("open", size)
         self.open_seconds.setdefault(size, []).append(seconds)
-        self.size = size
-        self._checker.expect_fleet(size)
-        # The policy rightly spares sessions younger than its threshold.
-        time.sleep(idle_seconds + 0.1)
+        self.size, self.spent = size, False
+        if (found := self.count()) != size:
+            raise BenchError(f"expected {size} idle fleet sessions, found {found}")
+        return True
 
     def _call(self, command: str, argument: int) -> float:
         self._channel.send((command, argument))
@@ -156,11 +168,38 @@ class Fleet:
             raise BenchError(f"the fleet's worker failed to {command}: {value}")
         return float(value)
 
+    def count(self) -> int:
+        """Idle sessions of the simulated Lambda fleet (its role, idle, lambda:app-*)."""
+        row = self._admin.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE usename = %s AND state = 'idle' AND application_name LIKE %s",
+            [self._role, LAMBDA_PREFIX + "%"],
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def wait_until_drained(self) -> None:
+        """Wait until every terminated or closed fleet backend has left the server."""
+        deadline = time.monotonic() + _DRAIN_TIMEOUT_SECONDS
+        while (left := self.count()) > 0:
+            if time.monotonic() > deadline:
+                raise BenchError(f"{left} fleet sessions are still there")
+            time.sleep(0.05)
+
+    def check_spared(self) -> None:
+        """Raise BenchError unless every spared session is alive and in its state."""
+        rows = self._admin.execute(
+            "SELECT pid, state FROM pg_stat_activity WHERE pid = ANY(%s)", [list(self._spared)]
+        ).fetchall()
+        found: dict[int, str | None] = dict(rows)
+        for pid, state in self._spared.items():
+            if found.get(pid) != state:
+                raise BenchError(f"spared session {pid} ({state}) is now {found.get(pid)!r}")
+
 
 @contextlib.contextmanager
-def fleet_worker(app_dsn: str, checker: Checker, concurrency: int) -> Iterator[Fleet]:
-    """Start the process that holds the fleet's sessions (opened with `app_dsn`); end it (and so
-    its sessions) on the way out."""
+def fleet_worker(app_dsn: str, concurrency: int) -> Iterator[Connection]:
+    """Start the process that holds the fleet's sessions (opened with `app_dsn`), yield the
+    channel a `Fleet` talks to it over; end it (and so its sessions) on the way out."""
     # spawn, not fork: a forked child would inherit this process's open libpq sockets.
     context = multiprocessing.get_context("spawn")
     parent_end, child_end = context.Pipe()
@@ -170,15 +209,12 @@ def fleet_worker(app_dsn: str, checker: Checker, concurrency: int) -> Iterator[F
     worker.start()
     child_end.close()
     try:
-        yield Fleet(parent_end, checker)
+        yield parent_end
     finally:
-        # SIGTERM, not a polite request: while unwinding from Ctrl-C the worker may be busy
+        # SIGKILL, not a polite request: while unwinding from Ctrl-C the worker may be busy
         # opening thousands of sessions; the kernel closes its sockets.
-        worker.terminate()
-        worker.join(10)
-        if worker.is_alive():
-            worker.kill()
-            worker.join()
+        worker.kill()
+        worker.join()
         parent_end.close()
 
 
@@ -187,6 +223,7 @@ def _worker_main(channel: Connection, dsn: str, concurrency: int) -> None:
     # Ctrl-C reaches the whole process group; the parent handles it and ends this worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # the loop gather() below puts its future on
     held: list[psycopg.AsyncConnection[Any]] = []
     while True:
         try:
@@ -197,9 +234,8 @@ def _worker_main(channel: Connection, dsn: str, concurrency: int) -> None:
             if command == "open":
                 seconds = loop.run_until_complete(_open(dsn, argument, concurrency, held))
             else:
-                for conn in held:
-                    with contextlib.suppress(psycopg.Error, OSError):
-                        loop.run_until_complete(conn.close())
+                closing = asyncio.gather(*(conn.close() for conn in held), return_exceptions=True)
+                loop.run_until_complete(closing)
                 held.clear()
                 seconds = 0.0
             channel.send(("ok", seconds))
@@ -213,68 +249,18 @@ async def _open(
 ) -> float:
     started = time.monotonic()
     gate = asyncio.Semaphore(concurrency)
+    connect = functools.partial(psycopg.AsyncConnection.connect, dsn, autocommit=True)
 
     async def open_one(index: int) -> None:
         async with gate:
-            held.append(
-                await psycopg.AsyncConnection.connect(
-                    dsn,
-                    application_name=f"{LAMBDA_PREFIX}{index % _APPLICATIONS}",
-                    autocommit=True,
-                    connect_timeout=60,
-                )
-            )
+            name = f"{LAMBDA_PREFIX}{index % _APPLICATIONS}"
+            held.append(await connect(application_name=name, connect_timeout=60))
 
     # A TaskGroup cancels the other openings as soon as one fails.
     async with asyncio.TaskGroup() as group:
         for index in range(count):
             group.create_task(open_one(index))
     return time.monotonic() - started
-
-
-class Checker:
-    """The server's state between runs, seen over a superuser connection."""
-
-    def __init__(self, admin_dsn: str, spared: dict[int, str], app_role: str = APP_ROLE) -> None:
-        self._conn = psycopg.connect(admin_dsn, autocommit=True, application_name="bench-admin")
-        self._spared = spared
-        self._app_role = app_role
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def fleet_sessions(self) -> int:
-        """Idle sessions of the simulated Lambda fleet (its role, idle, lambda:app-*)."""
-        row = self._conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE usename = %s AND state = 'idle' AND application_name LIKE %s",
-            [self._app_role, LAMBDA_PREFIX + "%"],
-        ).fetchone()
-        return int(row[0]) if row else 0
-
-    def expect_fleet(self, size: int) -> None:
-        """Raise BenchError unless exactly `size` fleet sessions are idle on the server."""
-        found = self.fleet_sessions()
-        if found != size:
-            raise BenchError(f"expected {size} idle fleet sessions, found {found}")
-
-    def wait_until_drained(self) -> None:
-        """Wait until every terminated or closed fleet backend has left the server."""
-        deadline = time.monotonic() + _DRAIN_TIMEOUT_SECONDS
-        while (left := self.fleet_sessions()) > 0:
-            if time.monotonic() > deadline:
-                raise BenchError(f"{left} fleet sessions are still there")
-            time.sleep(0.05)
-
-    def check_spared(self) -> None:
-        """Raise BenchError unless every spared session is alive and in its state."""
-        rows = self._conn.execute(
-            "SELECT pid, state FROM pg_stat_activity WHERE pid = ANY(%s)", [list(self._spared)]
-        ).fetchall()
-        found: dict[int, str | None] = dict(rows)
-        for pid, state in self._spared.items():
-            if found.get(pid) != state:
-                raise BenchError(f"spared session {pid} ({state}) is now {found.get(pid)!r}")
 
 
 def require_exactly(what: str, affected: int, size: int) -> None:

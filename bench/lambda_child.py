@@ -1,11 +1,7 @@
-"""One Lambda invocation in a fresh process, for the parent to measure (peak RSS, durations).
-
-Usage: python -m bench.lambda_child EVENT_FILE RESULT_FILE
-
-The parent sets REAPER_DATABASE_URL and REAPER_POLICY_FILE and takes the peak RSS from
-os.wait4. The handler module is imported (Lambda's INIT), then invoked once as `reaper invoke`
-does; its log lines go to stdout as to CloudWatch; timings and counts go to RESULT_FILE.
-"""
+"""`python -m bench.lambda_child EVENT_FILE`: one Lambda invocation in a fresh process, for the
+parent to measure (peak RSS from os.wait4; the REAPER_* settings are its environment). The
+handler module is imported (Lambda's INIT), then invoked once as `reaper invoke` does; its log
+lines go to stdout as to CloudWatch, then a last line of timings and counts."""
 
 from __future__ import annotations
 
@@ -13,28 +9,31 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+
+def invoke(event: Any) -> tuple[dict[str, int], float]:
+    """Invoke the handler once, as `reaper invoke` does: the sessions each target acted on, and
+    the CPU seconds of all this process's threads (the handler runs each pass in a thread)."""
+    from reaper.cli.invoke import invoke_event, local_context
+
+    cpu_started = time.process_time()
+    response = invoke_event(event, local_context(timeout_seconds=900))
+    cpu = time.process_time() - cpu_started
+    counts = {one["target"]: one["counts"] for one in response["targets"]}
+    return {name: c["terminated"] or c["would_terminate"] for name, c in counts.items()}, cpu
 
 
 def main(argv: list[str]) -> int:
-    """Import, invoke once, write the result file; returns the exit code."""
-    event_file, result_file = Path(argv[0]), Path(argv[1])
+    """Import, invoke once, print the result line; returns the exit code."""
     started = time.perf_counter()
     import reaper.aws.handler  # noqa: F401  (the INIT phase of a cold start)
-    from reaper.cli.invoke import invoke_event, local_context, read_event
+    from reaper.cli.invoke import read_event
 
     imported = time.perf_counter()
-    cpu_before = time.process_time()
-    response = invoke_event(read_event(event_file), local_context(timeout_seconds=900))
-    invoked = time.perf_counter()
-    counts = response["targets"][0]["counts"]
-    document = {
-        "init_seconds": imported - started,
-        "invoke_seconds": invoked - imported,
-        # All threads of this process (the handler runs each target's pass in a thread).
-        "invoke_cpu_seconds": time.process_time() - cpu_before,
-        "affected": counts["terminated"] or counts["would_terminate"],
-    }
-    result_file.write_text(json.dumps(document), encoding="utf-8")
+    affected, cpu = invoke(read_event(Path(argv[0])))
+    timings = {"init_seconds": imported - started, "invoke_seconds": time.perf_counter() - imported}
+    print(json.dumps({**timings, "invoke_cpu_seconds": cpu, "affected": sum(affected.values())}))
     return 0
 
 

@@ -1,14 +1,16 @@
 """The measurements, run by pytest-benchmark (`python -m bench` runs them and reports).
 
 Per server and fleet size, dry and real: the reaper's pass against the bare statement in this
-process (both including connect and close), `reaper run` against `psql -c` as processes; one
-Lambda invocation in a child (peak RSS, duration, log). Once: cold imports in fresh interpreters.
+process, `reaper run` against `psql -c` as processes; one Lambda invocation in a child. Once:
+cold imports, and the fan-out (one invocation over each of its servers alone, then over all).
 Every run must act on exactly the fleet (`require_exactly`); a real run terminates it, so
 pytest-benchmark's untimed `setup` opens a new one before each round.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -20,18 +22,20 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from subprocess import DEVNULL, STDOUT
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from bench import lambda_child
 from bench.bare_sql import bare_statement
 from bench.conftest import rounds_for
 from bench.fleet import BenchError, require_exactly
 from bench.report import read_handler_output
+from reaper.cli.invoke import emulated_environment, read_event
 from reaper.core.policy import one_rule_policy
-from reaper.local.binaries import embedded_binaries
 from reaper.pg.target import Target
 from reaper.run import run_pass
 
@@ -40,9 +44,10 @@ if TYPE_CHECKING:
 
     from pytest_benchmark.fixture import BenchmarkFixture
 
-    from bench.fleet import BenchServer, Fleet
+    from bench.fleet import BenchServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+EVENT_FILE = REPO_ROOT / "events" / "scheduled.json"
 # Short, so that a new fleet qualifies for reaping a moment after it is opened.
 IDLE_SECONDS = 0.25
 GLOB = "lambda:*"
@@ -51,11 +56,9 @@ POLICY = one_rule_policy(
     [GLOB], idle_seconds=IDLE_SECONDS, source="bench", max_terminations=100_000,
     allow_short_thresholds=True,
 )  # fmt: skip
+MODES = ["dry", "real"]
 STATEMENTS = {
-    mode: bare_statement(
-        idle_seconds=IDLE_SECONDS, like_pattern="lambda:%", terminate=mode == "real"
-    )
-    for mode in ("dry", "real")
+    mode: bare_statement(IDLE_SECONDS, "lambda:%", terminate=mode == "real") for mode in MODES
 }
 # The handler's cold import, its floor, the libraries it is built on (reference), no import.
 IMPORTS = {
@@ -68,59 +71,80 @@ IMPORTS = {
 }
 _CLI_COUNTS = re.compile(r"planned (\d+), (?:would terminate|terminated) (\d+)")
 
-MODES = ["dry", "real"]
-
 
 @dataclass(frozen=True)
 class Site:
-    """One measurement's server, fleet, fleet size and rounds, and its untimed per-round extras
-    (steps, CPU, a process's usage), whose medians go with pytest-benchmark's numbers."""
+    """One measurement's servers with their fleets (one, or the fan-out's), fleet size and rounds,
+    and its untimed per-round extras (steps, CPU, a process's usage), whose medians go with
+    pytest-benchmark's numbers."""
 
-    server: BenchServer
-    fleet: Fleet
+    benchmark: BenchmarkFixture
+    servers: Sequence[BenchServer]
     size: int
     rounds: int
     extras: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
+    @property
+    def server(self) -> BenchServer:
+        return self.servers[0]
+
     def add(self, name: str, value: float) -> None:
         self.extras[name].append(value)
 
-    def measure(
-        self, benchmark: BenchmarkFixture, run: Callable[[], None], *, kind: str, mode: str
-    ) -> None:
-        """Time `run` with pytest-benchmark, a ready fleet before each round (untimed)."""
-        if mode == "dry" and kind in ("reaper_pass", "bare_sql"):
-            # Untimed: the first run in a process pays one-off costs (psycopg's loaders).
-            self.fleet.ready(self.size, IDLE_SECONDS)
+    def ready(self) -> None:
+        """Every fleet there (untimed) and old enough: the policy rightly spares younger ones."""
+        opened = [server.fleet.ready(self.size) for server in self.servers]  # all, not any
+        if any(opened):
+            time.sleep(IDLE_SECONDS + 0.1)
+
+    def spend(self, real: bool = True) -> None:
+        """Say whether the run terminated the fleets: then the next round opens new ones."""
+        for server in self.servers:
+            server.fleet.spent = real
+
+    def measure(self, run: Callable[[], None], *, warm_up: bool = False, **info: Any) -> None:
+        """Time `run` with pytest-benchmark, ready fleets before each round (untimed); `warm_up`
+        first runs it untimed, when the first run in a process pays one-off costs (imports,
+        psycopg's loaders). `info` (kind, mode, ...) goes with the numbers."""
+        if warm_up:
+            self.ready()
             run()
             self.extras.clear()
-        benchmark.pedantic(  # type: ignore[no-untyped-call]  # pytest-benchmark is untyped
-            run,
-            setup=lambda: self.fleet.ready(self.size, IDLE_SECONDS),
-            rounds=1 if kind == "lambda_invocation" else self.rounds,
-            iterations=1,
-        )
-        medians = {name: statistics.median(values) for name, values in self.extras.items()}
-        benchmark.extra_info.update(
-            kind=kind,
-            mode=mode,
+        rounds = 1 if info["kind"] == "lambda_invocation" else self.rounds
+        self.benchmark.pedantic(run, setup=self.ready, rounds=rounds)  # type: ignore[no-untyped-call]
+        server, fleets = self.server, [one.fleet for one in self.servers]
+        self.benchmark.extra_info.update(
+            info,
             sessions=self.size,
-            major=self.server.cluster.major,
-            server=self.server.cluster.binaries.label,
-            server_version=self.server.server_version,
-            open_seconds=self.fleet.open_seconds.get(self.size, []),
-            medians=medians,
+            major=server.cluster.major,
+            server=server.cluster.binaries.label,
+            server_version=server.server_version,
+            open_seconds=[s for fleet in fleets for s in fleet.open_seconds.get(self.size, [])],
+            medians={name: statistics.median(values) for name, values in self.extras.items()},
         )
 
 
 @pytest.fixture
-def site(server: BenchServer, fleet: Fleet, size: int, pytestconfig: pytest.Config) -> Site:
-    return Site(server, fleet, size, rounds_for(pytestconfig, size))
+def site(
+    benchmark: BenchmarkFixture,
+    server: BenchServer,
+    size: int,
+    pytestconfig: pytest.Config,
+) -> Site:
+    return Site(benchmark, [server], size, rounds_for(pytestconfig, size))
+
+
+@pytest.fixture(scope="session")
+def policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """POLICY as the Lambda function reads it (REAPER_POLICY_FILE)."""
+    path = tmp_path_factory.mktemp("policy") / "policy.json"
+    path.write_text(POLICY.model_dump_json(), encoding="utf-8")
+    return path
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", ["reaper_pass", "bare_sql"])
-def test_in_process(benchmark: BenchmarkFixture, site: Site, kind: str, mode: str) -> None:
+def test_in_process(site: Site, kind: str, mode: str) -> None:
     """The reaper's pass against the bare statement, each on a fresh connection."""
     target = Target.from_dsn(site.server.reaper_dsn, name="bench")
     # Sent as the exact text psql gets: no parameters, nothing for psycopg to rewrite.
@@ -145,19 +169,21 @@ def test_in_process(benchmark: BenchmarkFixture, site: Site, kind: str, mode: st
         cpu_started = time.process_time()
         affected = reaper_pass() if kind == "reaper_pass" else bare_sql()
         site.add("client_cpu", time.process_time() - cpu_started)
-        site.fleet.spent = mode == "real"
+        site.spend(mode == "real")
         require_exactly(kind, affected, site.size)
 
-    site.measure(benchmark, reap, kind=kind, mode=mode)
+    site.measure(reap, warm_up=mode == "dry", kind=kind, mode=mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", ["reaper_cli", "psql"])
-def test_process(benchmark: BenchmarkFixture, site: Site, mode: str, kind: str) -> None:
+def test_process(site: Site, mode: str, kind: str) -> None:
     """`reaper run` (Python and its imports) against `psql -c` (a C binary), start to exit."""
     params = conninfo_to_dict(site.server.reaper_dsn)
     if kind == "psql":
-        argv = [str(_psql()), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
+        # The server's own psql binary (/usr/bin/psql is a Perl wrapper).
+        psql = site.server.cluster.binaries.bindir / "psql"
+        argv = [str(psql), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
         argv += ["-c", STATEMENTS[mode]]
         env = {f"PG{key.upper()}": str(params[key]) for key in ("host", "port", "user", "password")}
         env["PGDATABASE"] = "postgres"
@@ -169,44 +195,68 @@ def test_process(benchmark: BenchmarkFixture, site: Site, mode: str, kind: str) 
         env = {"REAPER_DATABASE_URL": site.server.reaper_dsn}
 
     def reap() -> None:
-        run = run_timed_process(argv, env=env)
-        site.fleet.spent = mode == "real"
-        if run.returncode != 0:
-            raise BenchError(f"{kind} exited {run.returncode}: {run.output.strip()[-500:]}")
-        site.add("peak_rss_kib", run.peak_rss_kib)
-        site.add("cpu", run.cpu_seconds)
-        require_exactly(kind, _affected(kind, mode, run.output), site.size)
+        output, peak_rss_kib, cpu_seconds = run_timed_process(argv, env, kind)
+        site.spend(mode == "real")
+        site.add("peak_rss_kib", peak_rss_kib)
+        site.add("cpu", cpu_seconds)
+        require_exactly(kind, _affected(kind, mode, output), site.size)
 
-    site.measure(benchmark, reap, kind=kind, mode=mode)
+    site.measure(reap, kind=kind, mode=mode)
 
 
-def test_lambda_invocation(benchmark: BenchmarkFixture, site: Site) -> None:
+def test_lambda_invocation(site: Site, policy_file: Path) -> None:
     """One invocation of the handler in a child: its duration, peak RSS and log volume."""
     invocation: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-lambda-") as scratch:
-        policy_file, result_file = Path(scratch) / "policy.json", Path(scratch) / "result.json"
-        policy_file.write_text(POLICY.model_dump_json(), encoding="utf-8")
-        env = {
-            "REAPER_DATABASE_URL": site.server.reaper_dsn,
-            "REAPER_POLICY_FILE": str(policy_file),
-            # No AWS call is made (policy from a file, DSN given); boto3 still wants a region.
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        event = REPO_ROOT / "events" / "scheduled.json"
-        argv = [sys.executable, "-m", "bench.lambda_child", str(event), str(result_file)]
+    env = {
+        "REAPER_DATABASE_URL": site.server.reaper_dsn,
+        "REAPER_POLICY_FILE": str(policy_file),
+        # No AWS call is made (policy from a file, DSN given); boto3 still wants a region.
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    argv = [sys.executable, "-m", "bench.lambda_child", str(EVENT_FILE)]
 
-        def invoke() -> None:
-            run = run_timed_process(argv, env=env, cwd=REPO_ROOT)
-            site.fleet.spent = True
-            if run.returncode != 0:
-                raise BenchError(f"the Lambda invocation failed: {run.output.strip()[-800:]}")
-            invocation.update(json.loads(result_file.read_text(encoding="utf-8")))
-            invocation.update(peak_rss_kib=run.peak_rss_kib, cpu_seconds=run.cpu_seconds)
-            invocation.update(read_handler_output(run.output))
-            require_exactly("the Lambda invocation", invocation["affected"], site.size)
+    def invoke() -> None:
+        output, peak_rss_kib, cpu_seconds = run_timed_process(argv, env, "the Lambda invocation")
+        site.spend()
+        log, _, result = output.rstrip("\n").rpartition("\n")
+        invocation.update(json.loads(result), peak_rss_kib=peak_rss_kib, cpu_seconds=cpu_seconds)
+        invocation.update(read_handler_output(log))
+        require_exactly("the Lambda invocation", invocation["affected"], site.size)
 
-        site.measure(benchmark, invoke, kind="lambda_invocation", mode="real")
-    benchmark.extra_info["invocation"] = invocation
+    site.measure(invoke, kind="lambda_invocation", mode="real")
+    site.benchmark.extra_info["invocation"] = invocation
+
+
+def test_fanout(
+    benchmark: BenchmarkFixture,
+    fanout: list[BenchServer],
+    fanout_targets: tuple[int, ...],
+    policy_file: Path,
+    pytestconfig: pytest.Config,
+) -> None:
+    """One handler invocation over these servers (REAPER_TARGETS), in this process as `reaper
+    invoke` runs it: each server alone, then all at once; each pass must terminate its fleet."""
+    size = pytestconfig.getoption("bench_fanout_sessions")
+    site = Site(
+        benchmark, [fanout[i] for i in fanout_targets], size, rounds_for(pytestconfig, size)
+    )
+    names = [f"db{index}" for index in fanout_targets]
+    targets = [{"name": f"db{i}", "dsn": fanout[i].reaper_dsn} for i in fanout_targets]
+    env = {"REAPER_TARGETS": json.dumps(targets), "REAPER_POLICY_FILE": str(policy_file)}
+    event = read_event(EVENT_FILE)
+    terminated: dict[str, int] = {}
+
+    def invoke() -> None:
+        with emulated_environment(env), contextlib.redirect_stdout(io.StringIO()):
+            affected, cpu_seconds = lambda_child.invoke(event)
+        site.add("reaper_cpu", cpu_seconds)
+        site.spend()
+        for name in names:
+            require_exactly(f"the pass on {name}", affected.get(name, 0), size)
+        terminated.update(affected)
+
+    site.measure(invoke, warm_up=True, kind="fanout", mode="real", targets=names)
+    benchmark.extra_info["terminated"] = terminated
 
 
 @pytest.mark.parametrize("statement", list(IMPORTS))
@@ -217,44 +267,29 @@ def test_cold_import(
     argv = [sys.executable, "-c", IMPORTS[statement]]
 
     def start() -> None:
-        run = run_timed_process(argv, env={}, cwd=REPO_ROOT)
-        if run.returncode != 0:
-            raise BenchError(f"`python -c {IMPORTS[statement]!r}` failed: {run.output[-500:]}")
+        run_timed_process(argv, {}, f"`python -c {IMPORTS[statement]!r}`")
 
-    start()  # untimed: fills the page cache and writes any missing .pyc files
+    # The warm-up round fills the page cache and writes any missing .pyc files.
     rounds = pytestconfig.getoption("bench_cold_start_runs")
-    benchmark.pedantic(start, rounds=rounds, iterations=1)  # type: ignore[no-untyped-call]
+    benchmark.pedantic(start, rounds=rounds, warmup_rounds=1)  # type: ignore[no-untyped-call]
     benchmark.extra_info.update(kind="cold_import", statement=statement)
 
 
-@dataclass(frozen=True)
-class ProcessRun:
-    """A finished child process: exit code, output, and its own resource usage."""
-
-    returncode: int
-    output: str
-    peak_rss_kib: int
-    cpu_seconds: float
-
-
 def run_timed_process(
-    argv: Sequence[str], *, env: dict[str, str], cwd: Path | None = None
-) -> ProcessRun:
-    """Run a program to completion in a clean environment plus `env`. Reaped with os.wait4,
-    whose usage is this child's alone; output goes to a file, so a chatty child never blocks."""
-    clean = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("PG", "REAPER_", "POWERTOOLS_", "AWS_", "PYTHON"))
-    }
+    argv: Sequence[str], env: dict[str, str], what: str
+) -> tuple[str, int, float]:
+    """Run a program to completion in REPO_ROOT, in a clean environment plus `env`; its output,
+    peak RSS (KiB) and CPU seconds. Reaped with os.wait4, whose usage is this child's alone;
+    output goes to a file, so a chatty child never blocks.
+
+    Raises:
+        BenchError: it exited with another status than 0 (`what` names it).
+    """
+    steering = ("PG", "REAPER_", "POWERTOOLS_", "AWS_", "PYTHON")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(steering)} | env
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=clean | env,
-            cwd=cwd,
+            argv, stdin=DEVNULL, stdout=output, stderr=STDOUT, env=env, cwd=REPO_ROOT
         )
         try:
             _pid, status, usage = os.wait4(process.pid, 0)
@@ -262,10 +297,11 @@ def run_timed_process(
             process.kill()
             process.wait()
             raise
-        process.returncode = os.waitstatus_to_exitcode(status)
         output.seek(0)
         text = output.read().decode("utf-8", errors="replace")
-    return ProcessRun(process.returncode, text, usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
+    if (code := os.waitstatus_to_exitcode(status)) != 0:
+        raise BenchError(f"{what} exited {code}: {text.strip()[-800:]}")
+    return text, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
 
 
 def _affected(kind: str, mode: str, output: str) -> int:
@@ -276,10 +312,3 @@ def _affected(kind: str, mode: str, output: str) -> int:
     if match is None:
         raise BenchError(f"reaper run printed no summary line: {output.strip()[-500:]}")
     return int(match.group(2))
-
-
-def _psql() -> Path:
-    """The psql binary itself, newest Debian one first (/usr/bin/psql is a Perl wrapper)."""
-    debian = Path("/usr/lib/postgresql").glob("*/bin/psql")
-    found = sorted(debian, key=lambda path: int(path.parts[-3]) if path.parts[-3].isdigit() else 0)
-    return (found or [embedded_binaries().bindir / "psql"])[-1]
