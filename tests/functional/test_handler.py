@@ -47,11 +47,11 @@ def wait_past_threshold() -> None:
     reaping.wait_past_threshold(THRESHOLD)
 
 
-def orders_policy(apps: Apps, **overrides: Any) -> str:
-    """Reap this test's 'orders' sessions idle for more than THRESHOLD seconds (JSON)."""
+def orders_policy(apps: Apps, idle_seconds: float = THRESHOLD, **overrides: Any) -> str:
+    """Reap this test's 'orders' sessions idle for more than `idle_seconds` (JSON)."""
     policy = one_rule_policy(
         [apps.name("orders")],
-        idle_seconds=THRESHOLD,
+        idle_seconds=idle_seconds,
         rule_name="orders",
         allow_short_thresholds=True,
         source="test",
@@ -110,12 +110,15 @@ def test_scheduled_pass_with_policy_from_ssm_terminates_exactly_the_matching_idl
     apps, policy_parameter, admin_conn, capsys
 ) -> None:
     # given a policy in SSM for this test's "orders" sessions, two of them idle past it, and
-    # sessions it must spare: another application, an active query, a young idle session
-    policy_parameter.put(orders_policy(apps))
+    # sessions it must spare: another application, an active query, a young idle session (a
+    # threshold longer than the others' keeps it young on a loaded machine, where the moto
+    # calls before the snapshot can take a second)
+    threshold = 4 * THRESHOLD
+    policy_parameter.put(orders_policy(apps, idle_seconds=threshold))
     stale = [apps.open("orders") for _ in range(2)]
     other_app = apps.open("billing")
     active = apps.open("orders", state="active")
-    wait_past_threshold()
+    reaping.wait_past_threshold(threshold)
     young = apps.open("orders")
     capsys.readouterr()
 
