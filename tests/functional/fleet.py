@@ -20,12 +20,18 @@ import pytest
 from reaper.errors import LocalPostgresError
 from reaper.local.binaries import available_binaries
 from reaper.local.cluster import LocalPostgres
-from tests.fix_db import ADMIN_APPLICATION_NAME, PgServer, RoleFactory, SessionFactory, wait_until
+from tests.fix_db import (
+    ADMIN_APPLICATION_NAME,
+    RoleFactory,
+    SessionFactory,
+    cluster_server,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
-    from tests.fix_db import Role
+    from tests.fix_db import PgServer, Role
 
 
 FLEET_SIZE = 3
@@ -47,17 +53,7 @@ def fleet_servers() -> Iterator[list[PgServer]]:
                 stack.enter_context(cluster)
             except LocalPostgresError as exc:
                 pytest.skip(f"cannot start a throwaway {binaries[0].label} cluster: {exc}")
-            servers.append(
-                PgServer(
-                    label=f"fleet {binaries[0].label}",
-                    major=cluster.major,
-                    admin_dsn=cluster.dsn(),
-                    host=cluster.host,
-                    port=cluster.port,
-                    admin_user=cluster.superuser,
-                    admin_password=cluster.password,
-                )
-            )
+            servers.append(cluster_server(cluster, f"fleet {binaries[0].label}"))
         yield servers
 
 
