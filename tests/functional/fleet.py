@@ -172,3 +172,36 @@ class Rds:
             Tags=tags,
             **extra,
         )
+
+    def serverless_cluster(
+        self, identifier: str, *, min_capacity: float, max_capacity: float = 4
+    ) -> None:
+        """A tagged Aurora Serverless v2 cluster; a minimum of 0 ACUs lets it auto-pause."""
+        self.cluster(
+            identifier,
+            tags=[TAG],
+            ServerlessV2ScalingConfiguration={
+                "MinCapacity": min_capacity,
+                "MaxCapacity": max_capacity,
+            },
+        )
+
+    def member(
+        self,
+        identifier: str,
+        cluster: str,
+        *,
+        tags: list[dict[str, str]] | None = None,
+        server: PgServer | None = None,
+        **extra: Any,
+    ) -> None:
+        """Create an instance of an Aurora cluster, untagged unless `tags` is given (it inherits
+        the cluster's tags), at `server`."""
+        self.instance(
+            identifier,
+            engine="aurora-postgresql",
+            tags=[] if tags is None else tags,
+            server=server,
+            DBClusterIdentifier=cluster,
+            **extra,
+        )

@@ -79,8 +79,8 @@ def test_every_page_of_instances_is_read(rds) -> None:
 def test_aurora_members_inherit_the_cluster_tag_and_each_is_a_target_of_its_own(rds) -> None:
     # given a tagged Aurora cluster with a writer and a reader that carry no tag themselves
     rds.cluster("billing", tags=[TAG])
-    rds.instance("billing-1", engine="aurora-postgresql", tags=[], DBClusterIdentifier="billing")
-    rds.instance("billing-2", engine="aurora-postgresql", tags=[], DBClusterIdentifier="billing")
+    rds.member("billing-1", "billing")
+    rds.member("billing-2", "billing")
 
     # then each instance is a target at its instance endpoint, never the cluster's
     instances = {i.identifier: i for i in list_instances()}
@@ -93,13 +93,8 @@ def test_aurora_members_inherit_the_cluster_tag_and_each_is_a_target_of_its_own(
 def test_an_instance_tag_overrides_its_clusters(rds) -> None:
     # given a tagged cluster whose reader is tagged off
     rds.cluster("billing", tags=[TAG])
-    rds.instance("billing-1", engine="aurora-postgresql", tags=[], DBClusterIdentifier="billing")
-    rds.instance(
-        "billing-2",
-        engine="aurora-postgresql",
-        tags=[{"Key": "idle-reaper", "Value": "disabled"}],
-        DBClusterIdentifier="billing",
-    )
+    rds.member("billing-1", "billing")
+    rds.member("billing-2", "billing", tags=[{"Key": "idle-reaper", "Value": "disabled"}])
 
     assert list(discovered()) == ["billing-1"]
 
@@ -116,29 +111,11 @@ def test_a_stopped_instance_is_skipped_and_never_given_a_login(rds) -> None:
 def test_serverless_v2_instances_that_can_auto_pause_are_skipped_and_no_others(rds) -> None:
     # given a cluster that may pause (minimum 0 ACUs) with a serverless and a provisioned member,
     # and a serverless member of a cluster that may not (minimum 0.5 ACUs)
-    rds.cluster(
-        "reports",
-        tags=[TAG],
-        ServerlessV2ScalingConfiguration={"MinCapacity": 0, "MaxCapacity": 4},
-    )
-    rds.instance(
-        "reports-1",
-        engine="aurora-postgresql",
-        tags=[],
-        DBClusterIdentifier="reports",
-        DBInstanceClass="db.serverless",
-    )
-    rds.instance("reports-2", engine="aurora-postgresql", tags=[], DBClusterIdentifier="reports")
-    rds.cluster(
-        "api", tags=[TAG], ServerlessV2ScalingConfiguration={"MinCapacity": 0.5, "MaxCapacity": 4}
-    )
-    rds.instance(
-        "api-1",
-        engine="aurora-postgresql",
-        tags=[],
-        DBClusterIdentifier="api",
-        DBInstanceClass="db.serverless",
-    )
+    rds.serverless_cluster("reports", min_capacity=0)
+    rds.member("reports-1", "reports", DBInstanceClass="db.serverless")
+    rds.member("reports-2", "reports")
+    rds.serverless_cluster("api", min_capacity=0.5)
+    rds.member("api-1", "api", DBInstanceClass="db.serverless")
 
     targets = discovered()
     assert "auto-pause" in targets["reports-1"].skip_reason

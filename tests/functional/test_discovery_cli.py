@@ -143,30 +143,12 @@ def test_invoke_reaps_each_tagged_available_instance_and_targets_lists_the_same(
             {"Key": "idle-reaper:policy-parameter", "Value": BILLING_POLICY},
         ],
     )
-    rds.instance(
-        "billing-1",
-        engine="aurora-postgresql",
-        tags=[],
-        DBClusterIdentifier="billing",
-        DBInstanceClass="db.r6g.large",
-        server=billing.server,
-    )
+    rds.member("billing-1", "billing", DBInstanceClass="db.r6g.large", server=billing.server)
     rds.instance("legacy-db", tags=[], server=bystander.server)
     rds.instance("archive-db", server=bystander.server)
     rds.client.stop_db_instance(DBInstanceIdentifier="archive-db")
-    rds.cluster(
-        "reports",
-        tags=[TAG],
-        ServerlessV2ScalingConfiguration={"MinCapacity": 0, "MaxCapacity": 2},
-    )
-    rds.instance(
-        "reports-1",
-        engine="aurora-postgresql",
-        tags=[],
-        DBClusterIdentifier="reports",
-        DBInstanceClass="db.serverless",
-        server=bystander.server,
-    )
+    rds.serverless_cluster("reports", min_capacity=0, max_capacity=2)
+    rds.member("reports-1", "reports", DBInstanceClass="db.serverless", server=bystander.server)
     rds.instance("shop-mysql", engine="mysql")
     # and sessions idle past the threshold on every server
     stale_orders = [orders.open("orders") for _ in range(2)]
