@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -19,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.commands import run_command
 from tests.fix_aws import REGION, emf_metrics, metric
 from tests.functional.fleet import TAG, Rds
 from tests.functional.reaping import policy_document, wait_past_threshold
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Iterator
 
     from tests.functional.fleet import FleetServer
@@ -85,15 +86,7 @@ def reaper(
     }
     script = Path(sys.executable).with_name("reaper")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "reaper"]
-    return subprocess.run(
-        [*command, *arguments],
-        cwd=REPOSITORY,
-        env=variables,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return run_command([*command, *arguments], cwd=REPOSITORY, env=variables, timeout=180)
 
 
 def rds_secret_of(member: FleetServer) -> str:
