@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.commands import run_command
-from tests.fix_aws import REGION, emf_metrics, metric
+from tests.fix_aws import REGION, emf_metrics, fake_aws_variables, metric
 from tests.functional.fleet import TAG, Rds
 from tests.functional.reaping import policy_document, wait_past_threshold
 
@@ -75,13 +75,8 @@ def reaper(
     }
     variables = {
         **inherited,
+        **fake_aws_variables(home),
         "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": REGION,
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_CONFIG_FILE": str(home / "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-aws-credentials"),
         **environment,
     }
     script = Path(sys.executable).with_name("reaper")
