@@ -39,6 +39,18 @@ FLEET_SIZE = 3
 TAG = {"Key": "idle-reaper", "Value": "enabled"}
 
 
+def own_tags(
+    *, secret_arn: str | None = None, policy_parameter: str | None = None
+) -> list[dict[str, str]]:
+    """TAG, and the tags that give a discovered instance a login and a policy of its own."""
+    tags = [TAG]
+    if secret_arn is not None:
+        tags.append({"Key": "idle-reaper:secret-arn", "Value": secret_arn})
+    if policy_parameter is not None:
+        tags.append({"Key": "idle-reaper:policy-parameter", "Value": policy_parameter})
+    return tags
+
+
 @pytest.fixture(scope="session")
 def fleet_servers() -> Iterator[list[PgServer]]:
     """FLEET_SIZE running local servers (skips the tests using them when none can start)."""

@@ -19,7 +19,7 @@ from reaper.cli.invoke import local_context
 from reaper.cli.main import main
 from reaper.errors import DiscoveryError, TargetsFailedError
 from tests.fix_aws import REGION, emf_metrics, log_records, metric
-from tests.functional.fleet import TAG, Rds
+from tests.functional.fleet import TAG, Rds, own_tags
 from tests.functional.reaping import policy_document, wait_past_threshold
 
 if TYPE_CHECKING:
@@ -243,17 +243,9 @@ def test_each_discovered_target_gets_its_own_login_and_policy_and_a_bad_one_fail
     rds.instance(
         "billing-db",
         server=billing.server,
-        tags=[
-            TAG,
-            {"Key": "idle-reaper:secret-arn", "Value": own["ARN"]},
-            {"Key": "idle-reaper:policy-parameter", "Value": "/billing/policy"},
-        ],
+        tags=own_tags(secret_arn=own["ARN"], policy_parameter="/billing/policy"),
     )
-    rds.instance(
-        "ghost-db",
-        server=orders.server,
-        tags=[TAG, {"Key": "idle-reaper:policy-parameter", "Value": "/ghost/policy"}],
-    )
+    rds.instance("ghost-db", server=orders.server, tags=own_tags(policy_parameter="/ghost/policy"))
     stale_orders = orders.open("orders")
     stale_invoice = billing.open("invoices")
     spared_on_billing = billing.open("orders")  # matches the stack policy, not billing's own
@@ -286,11 +278,7 @@ def test_a_discovered_target_without_any_login_fails_alone(
     orders, billing = members
     policy_file("orders", orders, billing)
     own = secrets_client.create_secret(Name="orders/db", SecretString=secret_for(orders))
-    rds.instance(
-        "orders-db",
-        server=orders.server,
-        tags=[TAG, {"Key": "idle-reaper:secret-arn", "Value": own["ARN"]}],
-    )
+    rds.instance("orders-db", server=orders.server, tags=own_tags(secret_arn=own["ARN"]))
     rds.instance("billing-db", server=billing.server)
     stale = orders.open("orders")
     untouched = billing.open("orders")
@@ -348,11 +336,7 @@ def test_passes_queue_for_a_bounded_pool_and_all_run(
     policy_file("orders", orders, billing)
     for identifier, member in (("a-db", orders), ("b-db", billing), ("c-db", billing)):
         secret = secrets_client.create_secret(Name=identifier, SecretString=secret_for(member))
-        rds.instance(
-            identifier,
-            server=member.server,
-            tags=[TAG, {"Key": "idle-reaper:secret-arn", "Value": secret["ARN"]}],
-        )
+        rds.instance(identifier, server=member.server, tags=own_tags(secret_arn=secret["ARN"]))
     stale = [orders.open("orders"), billing.open("orders")]
     wait_past_threshold(THRESHOLD)
 

@@ -20,7 +20,7 @@ import pytest
 
 from tests.commands import run_command
 from tests.fix_aws import REGION, emf_metrics, fake_aws_variables, metric
-from tests.functional.fleet import TAG, Rds
+from tests.functional.fleet import Rds, own_tags
 from tests.functional.reaping import policy_document, wait_past_threshold
 
 if TYPE_CHECKING:
@@ -125,11 +125,7 @@ def test_invoke_reaps_each_tagged_available_instance_and_targets_lists_the_same(
     rds.instance("orders-db", server=orders.server)
     rds.cluster(
         "billing",
-        tags=[
-            TAG,
-            {"Key": "idle-reaper:secret-arn", "Value": billing_secret},
-            {"Key": "idle-reaper:policy-parameter", "Value": BILLING_POLICY},
-        ],
+        tags=own_tags(secret_arn=billing_secret, policy_parameter=BILLING_POLICY),
     )
     rds.member("billing-1", "billing", DBInstanceClass="db.r6g.large", server=billing.server)
     rds.instance("legacy-db", tags=[], server=bystander.server)
