@@ -224,6 +224,16 @@ def invoke(event: dict[str, Any] = SCHEDULED) -> dict[str, Any]:
     return lambda_handler(event, local_context())
 
 
+def invoke_failing_on(target: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """Once the sessions are stale, run the scheduled pass, which must fail naming `target`;
+    what the pass printed."""
+    wait_past_threshold(THRESHOLD)
+    capsys.readouterr()
+    with pytest.raises(TargetsFailedError, match=target):
+        invoke()
+    return capsys.readouterr().out
+
+
 @pytest.mark.pg
 def test_each_discovered_target_gets_its_own_login_and_policy_and_a_bad_one_fails_alone(
     rds, members, policy_parameter, rds_secret, capsys
@@ -249,16 +259,12 @@ def test_each_discovered_target_gets_its_own_login_and_policy_and_a_bad_one_fail
     stale_orders = orders.open("orders")
     stale_invoice = billing.open("invoices")
     spared_on_billing = billing.open("orders")  # matches the stack policy, not billing's own
-    wait_past_threshold(THRESHOLD)
-    capsys.readouterr()
 
     # when the scheduled pass runs, then it fails for the target with the missing policy only
-    with pytest.raises(TargetsFailedError, match="ghost-db"):
-        invoke()
+    out = invoke_failing_on("ghost-db", capsys)
     assert orders.ended(stale_orders)
     assert billing.ended(stale_invoice)
     assert billing.alive(spared_on_billing)
-    out = capsys.readouterr().out
     assert metric(out, "SessionsTerminated", Target="orders-db").value == 1
     assert metric(out, "SessionsTerminated", Target="billing-db").value == 1
     assert metric(out, "TargetErrors", Target="ghost-db").value == 1
@@ -282,15 +288,12 @@ def test_a_discovered_target_without_any_login_fails_alone(
     rds.instance("billing-db", server=billing.server)
     stale = orders.open("orders")
     untouched = billing.open("orders")
-    wait_past_threshold(THRESHOLD)
-    capsys.readouterr()
 
-    with pytest.raises(TargetsFailedError, match="billing-db"):
-        invoke()
+    out = invoke_failing_on("billing-db", capsys)
 
     assert orders.ended(stale)
     assert billing.alive(untouched)
-    (error,) = [r for r in log_records(capsys.readouterr().out) if r.get("audit") == "target_error"]
+    (error,) = [r for r in log_records(out) if r.get("audit") == "target_error"]
     assert error["error_type"] == "CredentialsError"
     assert "idle-reaper:secret-arn" in error["message"]
 
