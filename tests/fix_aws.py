@@ -89,18 +89,24 @@ def function_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-@pytest.fixture
-def aws_credentials(function_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Fake credentials and a region; no profile or config file of the machine is read."""
-    for name, value in {
+def fake_aws_variables(home: Path) -> dict[str, str]:
+    """Fake credentials and a region, and AWS config files in `home` that do not exist, so no
+    profile or config file of the machine is read (AWS_PROFILE must be unset too)."""
+    return {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_SESSION_TOKEN": "testing",
         "AWS_DEFAULT_REGION": REGION,
         "AWS_REGION": REGION,
-        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
-    }.items():
+        "AWS_CONFIG_FILE": str(home / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-aws-credentials"),
+    }
+
+
+@pytest.fixture
+def aws_credentials(function_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Fake credentials and a region; no profile or config file of the machine is read."""
+    for name, value in fake_aws_variables(tmp_path).items():
         function_env.setenv(name, value)
     function_env.delenv("AWS_PROFILE", raising=False)
 

@@ -294,8 +294,13 @@ def _start_local_server(binaries: PostgresBinaries, stack: contextlib.ExitStack)
         stack.enter_context(cluster)
     except LocalPostgresError as exc:
         _exit(f"cannot start a throwaway {binaries.label} cluster: {exc}")
+    return cluster_server(cluster, binaries.label)
+
+
+def cluster_server(cluster: LocalPostgres, label: str) -> PgServer:
+    """A started throwaway cluster as the tests use a server: its superuser's credentials."""
     return PgServer(
-        label=binaries.label,
+        label=label,
         major=cluster.major,
         admin_dsn=cluster.dsn(),
         host=cluster.host,

@@ -20,6 +20,7 @@ Failure semantics (docs/alarms-and-metrics.md):
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +52,7 @@ from reaper.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -147,17 +148,25 @@ def _handle(event: Any, context: LambdaContext) -> dict[str, Any]:
     return _summary(invocation, loaded, dry_run=dry_run, runs=runs, skipped=skipped)
 
 
+@contextmanager
+def _outcome_recorded(record: Callable[..., None], failure: type[ReaperError]) -> Iterator[None]:
+    """Record whether `failure` escaped the block in its 0/1 metric (0 too: the alarm needs
+    data); the error still propagates."""
+    try:
+        yield
+    except failure:
+        record(metrics, failed=True)
+        raise
+    record(metrics, failed=False)
+
+
 def _resolve_targets(settings: LambdaSettings) -> list[PlannedTarget]:
     if settings.discovery_tag is None:
         return resolve_targets(settings)
-    try:
-        planned = resolve_targets(settings)
-    except DiscoveryError:
-        # Nothing is known about the fleet: touch no database, not even the listed ones.
-        record_discovery_outcome(metrics, failed=True)
-        raise
-    record_discovery_outcome(metrics, failed=False)
-    return planned
+    # A failed discovery knows nothing of the fleet: no database is touched, not even the
+    # listed ones.
+    with _outcome_recorded(record_discovery_outcome, DiscoveryError):
+        return resolve_targets(settings)
 
 
 def _jobs(
@@ -186,14 +195,9 @@ def _jobs(
 
 
 def _load_policy(settings: LambdaSettings) -> LoadedPolicy:
-    try:
-        loaded = load_policy(settings)
-    except PolicyError:
-        # Fail closed: no target is touched; the metric and the raised error make it visible.
-        record_policy_outcome(metrics, failed=True)
-        raise
-    record_policy_outcome(metrics, failed=False)
-    return loaded
+    # Fail closed: no target is touched; the metric and the raised error make it visible.
+    with _outcome_recorded(record_policy_outcome, PolicyError):
+        return load_policy(settings)
 
 
 def _report(run: TargetRun) -> None:

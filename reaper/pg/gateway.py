@@ -61,6 +61,8 @@ _TOO_MANY_CONNECTIONS_MESSAGES: tuple[tuple[str, str], ...] = (
 )
 
 _SESSION_FIELDS = tuple(field.name for field in fields(Session))
+# The columns of _statements.SETUP_FACTS: every fact but the sslmode, which libpq knows.
+_SETUP_FACT_COLUMNS = tuple(field.name for field in fields(SetupFacts) if field.name != "sslmode")
 # What a planned session must still be at signal time (pids are reused): the query parameters
 # of _statements.TERMINATE and TERMINATE_ONE.
 _IDENTITY = ("pid", "backend_start", "state", "state_change")
@@ -142,24 +144,9 @@ def read_setup_facts(conn: psycopg.Connection[Any]) -> SetupFacts:
         ),
         "prefer",
     )
-    return SetupFacts(
-        role=row["role"],
-        server_version_num=row["server_version_num"],
-        is_superuser=row["is_superuser"],
-        is_rds_superuser=row["is_rds_superuser"],
-        sees_all_sessions=row["sees_all_sessions"],
-        may_signal_others=row["may_signal_others"],
-        may_use_reserved_connections=row["may_use_reserved_connections"],
-        max_connections=row["max_connections"],
-        superuser_reserved_connections=row["superuser_reserved_connections"],
-        reserved_connections=row["reserved_connections"],
-        role_connection_limit=row["role_connection_limit"],
-        role_statement_timeout=row["role_statement_timeout"],
-        uncapped_login_roles=tuple(row["uncapped_login_roles"]),
-        capped_login_connections=row["capped_login_connections"],
-        sslmode=sslmode,
-        tls_version=row["tls_version"],
-    )
+    facts = {name: row[name] for name in _SETUP_FACT_COLUMNS}
+    facts["uncapped_login_roles"] = tuple(facts["uncapped_login_roles"])  # an array comes as a list
+    return SetupFacts(**facts, sslmode=sslmode)
 
 
 def try_pass_lock(conn: psycopg.Connection[Any]) -> bool:

@@ -20,17 +20,35 @@ import pytest
 from reaper.errors import LocalPostgresError
 from reaper.local.binaries import available_binaries
 from reaper.local.cluster import LocalPostgres
-from tests.fix_db import ADMIN_APPLICATION_NAME, PgServer, RoleFactory, SessionFactory, wait_until
+from tests.fix_db import (
+    ADMIN_APPLICATION_NAME,
+    RoleFactory,
+    SessionFactory,
+    cluster_server,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
-    from tests.fix_db import Role
+    from tests.fix_db import PgServer, Role
 
 
 FLEET_SIZE = 3
 # The discovery tag of the tests (REAPER_DISCOVERY_TAG=idle-reaper=enabled).
 TAG = {"Key": "idle-reaper", "Value": "enabled"}
+
+
+def own_tags(
+    *, secret_arn: str | None = None, policy_parameter: str | None = None
+) -> list[dict[str, str]]:
+    """TAG, and the tags that give a discovered instance a login and a policy of its own."""
+    tags = [TAG]
+    if secret_arn is not None:
+        tags.append({"Key": "idle-reaper:secret-arn", "Value": secret_arn})
+    if policy_parameter is not None:
+        tags.append({"Key": "idle-reaper:policy-parameter", "Value": policy_parameter})
+    return tags
 
 
 @pytest.fixture(scope="session")
@@ -47,17 +65,7 @@ def fleet_servers() -> Iterator[list[PgServer]]:
                 stack.enter_context(cluster)
             except LocalPostgresError as exc:
                 pytest.skip(f"cannot start a throwaway {binaries[0].label} cluster: {exc}")
-            servers.append(
-                PgServer(
-                    label=f"fleet {binaries[0].label}",
-                    major=cluster.major,
-                    admin_dsn=cluster.dsn(),
-                    host=cluster.host,
-                    port=cluster.port,
-                    admin_user=cluster.superuser,
-                    admin_password=cluster.password,
-                )
-            )
+            servers.append(cluster_server(cluster, f"fleet {binaries[0].label}"))
         yield servers
 
 
@@ -174,5 +182,38 @@ class Rds:
             MasterUsername="postgres",
             MasterUserPassword="not-used-here",
             Tags=tags,
+            **extra,
+        )
+
+    def serverless_cluster(
+        self, identifier: str, *, min_capacity: float, max_capacity: float = 4
+    ) -> None:
+        """A tagged Aurora Serverless v2 cluster; a minimum of 0 ACUs lets it auto-pause."""
+        self.cluster(
+            identifier,
+            tags=[TAG],
+            ServerlessV2ScalingConfiguration={
+                "MinCapacity": min_capacity,
+                "MaxCapacity": max_capacity,
+            },
+        )
+
+    def member(
+        self,
+        identifier: str,
+        cluster: str,
+        *,
+        tags: list[dict[str, str]] | None = None,
+        server: PgServer | None = None,
+        **extra: Any,
+    ) -> None:
+        """Create an instance of an Aurora cluster, untagged unless `tags` is given (it inherits
+        the cluster's tags), at `server`."""
+        self.instance(
+            identifier,
+            engine="aurora-postgresql",
+            tags=[] if tags is None else tags,
+            server=server,
+            DBClusterIdentifier=cluster,
             **extra,
         )

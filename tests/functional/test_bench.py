@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ import pytest
 
 from bench.fleet import BenchError, Fleet, fleet_worker, require_exactly
 from reaper.local.sessions import open_sessions
+from tests.commands import run_command
 from tests.fix_db import dsn_for
 
 if TYPE_CHECKING:
@@ -67,14 +67,8 @@ def test_bench_on_a_small_fleet_writes_results_and_states_every_target(tmp_path:
     # The bench is its own pytest run: a pytest-xdist worker's variables would make
     # pytest-benchmark believe it runs under xdist and switch itself off.
     env = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")}
-    run = subprocess.run(
-        [sys.executable, "-m", "bench", *options],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    run = run_command(
+        [sys.executable, "-m", "bench", *options], cwd=REPO_ROOT, env=env, timeout=600
     )
 
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import sys
 from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.commands import run_command
 from tests.fix_db import dsn_for
 from tests.functional.reaping import (
     THRESHOLD,
@@ -25,14 +25,7 @@ if TYPE_CHECKING:
 
 
 def reaper_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
-    return subprocess.run(
-        [sys.executable, "-m", "reaper", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
+    return run_command([sys.executable, "-m", "reaper", *args], timeout=timeout, env=env)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from reaper.cli.invoke import local_context
 from reaper.cli.main import main
 from reaper.errors import DiscoveryError, TargetsFailedError
 from tests.fix_aws import REGION, emf_metrics, log_records, metric
-from tests.functional.fleet import TAG, Rds
+from tests.functional.fleet import TAG, Rds, own_tags
 from tests.functional.reaping import policy_document, wait_past_threshold
 
 if TYPE_CHECKING:
@@ -79,8 +79,8 @@ def test_every_page_of_instances_is_read(rds) -> None:
 def test_aurora_members_inherit_the_cluster_tag_and_each_is_a_target_of_its_own(rds) -> None:
     # given a tagged Aurora cluster with a writer and a reader that carry no tag themselves
     rds.cluster("billing", tags=[TAG])
-    rds.instance("billing-1", engine="aurora-postgresql", tags=[], DBClusterIdentifier="billing")
-    rds.instance("billing-2", engine="aurora-postgresql", tags=[], DBClusterIdentifier="billing")
+    rds.member("billing-1", "billing")
+    rds.member("billing-2", "billing")
 
     # then each instance is a target at its instance endpoint, never the cluster's
     instances = {i.identifier: i for i in list_instances()}
@@ -93,13 +93,8 @@ def test_aurora_members_inherit_the_cluster_tag_and_each_is_a_target_of_its_own(
 def test_an_instance_tag_overrides_its_clusters(rds) -> None:
     # given a tagged cluster whose reader is tagged off
     rds.cluster("billing", tags=[TAG])
-    rds.instance("billing-1", engine="aurora-postgresql", tags=[], DBClusterIdentifier="billing")
-    rds.instance(
-        "billing-2",
-        engine="aurora-postgresql",
-        tags=[{"Key": "idle-reaper", "Value": "disabled"}],
-        DBClusterIdentifier="billing",
-    )
+    rds.member("billing-1", "billing")
+    rds.member("billing-2", "billing", tags=[{"Key": "idle-reaper", "Value": "disabled"}])
 
     assert list(discovered()) == ["billing-1"]
 
@@ -116,29 +111,11 @@ def test_a_stopped_instance_is_skipped_and_never_given_a_login(rds) -> None:
 def test_serverless_v2_instances_that_can_auto_pause_are_skipped_and_no_others(rds) -> None:
     # given a cluster that may pause (minimum 0 ACUs) with a serverless and a provisioned member,
     # and a serverless member of a cluster that may not (minimum 0.5 ACUs)
-    rds.cluster(
-        "reports",
-        tags=[TAG],
-        ServerlessV2ScalingConfiguration={"MinCapacity": 0, "MaxCapacity": 4},
-    )
-    rds.instance(
-        "reports-1",
-        engine="aurora-postgresql",
-        tags=[],
-        DBClusterIdentifier="reports",
-        DBInstanceClass="db.serverless",
-    )
-    rds.instance("reports-2", engine="aurora-postgresql", tags=[], DBClusterIdentifier="reports")
-    rds.cluster(
-        "api", tags=[TAG], ServerlessV2ScalingConfiguration={"MinCapacity": 0.5, "MaxCapacity": 4}
-    )
-    rds.instance(
-        "api-1",
-        engine="aurora-postgresql",
-        tags=[],
-        DBClusterIdentifier="api",
-        DBInstanceClass="db.serverless",
-    )
+    rds.serverless_cluster("reports", min_capacity=0)
+    rds.member("reports-1", "reports", DBInstanceClass="db.serverless")
+    rds.member("reports-2", "reports")
+    rds.serverless_cluster("api", min_capacity=0.5)
+    rds.member("api-1", "api", DBInstanceClass="db.serverless")
 
     targets = discovered()
     assert "auto-pause" in targets["reports-1"].skip_reason
@@ -247,6 +224,16 @@ def invoke(event: dict[str, Any] = SCHEDULED) -> dict[str, Any]:
     return lambda_handler(event, local_context())
 
 
+def invoke_failing_on(target: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """Once the sessions are stale, run the scheduled pass, which must fail naming `target`;
+    what the pass printed."""
+    wait_past_threshold(THRESHOLD)
+    capsys.readouterr()
+    with pytest.raises(TargetsFailedError, match=target):
+        invoke()
+    return capsys.readouterr().out
+
+
 @pytest.mark.pg
 def test_each_discovered_target_gets_its_own_login_and_policy_and_a_bad_one_fails_alone(
     rds, members, policy_parameter, rds_secret, capsys
@@ -266,30 +253,18 @@ def test_each_discovered_target_gets_its_own_login_and_policy_and_a_bad_one_fail
     rds.instance(
         "billing-db",
         server=billing.server,
-        tags=[
-            TAG,
-            {"Key": "idle-reaper:secret-arn", "Value": own["ARN"]},
-            {"Key": "idle-reaper:policy-parameter", "Value": "/billing/policy"},
-        ],
+        tags=own_tags(secret_arn=own["ARN"], policy_parameter="/billing/policy"),
     )
-    rds.instance(
-        "ghost-db",
-        server=orders.server,
-        tags=[TAG, {"Key": "idle-reaper:policy-parameter", "Value": "/ghost/policy"}],
-    )
+    rds.instance("ghost-db", server=orders.server, tags=own_tags(policy_parameter="/ghost/policy"))
     stale_orders = orders.open("orders")
     stale_invoice = billing.open("invoices")
     spared_on_billing = billing.open("orders")  # matches the stack policy, not billing's own
-    wait_past_threshold(THRESHOLD)
-    capsys.readouterr()
 
     # when the scheduled pass runs, then it fails for the target with the missing policy only
-    with pytest.raises(TargetsFailedError, match="ghost-db"):
-        invoke()
+    out = invoke_failing_on("ghost-db", capsys)
     assert orders.ended(stale_orders)
     assert billing.ended(stale_invoice)
     assert billing.alive(spared_on_billing)
-    out = capsys.readouterr().out
     assert metric(out, "SessionsTerminated", Target="orders-db").value == 1
     assert metric(out, "SessionsTerminated", Target="billing-db").value == 1
     assert metric(out, "TargetErrors", Target="ghost-db").value == 1
@@ -309,23 +284,16 @@ def test_a_discovered_target_without_any_login_fails_alone(
     orders, billing = members
     policy_file("orders", orders, billing)
     own = secrets_client.create_secret(Name="orders/db", SecretString=secret_for(orders))
-    rds.instance(
-        "orders-db",
-        server=orders.server,
-        tags=[TAG, {"Key": "idle-reaper:secret-arn", "Value": own["ARN"]}],
-    )
+    rds.instance("orders-db", server=orders.server, tags=own_tags(secret_arn=own["ARN"]))
     rds.instance("billing-db", server=billing.server)
     stale = orders.open("orders")
     untouched = billing.open("orders")
-    wait_past_threshold(THRESHOLD)
-    capsys.readouterr()
 
-    with pytest.raises(TargetsFailedError, match="billing-db"):
-        invoke()
+    out = invoke_failing_on("billing-db", capsys)
 
     assert orders.ended(stale)
     assert billing.alive(untouched)
-    (error,) = [r for r in log_records(capsys.readouterr().out) if r.get("audit") == "target_error"]
+    (error,) = [r for r in log_records(out) if r.get("audit") == "target_error"]
     assert error["error_type"] == "CredentialsError"
     assert "idle-reaper:secret-arn" in error["message"]
 
@@ -371,11 +339,7 @@ def test_passes_queue_for_a_bounded_pool_and_all_run(
     policy_file("orders", orders, billing)
     for identifier, member in (("a-db", orders), ("b-db", billing), ("c-db", billing)):
         secret = secrets_client.create_secret(Name=identifier, SecretString=secret_for(member))
-        rds.instance(
-            identifier,
-            server=member.server,
-            tags=[TAG, {"Key": "idle-reaper:secret-arn", "Value": secret["ARN"]}],
-        )
+        rds.instance(identifier, server=member.server, tags=own_tags(secret_arn=secret["ARN"]))
     stale = [orders.open("orders"), billing.open("orders")]
     wait_past_threshold(THRESHOLD)
 

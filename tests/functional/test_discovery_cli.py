@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -19,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.fix_aws import REGION, emf_metrics, metric
-from tests.functional.fleet import TAG, Rds
+from tests.commands import run_command
+from tests.fix_aws import REGION, emf_metrics, fake_aws_variables, metric
+from tests.functional.fleet import Rds, own_tags
 from tests.functional.reaping import policy_document, wait_past_threshold
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Iterator
 
     from tests.functional.fleet import FleetServer
@@ -74,26 +75,13 @@ def reaper(
     }
     variables = {
         **inherited,
+        **fake_aws_variables(home),
         "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": REGION,
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_CONFIG_FILE": str(home / "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-aws-credentials"),
         **environment,
     }
     script = Path(sys.executable).with_name("reaper")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "reaper"]
-    return subprocess.run(
-        [*command, *arguments],
-        cwd=REPOSITORY,
-        env=variables,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return run_command([*command, *arguments], cwd=REPOSITORY, env=variables, timeout=180)
 
 
 def rds_secret_of(member: FleetServer) -> str:
@@ -137,36 +125,14 @@ def test_invoke_reaps_each_tagged_available_instance_and_targets_lists_the_same(
     rds.instance("orders-db", server=orders.server)
     rds.cluster(
         "billing",
-        tags=[
-            TAG,
-            {"Key": "idle-reaper:secret-arn", "Value": billing_secret},
-            {"Key": "idle-reaper:policy-parameter", "Value": BILLING_POLICY},
-        ],
+        tags=own_tags(secret_arn=billing_secret, policy_parameter=BILLING_POLICY),
     )
-    rds.instance(
-        "billing-1",
-        engine="aurora-postgresql",
-        tags=[],
-        DBClusterIdentifier="billing",
-        DBInstanceClass="db.r6g.large",
-        server=billing.server,
-    )
+    rds.member("billing-1", "billing", DBInstanceClass="db.r6g.large", server=billing.server)
     rds.instance("legacy-db", tags=[], server=bystander.server)
     rds.instance("archive-db", server=bystander.server)
     rds.client.stop_db_instance(DBInstanceIdentifier="archive-db")
-    rds.cluster(
-        "reports",
-        tags=[TAG],
-        ServerlessV2ScalingConfiguration={"MinCapacity": 0, "MaxCapacity": 2},
-    )
-    rds.instance(
-        "reports-1",
-        engine="aurora-postgresql",
-        tags=[],
-        DBClusterIdentifier="reports",
-        DBInstanceClass="db.serverless",
-        server=bystander.server,
-    )
+    rds.serverless_cluster("reports", min_capacity=0, max_capacity=2)
+    rds.member("reports-1", "reports", DBInstanceClass="db.serverless", server=bystander.server)
     rds.instance("shop-mysql", engine="mysql")
     # and sessions idle past the threshold on every server
     stale_orders = [orders.open("orders") for _ in range(2)]

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.commands import run_command
+
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -51,12 +53,9 @@ def sam() -> Path:
         shutil.rmtree(SAM_VENV, ignore_errors=True)
         SAM_VENV.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "venv", str(SAM_VENV)], check=True)
-        installed = subprocess.run(
+        installed = run_command(
             [str(SAM_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", SAM_REQUIREMENT],
-            capture_output=True,
-            text=True,
             timeout=900,
-            check=False,
         )
         if installed.returncode != 0 or _sam_version(executable) is None:
             pytest.skip(
@@ -124,15 +123,7 @@ def _environment(sam: Path, python_312: Path, **extra: str) -> dict[str, str]:
 def _run(
     command: list[str], cwd: Path, environment: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command,
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT,
-        check=False,
-    )
+    return run_command(command, cwd=cwd, env=environment, timeout=BUILD_TIMEOUT)
 
 
 @pytest.fixture(scope="session")
@@ -197,12 +188,8 @@ def test_x86_64_package_imports_the_handler_on_python_312(
         "import psycopg, pydantic_core, reaper.aws.handler as handler;"
         "print(handler.lambda_handler.__module__, psycopg.pq.__impl__)"
     )
-    completed = subprocess.run(
-        [str(python_312), "-I", "-c", script, str(builds["x86_64"])],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    completed = run_command(
+        [str(python_312), "-I", "-c", script, str(builds["x86_64"])], timeout=120
     )
 
     assert completed.returncode == 0, completed.stderr
