@@ -131,10 +131,12 @@ class DoctorReport:
         }
 
 
-def full_database_fix(cause: str, role: str | None) -> str:
+def full_database_fix(cause: str, role: str | None, *, reserve_major: int | None = None) -> str:
     """The remedy for a login refused with SQLSTATE 53300, for each cause.
 
-    The server's major is unknown before login, so a full server gets both remedies.
+    The server's major cannot be asked before login; `reserve_major` is what the refusal itself
+    told (16 when it named the 16+ reserve, 15 when only a superuser reserve exists), else None,
+    and a full server then gets both remedies.
     """
     who = role or "the reaper's role"
     if cause == CAUSE_ROLE:
@@ -149,8 +151,16 @@ def full_database_fix(cause: str, role: str | None) -> str:
             "of the cluster (pg_stat_activity covers them all), or raise ALTER DATABASE ... "
             "CONNECTION LIMIT"
         )
+    if reserve_major is None:
+        return (
+            f"{reserved_slots_fix(who)}; on PostgreSQL 15 and older, {connection_limits_fix()}. "
+            f"See {RESERVED_WAY_IN_DOC}"
+        )
+    if reserve_major >= RESERVED_CONNECTIONS_MAJOR:
+        return f"{reserved_slots_fix(who)}. See {RESERVED_WAY_IN_DOC}"
     return (
-        f"{reserved_slots_fix(who)}; on PostgreSQL 15 and older, {connection_limits_fix()}. "
+        "this server (PostgreSQL 15 or older) keeps no slots for non-superusers, so "
+        f"{connection_limits_fix()}; PostgreSQL 16 adds reserved_connections. "
         f"See {RESERVED_WAY_IN_DOC}"
     )
 

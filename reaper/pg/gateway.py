@@ -59,6 +59,14 @@ _TOO_MANY_CONNECTIONS_MESSAGES: tuple[tuple[str, str], ...] = (
     ("too many connections for role ", CAUSE_ROLE),
     ("too many connections for database ", CAUSE_DATABASE),
 )
+# Which reserve the refusal names tells the major family, so the message can name that
+# family's fix: 13 to 15 reserve slots for superusers only ("non-replication superuser",
+# RDS adds its own roles to the list); 16 and later name the role attribute or the
+# pg_use_reserved_connections role ("reserved for roles with ...").
+_RESERVE_WORDING_MAJOR: tuple[tuple[str, int], ...] = (
+    ("reserved for non-replication superuser", 15),
+    ("reserved for roles with ", 16),
+)
 
 _SESSION_FIELDS = tuple(field.name for field in fields(Session))
 # The columns of _statements.SETUP_FACTS: every fact but the sslmode, which libpq knows.
@@ -108,7 +116,8 @@ def connect(target: Target, timeouts: Timeouts = Timeouts()) -> psycopg.Connecti
             raise DatabaseFullError(
                 f"the database is full: {target.endpoint} refused the reaper's login because "
                 f"its connection slots are taken (SQLSTATE {TOO_MANY_CONNECTIONS}: {detail}). "
-                f"Nothing was terminated. Fix: {full_database_fix(full_cause, target.user)}",
+                "Nothing was terminated. Fix: "
+                + full_database_fix(full_cause, target.user, reserve_major=_reserve_major(detail)),
                 cause=full_cause,
             ) from exc
         if (exc.sqlstate or "").startswith(_AUTH_SQLSTATE_CLASS) or "authentication" in detail:
@@ -127,6 +136,11 @@ def too_many_connections_cause(exc: psycopg.OperationalError, detail: str) -> st
             return cause
     # The SQLSTATE says full, in words this table does not know: name every remedy.
     return CAUSE_SERVER if exc.sqlstate == TOO_MANY_CONNECTIONS else None
+
+
+def _reserve_major(detail: str) -> int | None:
+    """The major family a reserved-slots refusal reveals (see _RESERVE_WORDING_MAJOR)."""
+    return next((major for words, major in _RESERVE_WORDING_MAJOR if words in detail), None)
 
 
 def read_setup_facts(conn: psycopg.Connection[Any]) -> SetupFacts:

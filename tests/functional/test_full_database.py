@@ -203,12 +203,16 @@ def test_reaper_without_a_way_in_is_refused_with_the_full_database_error(
     # when it runs a pass on the full server
     exit_code, output = run_reaper(filled.dsn(role, password), capsys)
 
-    # then it exits with the full-database code, says so and names both remedies
+    # then it exits with the full-database code, says so and names the remedy of that major
     assert exit_code == ExitCode.DATABASE_FULL
     assert "the database is full" in output
     assert "53300" in output
-    assert f"GRANT pg_use_reserved_connections TO {role}" in output
-    assert "CONNECTION LIMIT" in output
+    if filled.major >= RESERVED_CONNECTIONS_MAJOR:
+        assert f"GRANT pg_use_reserved_connections TO {role}" in output
+        assert "CONNECTION LIMIT" not in output
+    else:
+        assert "ALTER ROLE ... CONNECTION LIMIT" in output
+        assert "pg_use_reserved_connections" not in output
     assert "docs/database-role.md#a-reserved-way-in" in output
     assert password not in output
     assert filled.app_sessions() == len(filled.sessions)

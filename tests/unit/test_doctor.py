@@ -19,6 +19,7 @@ from reaper.core.doctor import (
     full_database_fix,
     setup_checks,
 )
+from reaper.pg import gateway
 from reaper.pg.gateway import too_many_connections_cause
 
 COMPLETE_18 = SetupFacts(
@@ -179,6 +180,44 @@ def test_full_database_fix_names_the_remedy_for_each_cause(cause, words) -> None
     fix = full_database_fix(cause, "idle_reaper")
     for word in words:
         assert word in fix
+
+
+@pytest.mark.parametrize(
+    ("reserve_major", "named", "not_named"),
+    [
+        (16, "GRANT pg_use_reserved_connections TO idle_reaper", "CONNECTION LIMIT"),
+        (15, "ALTER ROLE ... CONNECTION LIMIT", "pg_use_reserved_connections"),
+    ],
+)
+def test_a_full_server_whose_refusal_tells_its_major_gets_only_that_majors_fix(
+    reserve_major, named, not_named
+) -> None:
+    fix = full_database_fix(CAUSE_SERVER, "idle_reaper", reserve_major=reserve_major)
+    assert named in fix
+    assert not_named not in fix
+    assert "docs/database-role.md#a-reserved-way-in" in fix
+
+
+@pytest.mark.parametrize(
+    ("message", "major"),
+    [
+        ("remaining connection slots are reserved for non-replication superuser connections", 15),
+        (
+            "remaining connection slots are reserved for non-replication superuser, rds_reserved, "
+            "and rds_superuser connections",
+            15,
+        ),
+        (
+            "remaining connection slots are reserved for roles with privileges of the "
+            '"pg_use_reserved_connections" role',
+            16,
+        ),
+        ("remaining connection slots are reserved for roles with the SUPERUSER attribute", 16),
+        ("sorry, too many clients already", None),
+    ],
+)
+def test_the_reserve_a_refusal_names_tells_the_major_family(message, major) -> None:
+    assert gateway._reserve_major(_FATAL + message) == major
 
 
 # What psycopg 3.3 with libpq 18 raised on this machine (PostgreSQL 15 and 18), trimmed.
