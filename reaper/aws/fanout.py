@@ -83,6 +83,12 @@ def timeouts_within(seconds_left: float, *, connect_timeout: int) -> Timeouts:
     )
 
 
+def _own_deadline(settings: LambdaSettings, deadline: float) -> float:
+    """When a target starting now must be done: REAPER_TARGET_TIMEOUT_SECONDS from now, or the
+    invocation's `deadline` if that comes first. One slow target never eats the others' time."""
+    return min(deadline, time.monotonic() + settings.target_timeout_seconds)
+
+
 def _pass_on_target(
     settings: LambdaSettings,
     entry: TargetEntry,
@@ -100,7 +106,7 @@ def _pass_on_target(
     Raises:
         ReaperError: whatever stopped the pass (see run_pass and build_target).
     """
-    own_deadline = min(deadline, time.monotonic() + settings.target_timeout_seconds)
+    own_deadline = _own_deadline(settings, deadline)
 
     def attempt(*, refresh_secret: bool) -> PassResult:
         target = build_target(settings, entry, refresh_secret=refresh_secret)
@@ -210,6 +216,9 @@ def doctor_on_targets(
 ) -> list[DoctorReport]:
     """Run the doctor's checks on each target in turn, within the budget; one report each.
 
+    Each target gets the same time budget as a pass (REAPER_TARGET_TIMEOUT_SECONDS, cut to the
+    time left), so a target that hangs cannot leave the ones after it without time.
+
     One target after the other: a check is two short statements, and an operator reads the
     reports in configuration order. A target whose credentials cannot be built, or for which no
     time is left, or whose database fails while it is checked, gets a failed connection check.
@@ -220,7 +229,8 @@ def doctor_on_targets(
         try:
             target = build_target(settings, job.entry)
             timeouts = timeouts_within(
-                deadline - time.monotonic(), connect_timeout=settings.connect_timeout
+                _own_deadline(settings, deadline) - time.monotonic(),
+                connect_timeout=settings.connect_timeout,
             )
             reports.append(run_doctor(target, job.policy, timeouts=timeouts))
         except ReaperError as exc:

@@ -126,7 +126,7 @@ def _handle(event: Any, context: LambdaContext) -> dict[str, Any]:
             "action": "doctor",
             "policy_source": loaded.source,
             "targets": [report.to_dict() for report in reports],
-            "skipped_targets": [{"target": name, "reason": reason} for name, reason in skipped],
+            "skipped_targets": _skipped_summary(skipped),
         }
     logger.info(
         f"pass starting: {invocation.description}",
@@ -234,8 +234,12 @@ def _summary(
         "policy_source": loaded.source,
         "dry_run": dry_run,
         "targets": [_target_summary(run) for run in runs],
-        "skipped_targets": [{"target": name, "reason": reason} for name, reason in skipped],
+        "skipped_targets": _skipped_summary(skipped),
     }
+
+
+def _skipped_summary(skipped: list[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"target": name, "reason": reason} for name, reason in skipped]
 
 
 def _target_summary(run: TargetRun) -> dict[str, Any]:
