@@ -13,7 +13,8 @@ import pytest
 
 from bench.fleet import bench_server
 from reaper.errors import LocalPostgresError
-from reaper.local.binaries import debian_binaries, embedded_binaries
+from reaper.local.binaries import embedded_binaries
+from tests.harness.binaries import debian_binaries
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -34,10 +34,10 @@ from bench.bare_sql import bare_statement
 from bench.conftest import rounds_for
 from bench.fleet import BenchError, require_exactly
 from bench.report import read_handler_output
+from reaper.actions.run import run_pass
 from reaper.cli.invoke import emulated_environment, read_event
 from reaper.core.policy import one_rule_policy
-from reaper.pg.target import Target
-from reaper.run import run_pass
+from reaper.pg.conninfo import ConnInfo
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -146,7 +146,7 @@ def policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("kind", ["reaper_pass", "bare_sql"])
 def test_in_process(site: Site, kind: str, mode: str) -> None:
     """The reaper's pass against the bare statement, each on a fresh connection."""
-    target = Target.from_dsn(site.server.reaper_dsn, name="bench")
+    target = ConnInfo.from_dsn(site.server.reaper_dsn, name="bench")
     # Sent as the exact text psql gets: no parameters, nothing for psycopg to rewrite.
     statement = STATEMENTS[mode].encode()
 

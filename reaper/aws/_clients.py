@@ -13,6 +13,8 @@ from aws_lambda_powertools.utilities.parameters import SecretsProvider, SSMProvi
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from reaper.settings import AwsSettings
+
 # From inside a VPC without an SSM or Secrets Manager endpoint the default botocore timeouts
 # (60 s, with retries) would outlast the function; fail fast instead, so the error is logged
 # and counted.
@@ -21,16 +23,24 @@ CLIENT_CONFIG = Config(
 )
 
 
+def _config() -> Config:
+    """CLIENT_CONFIG in the Region of AWS_REGION (Lambda's, and the docs'), else of
+    AWS_DEFAULT_REGION: boto3 alone reads only the latter, and then finds no Region at all
+    on a laptop that sets only AWS_REGION."""
+    region = AwsSettings().region
+    return CLIENT_CONFIG if region is None else CLIENT_CONFIG.merge(Config(region_name=region))
+
+
 @functools.cache
 def ssm_provider() -> SSMProvider:
     """The SSM provider (the policy parameter), with its cache."""
-    return SSMProvider(boto_config=CLIENT_CONFIG)
+    return SSMProvider(boto_config=_config())
 
 
 @functools.cache
 def secrets_provider() -> SecretsProvider:
     """The Secrets Manager provider (the database secret), with its cache."""
-    return SecretsProvider(boto_config=CLIENT_CONFIG)
+    return SecretsProvider(boto_config=_config())
 
 
 @functools.cache
@@ -40,7 +50,7 @@ def rds_client() -> Any:
     A session of its own: boto3's default session is not safe to use from the target threads
     at once. Typed as Any: boto3 is untyped without the optional stubs package.
     """
-    return boto3.session.Session().client("rds", config=CLIENT_CONFIG)
+    return boto3.session.Session().client("rds", config=_config())
 
 
 def clear_clients() -> None:

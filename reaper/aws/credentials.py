@@ -1,14 +1,14 @@
 """Connection parameters for each target: from a DSN, a Secrets Manager secret or an IAM token.
 
-A target's own login (`secret_id` or `iam_user` of its entry: a REAPER_TARGETS field or a
+A target's own login (`secret_id` or `iam_user` of its spec: a REAPER_TARGETS field or a
 discovered instance's tag) wins over the stack's (REAPER_DATABASE_URL, REAPER_SECRET_ID,
-REAPER_IAM_AUTH with REAPER_DB_USER); the entry's host and port win over those in a secret, and
+REAPER_IAM_AUTH with REAPER_DB_USER); the spec's host and port win over those in a secret, and
 the stack's TLS settings apply to every secret and IAM login.
 
 The secret is read through Powertools Parameters and cached for REAPER_SECRET_CACHE_SECONDS;
 `refresh_secret=True` bypasses the cache (after a login refused with a rotated password). The
 IAM token is signed locally by boto3 for each pass (it is valid for 15 minutes). Passwords and
-tokens end up only in `Target.params`; no message here ever contains one.
+tokens end up only in `ConnInfo.params`; no message here ever contains one.
 """
 
 from __future__ import annotations
@@ -20,65 +20,65 @@ from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterEr
 from botocore.exceptions import BotoCoreError, ClientError
 
 from reaper.aws import _clients
-from reaper.aws.settings import DEFAULT_DBNAME, DEFAULT_PORT
 from reaper.errors import CredentialsError
-from reaper.pg.target import Target
+from reaper.pg.conninfo import ConnInfo
+from reaper.settings import DEFAULT_DBNAME, DEFAULT_PORT
 
 if TYPE_CHECKING:
-    from reaper.aws.settings import LambdaSettings, TargetEntry
+    from reaper.settings import LambdaSettings, TargetSpec
 
 # The keys of an RDS database secret (the format RDS and the rotation functions write) that the
 # reaper needs; host, port and dbname may come from REAPER_TARGETS instead.
 _REQUIRED_SECRET_KEYS = ("username", "password")
 
 
-def uses_secret(settings: LambdaSettings, entry: TargetEntry) -> bool:
+def uses_secret(settings: LambdaSettings, spec: TargetSpec) -> bool:
     """True when the target logs in with a Secrets Manager secret (so a re-read may help)."""
-    return secret_id_of(settings, entry) is not None
+    return secret_id_of(settings, spec) is not None
 
 
-def secret_id_of(settings: LambdaSettings, entry: TargetEntry) -> str | None:
+def secret_id_of(settings: LambdaSettings, spec: TargetSpec) -> str | None:
     """The secret the target logs in with: its own, else the stack's, unless it has another
     login of its own or the stack's login is a DSN."""
-    if entry.secret_id is not None:
-        return entry.secret_id
-    if entry.has_own_login() or settings.database_url is not None:
+    if spec.secret_id is not None:
+        return spec.secret_id
+    if spec.has_own_login() or settings.database_url is not None:
         return None
     return settings.secret_id
 
 
-def iam_user_of(settings: LambdaSettings, entry: TargetEntry) -> str | None:
+def iam_user_of(settings: LambdaSettings, spec: TargetSpec) -> str | None:
     """The database user the target signs an IAM token for, if it logs in with IAM."""
-    if entry.iam_user is not None:
-        return entry.iam_user
-    if entry.has_own_login() or not settings.iam_auth:
+    if spec.iam_user is not None:
+        return spec.iam_user
+    if spec.has_own_login() or not settings.iam_auth:
         return None
     return settings.db_user
 
 
-def login_summary(settings: LambdaSettings, entry: TargetEntry) -> str:
+def login_summary(settings: LambdaSettings, spec: TargetSpec) -> str:
     """How the target logs in, in words, naming no secret value (for `reaper targets`)."""
-    if entry.dsn is not None:
+    if spec.dsn is not None:
         return "its own DSN"
-    secret_id = secret_id_of(settings, entry)
+    secret_id = secret_id_of(settings, spec)
     if secret_id is not None:
-        return f"secret {secret_id}" + ("" if entry.secret_id else " (stack default)")
-    iam_user = iam_user_of(settings, entry)
+        return f"secret {secret_id}" + ("" if spec.secret_id else " (stack default)")
+    iam_user = iam_user_of(settings, spec)
     if iam_user is not None:
-        return f"IAM user {iam_user}" + ("" if entry.iam_user else " (stack default)")
+        return f"IAM user {iam_user}" + ("" if spec.iam_user else " (stack default)")
     if settings.database_url is not None:
         return "REAPER_DATABASE_URL"
     return "none: no secret, IAM user or DSN applies"
 
 
 def build_target(
-    settings: LambdaSettings, entry: TargetEntry, *, refresh_secret: bool = False
-) -> Target:
+    settings: LambdaSettings, spec: TargetSpec, *, refresh_secret: bool = False
+) -> ConnInfo:
     """The connection parameters of one target.
 
     Args:
         settings: the function's settings (the base connection).
-        entry: the target's name and overrides.
+        spec: the target's name and overrides.
         refresh_secret: read the secret from Secrets Manager even if a cached copy is fresh.
 
     Raises:
@@ -87,34 +87,34 @@ def build_target(
             or key, never a value.
         SettingsError: a DSN is not a connection string.
     """
-    if entry.dsn is not None:
-        return Target.from_dsn(entry.dsn.get_secret_value(), name=entry.name)
-    secret_id = secret_id_of(settings, entry)
-    iam_user = iam_user_of(settings, entry)
+    if spec.dsn is not None:
+        return ConnInfo.from_dsn(spec.dsn.get_secret_value(), name=spec.name)
+    secret_id = secret_id_of(settings, spec)
+    iam_user = iam_user_of(settings, spec)
     base_dsn = settings.database_url_value()
     if secret_id is not None:
         params = _params_from_secret(
             secret_id, max_age=settings.secret_cache_seconds, refresh=refresh_secret
         )
     elif iam_user is not None:
-        params = _params_from_iam(settings, entry, iam_user)
+        params = _params_from_iam(settings, spec, iam_user)
     elif base_dsn is not None:
-        base = Target.from_dsn(base_dsn, name=entry.name)
+        base = ConnInfo.from_dsn(base_dsn, name=spec.name)
         # A DSN keeps its own TLS settings: it is for local use, where servers rarely have TLS.
-        return Target(name=entry.name, params={**base.params, **_overrides(entry)})
+        return ConnInfo(name=spec.name, params={**base.params, **_overrides(spec)})
     else:
         raise CredentialsError(
-            f"target {entry.name} has no login: tag the instance with idle-reaper:secret-arn "
+            f"target {spec.name} has no login: tag the instance with idle-reaper:secret-arn "
             "or idle-reaper:iam-user, or set REAPER_SECRET_ID or REAPER_IAM_AUTH with "
             "REAPER_DB_USER"
         )
-    params.update(_overrides(entry))
+    params.update(_overrides(spec))
     params.update(_tls_params(settings))
-    return Target(name=entry.name, params=params)
+    return ConnInfo(name=spec.name, params=params)
 
 
-def _overrides(entry: TargetEntry) -> dict[str, str]:
-    overrides = {"host": entry.host, "port": entry.port, "dbname": entry.dbname}
+def _overrides(spec: TargetSpec) -> dict[str, str]:
+    overrides = {"host": spec.host, "port": spec.port, "dbname": spec.dbname}
     return {key: str(value) for key, value in overrides.items() if value is not None}
 
 
@@ -163,11 +163,11 @@ def _params_from_secret(secret_id: str, *, max_age: int, refresh: bool) -> dict[
     return params
 
 
-def _params_from_iam(settings: LambdaSettings, entry: TargetEntry, user: str) -> dict[str, str]:
-    host = entry.host or settings.db_host
+def _params_from_iam(settings: LambdaSettings, spec: TargetSpec, user: str) -> dict[str, str]:
+    host = spec.host or settings.db_host
     if host is None:  # LambdaSettings checks listed targets; discovered ones carry a host
-        raise CredentialsError(f"target {entry.name}: IAM authentication needs a host")
-    port = entry.port or settings.db_port or DEFAULT_PORT
+        raise CredentialsError(f"target {spec.name}: IAM authentication needs a host")
+    port = spec.port or settings.db_port or DEFAULT_PORT
     try:
         client = _clients.rds_client()
         token = client.generate_db_auth_token(
@@ -183,5 +183,5 @@ def _params_from_iam(settings: LambdaSettings, entry: TargetEntry, user: str) ->
         "port": str(port),
         "user": user,
         "password": str(token),
-        "dbname": entry.dbname or settings.db_name or DEFAULT_DBNAME,
+        "dbname": spec.dbname or settings.db_name or DEFAULT_DBNAME,
     }

@@ -20,13 +20,14 @@ from typing import Annotated, Any, Literal, TypeVar
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
-from reaper.aws.settings import TARGET_NAME_PATTERN
 from reaper.core.validation import describe_validation_error
 from reaper.errors import EventError
+from reaper.settings import TARGET_NAME_PATTERN
 
 SCHEDULED_DETAIL_TYPE = "Scheduled Event"
 ALARM_DETAIL_TYPE = "CloudWatch Alarm State Change"
 EventKind = Literal["scheduled", "alarm", "manual"]
+InvocationAction = Literal["pass", "doctor", "none"]
 TargetName = Annotated[str, Field(pattern=TARGET_NAME_PATTERN)]
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 
@@ -109,14 +110,13 @@ class Invocation:
     """What one event asks for, independent of its shape."""
 
     kind: EventKind
-    # False for an alarm that is not in ALARM: the invocation reports and does nothing.
-    run_pass: bool
+    # pass; doctor (a manual doctor event: the preflight checks instead of a pass); none (an
+    # alarm that is not in ALARM: the invocation reports and does nothing).
+    action: InvocationAction
     force_dry_run: bool = False
     # None means every configured target.
     targets: tuple[str, ...] | None = None
     description: str = ""
-    # A manual doctor event: run the preflight checks instead of a pass.
-    doctor: bool = False
 
 
 def parse_event(event: Any) -> Invocation:
@@ -135,14 +135,14 @@ def parse_event(event: Any) -> Invocation:
         if detail_type == SCHEDULED_DETAIL_TYPE:
             scheduled = _validate(ScheduledEvent, event, "scheduled")
             return Invocation(
-                kind="scheduled", run_pass=True, description=f"scheduled ({scheduled.source})"
+                kind="scheduled", action="pass", description=f"scheduled ({scheduled.source})"
             )
         if detail_type == ALARM_DETAIL_TYPE:
             alarm = _validate(AlarmStateChangeEvent, event, "alarm state change")
             detail = alarm.detail
             return Invocation(
                 kind="alarm",
-                run_pass=detail.state.value == "ALARM",
+                action="pass" if detail.state.value == "ALARM" else "none",
                 description=f"alarm {detail.alarm_name} is {detail.state.value}",
             )
         raise EventError(
@@ -154,14 +154,13 @@ def parse_event(event: Any) -> Invocation:
         if manual.action == "doctor":
             return Invocation(
                 kind="manual",
-                run_pass=False,
+                action="doctor",
                 targets=manual.targets,
                 description="manual doctor",
-                doctor=True,
             )
         return Invocation(
             kind="manual",
-            run_pass=True,
+            action="pass",
             force_dry_run=manual.dry_run,
             targets=manual.targets,
             description=f"manual {manual.action}" + (" (dry run)" if manual.dry_run else ""),

@@ -8,6 +8,8 @@ for a worker starts with a full one while time remains. A target that fails (unr
 refused login, visibility, aborted) or overruns is reported as an error of its own (a full
 database as DatabaseFullError); the others are not affected. Each worker calls `run_pass`, the
 one path, with the target's own policy. The doctor event visits the targets with `run_doctor`.
+A target that cannot run (`FleetTarget.action == "error"`) gets its error as its outcome or its
+report, here and nowhere else.
 """
 
 from __future__ import annotations
@@ -17,19 +19,20 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from reaper.actions.doctor import run_doctor
+from reaper.actions.run import run_pass
 from reaper.aws.credentials import build_target, uses_secret
-from reaper.core.doctor import DoctorReport, unreachable_check
-from reaper.doctor import run_doctor
+from reaper.core.checks import DoctorReport
 from reaper.errors import AuthenticationError, DeadlineExceededError, ReaperError
-from reaper.pg.gateway import Timeouts
-from reaper.run import run_pass
+from reaper.pg.timeouts import DEFAULT_TIMEOUTS, Timeouts
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from reaper.aws.settings import LambdaSettings, TargetEntry
+    from reaper.aws.targets import FleetTarget
     from reaper.core.policy import Policy
     from reaper.core.result import PassResult
+    from reaper.settings import LambdaSettings, TargetSpec
 
 # Below this a pass cannot even connect and look: do not start one.
 MIN_PASS_SECONDS = 2.0
@@ -38,16 +41,8 @@ TargetStatus = Literal["ok", "skipped", "error"]
 
 
 @dataclass(frozen=True, slots=True)
-class TargetJob:
-    """One pass to run: the target and the policy that governs it."""
-
-    entry: TargetEntry
-    policy: Policy
-
-
-@dataclass(frozen=True, slots=True)
-class TargetRun:
-    """What happened on one target: a pass result, or the error that stopped the pass."""
+class TargetOutcome:
+    """What happened on one target: a pass result, or the error that stopped (or prevented) it."""
 
     name: str
     result: PassResult | None = None
@@ -70,16 +65,21 @@ def timeouts_within(seconds_left: float, *, connect_timeout: int) -> Timeouts:
         DeadlineExceededError: less than MIN_PASS_SECONDS are left.
     """
     if seconds_left < MIN_PASS_SECONDS:
-        raise DeadlineExceededError(
-            f"only {max(seconds_left, 0.0):.1f} s left before the deadline; no pass started"
-        )
-    defaults = Timeouts()
+        raise _too_late(seconds_left)
+    defaults = DEFAULT_TIMEOUTS
     budget_ms = int(seconds_left * 1000)
     return Timeouts(
         connect_seconds=max(1, min(connect_timeout, int(seconds_left))),
         statement_ms=min(defaults.statement_ms, budget_ms),
         lock_ms=min(defaults.lock_ms, budget_ms),
         idle_in_transaction_ms=min(defaults.idle_in_transaction_ms, budget_ms),
+    )
+
+
+def _too_late(seconds_left: float, target: str | None = None) -> DeadlineExceededError:
+    on = "" if target is None else f" on target {target}"
+    return DeadlineExceededError(
+        f"only {max(seconds_left, 0.0):.1f} s left before the deadline; no pass started{on}"
     )
 
 
@@ -91,12 +91,12 @@ def _own_deadline(settings: LambdaSettings, deadline: float) -> float:
 
 def _pass_on_target(
     settings: LambdaSettings,
-    entry: TargetEntry,
+    spec: TargetSpec,
     policy: Policy,
     *,
     deadline: float,
     force_dry_run: bool = False,
-) -> TargetRun:
+) -> TargetOutcome:
     """Build the target's credentials and run one pass; re-read a rotated secret once.
 
     Args:
@@ -109,30 +109,30 @@ def _pass_on_target(
     own_deadline = _own_deadline(settings, deadline)
 
     def attempt(*, refresh_secret: bool) -> PassResult:
-        target = build_target(settings, entry, refresh_secret=refresh_secret)
+        target = build_target(settings, spec, refresh_secret=refresh_secret)
         timeouts = timeouts_within(
             own_deadline - time.monotonic(), connect_timeout=settings.connect_timeout
         )
         return run_pass(target, policy, timeouts=timeouts, force_dry_run=force_dry_run)
 
     try:
-        return TargetRun(entry.name, result=attempt(refresh_secret=False))
+        return TargetOutcome(spec.name, result=attempt(refresh_secret=False))
     except AuthenticationError:
-        if not uses_secret(settings, entry):
+        if not uses_secret(settings, spec):
             raise
     # The cached secret may predate a rotation: read it again, bypassing the cache, once.
-    return TargetRun(entry.name, result=attempt(refresh_secret=True), secret_reread=True)
+    return TargetOutcome(spec.name, result=attempt(refresh_secret=True), secret_reread=True)
 
 
 def run_on_targets(
     settings: LambdaSettings,
-    jobs: Sequence[TargetJob],
+    targets: Sequence[FleetTarget],
     *,
     budget_seconds: float,
     force_dry_run: bool = False,
-) -> list[TargetRun]:
-    """Run a pass on every target, REAPER_MAX_CONCURRENCY at a time; one TargetRun per job,
-    in order.
+) -> list[TargetOutcome]:
+    """Run a pass on every target that can run, REAPER_MAX_CONCURRENCY at a time; one
+    TargetOutcome per target, in order (a target that cannot run gets its error).
 
     A target whose pass has not ended when the invocation's budget is spent (or that never got
     a worker) is reported with DeadlineExceededError and not waited for: its statements are
@@ -140,64 +140,65 @@ def run_on_targets(
 
     Raises:
         BaseException: only what is not an Exception (KeyboardInterrupt...); every other
-            failure is reported in its target's TargetRun.
+            failure is reported in its target's TargetOutcome.
     """
-    if not jobs:
-        return []
+    runnable = [_runnable(target) for target in targets if target.action == "pass"]
     if budget_seconds < MIN_PASS_SECONDS:
-        return [
-            TargetRun(
-                job.entry.name,
-                error=DeadlineExceededError(
-                    f"only {max(budget_seconds, 0.0):.1f} s left before the deadline; no pass "
-                    f"started on target {job.entry.name}"
-                ),
-            )
-            for job in jobs
-        ]
+        late = {spec.name: _too_late(budget_seconds, spec.name) for spec, _ in runnable}
+        return [TargetOutcome(t.name, error=late.get(t.name) or t.failure()) for t in targets]
     deadline = time.monotonic() + budget_seconds
-    executor = concurrent.futures.ThreadPoolExecutor(
-        max_workers=min(len(jobs), settings.max_concurrency), thread_name_prefix="reaper-target"
-    )
-    try:
-        futures = [
-            executor.submit(
-                _pass_on_target,
-                settings,
-                job.entry,
-                job.policy,
-                deadline=deadline,
-                force_dry_run=force_dry_run,
-            )
-            for job in jobs
-        ]
-        concurrent.futures.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-    finally:
-        # Never block on a stuck worker: in Lambda it is frozen with the sandbox and its
-        # connection is cut by the server's statement_timeout. Passes still queued are dropped.
-        executor.shutdown(wait=False, cancel_futures=True)
+    futures: dict[str, concurrent.futures.Future[TargetOutcome]] = {}
+    if runnable:
+        executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(len(runnable), settings.max_concurrency),
+            thread_name_prefix="reaper-target",
+        )
+        try:
+            for spec, policy in runnable:
+                futures[spec.name] = executor.submit(
+                    _pass_on_target,
+                    settings,
+                    spec,
+                    policy,
+                    deadline=deadline,
+                    force_dry_run=force_dry_run,
+                )
+            concurrent.futures.wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            # Never block on a stuck worker: in Lambda it is frozen with the sandbox and its
+            # connection is cut by the server's statement_timeout. Passes still queued are
+            # dropped.
+            executor.shutdown(wait=False, cancel_futures=True)
     return [
-        _collect(job.entry, future, budget_seconds)
-        for job, future in zip(jobs, futures, strict=True)
+        _collect(target.name, futures[target.name], budget_seconds)
+        if target.name in futures
+        else TargetOutcome(target.name, error=target.failure())
+        for target in targets
     ]
 
 
+def _runnable(target: FleetTarget) -> tuple[TargetSpec, Policy]:
+    assert target.spec is not None  # action "pass" has a spec
+    assert target.policy is not None, "with_policy() gives every target that runs its policy"
+    return target.spec, target.policy
+
+
 def _collect(
-    entry: TargetEntry, future: concurrent.futures.Future[TargetRun], budget_seconds: float
-) -> TargetRun:
+    name: str, future: concurrent.futures.Future[TargetOutcome], budget_seconds: float
+) -> TargetOutcome:
     if future.cancelled():
-        return TargetRun(
-            entry.name,
+        return TargetOutcome(
+            name,
             error=DeadlineExceededError(
-                f"no worker was free for target {entry.name} within the {budget_seconds:.1f} s "
+                f"no worker was free for target {name} within the {budget_seconds:.1f} s "
                 "budget; raise REAPER_MAX_CONCURRENCY or the function's timeout"
             ),
         )
     if not future.done():
-        return TargetRun(
-            entry.name,
+        return TargetOutcome(
+            name,
             error=DeadlineExceededError(
-                f"the pass on target {entry.name} did not finish within its "
+                f"the pass on target {name} did not finish within its "
                 f"{budget_seconds:.1f} s budget; it was not waited for"
             ),
         )
@@ -208,11 +209,11 @@ def _collect(
         raise error
     # An unexpected exception (a bug) is reported like any failure, with its own type, so the
     # other targets' results still reach the metrics and the log.
-    return TargetRun(entry.name, error=error)
+    return TargetOutcome(name, error=error)
 
 
 def doctor_on_targets(
-    settings: LambdaSettings, jobs: Sequence[TargetJob], *, budget_seconds: float
+    settings: LambdaSettings, targets: Sequence[FleetTarget], *, budget_seconds: float
 ) -> list[DoctorReport]:
     """Run the doctor's checks on each target in turn, within the budget; one report each.
 
@@ -220,20 +221,24 @@ def doctor_on_targets(
     time left), so a target that hangs cannot leave the ones after it without time.
 
     One target after the other: a check is two short statements, and an operator reads the
-    reports in configuration order. A target whose credentials cannot be built, or for which no
-    time is left, or whose database fails while it is checked, gets a failed connection check.
+    reports in configuration order. A target that cannot run, whose credentials cannot be
+    built, for which no time is left, or whose database fails while it is checked, gets a
+    failed connection check.
     """
     deadline = time.monotonic() + budget_seconds
     reports = []
-    for job in jobs:
+    for target in targets:
         try:
-            target = build_target(settings, job.entry)
+            if target.action != "pass":
+                raise target.failure()
+            spec, policy = _runnable(target)
+            conninfo = build_target(settings, spec)
             timeouts = timeouts_within(
                 _own_deadline(settings, deadline) - time.monotonic(),
                 connect_timeout=settings.connect_timeout,
             )
-            reports.append(run_doctor(target, job.policy, timeouts=timeouts))
+            reports.append(run_doctor(conninfo, policy, timeouts=timeouts))
         except ReaperError as exc:
             # Credentials, time, or the database failing mid-check: this target's one answer.
-            reports.append(DoctorReport(job.entry.name, (unreachable_check(str(exc)),)))
+            reports.append(DoctorReport.unreachable(target.name, str(exc)))
     return reports

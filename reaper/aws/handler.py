@@ -25,7 +25,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from reaper.aws.events import parse_event, select_targets
-from reaper.aws.fanout import TargetJob, TargetRun, doctor_on_targets, run_on_targets
+from reaper.aws.fanout import doctor_on_targets, run_on_targets
 from reaper.aws.observability import (
     audit,
     log_doctor_report,
@@ -39,27 +39,21 @@ from reaper.aws.observability import (
     record_target_error,
     record_target_skipped,
 )
-from reaper.aws.policy_source import load_parameter_policy, load_policy
-from reaper.aws.settings import load_lambda_settings
-from reaper.aws.targets import resolve_targets
-from reaper.core.doctor import DoctorReport, unreachable_check
-from reaper.errors import (
-    DiscoveryError,
-    PolicyError,
-    ReaperError,
-    SettingsError,
-    TargetsFailedError,
-)
+from reaper.aws.policy_source import load_policy
+from reaper.aws.targets import resolve_targets, with_policy
+from reaper.errors import DiscoveryError, PolicyError, ReaperError, TargetsFailedError
+from reaper.settings import load_lambda_settings
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterator
 
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
     from reaper.aws.events import Invocation
+    from reaper.aws.fanout import TargetOutcome
     from reaper.aws.policy_source import LoadedPolicy
-    from reaper.aws.settings import LambdaSettings
-    from reaper.aws.targets import PlannedTarget
+    from reaper.aws.targets import FleetTarget
+    from reaper.settings import LambdaSettings
 
 
 @logger.inject_lambda_context
@@ -77,7 +71,21 @@ def handle(event: Any, context: LambdaContext) -> dict[str, Any]:
         TargetsFailedError: the pass failed on at least one target; the others ran.
     """
     try:
-        return _handle(event, context)
+        settings = load_lambda_settings()
+        stack = _load_policy(settings)
+        invocation = parse_event(event)
+        if invocation.action == "none":
+            logger.info(f"no pass: {invocation.description}", extra=_log_fields(invocation, stack))
+            return _summary(invocation, stack)
+        targets, skipped = _selected_targets(settings, stack, invocation)
+        budget_seconds = (
+            context.get_remaining_time_in_millis() / 1000 - settings.deadline_margin_seconds
+        )
+        if invocation.action == "doctor":
+            answers = _doctor(settings, stack, invocation, targets, budget_seconds)
+        else:
+            answers = _pass(settings, stack, invocation, targets, budget_seconds)
+        return _summary(invocation, stack, targets=answers, skipped=skipped)
     except ReaperError as exc:
         logger.error(
             f"invocation failed: {exc}",
@@ -86,66 +94,69 @@ def handle(event: Any, context: LambdaContext) -> dict[str, Any]:
         raise
 
 
-def _handle(event: Any, context: LambdaContext) -> dict[str, Any]:
-    settings = load_lambda_settings()
-    loaded = _load_policy(settings)
-    invocation = parse_event(event)
-    planned = _resolve_targets(settings)
-    names = select_targets(tuple(target.name for target in planned), invocation.targets)
-    selected = [target for target in planned if target.name in names]
-    dry_run = loaded.policy.dry_run or invocation.force_dry_run
-    context_fields = {
-        "event": invocation.kind,
-        "policy_source": loaded.source,
-        "dry_run": dry_run,
-        "targets": list(names),
-    }
-    budget_seconds = (
-        context.get_remaining_time_in_millis() / 1000 - settings.deadline_margin_seconds
-    )
-    if not (invocation.run_pass or invocation.doctor):
-        logger.info(f"no pass: {invocation.description}", extra=context_fields)
-        return _summary(invocation, loaded, dry_run=dry_run, runs=[], skipped=[])
-    skipped = [(t.name, reason) for t in selected if (reason := t.skip_reason) is not None]
-    for name, reason in skipped:
-        log_target_skipped(logger, name, reason)
-        record_target_skipped(name)
-    jobs, not_started = _jobs(settings, loaded, [t for t in selected if t.skip_reason is None])
-    if invocation.doctor:
-        logger.info("doctor starting", extra=context_fields)
-        reports = doctor_on_targets(settings, jobs, budget_seconds=budget_seconds)
-        reports += [
-            DoctorReport(run.name, (unreachable_check(str(run.error)),)) for run in not_started
-        ]
-        for report in reports:
-            log_doctor_report(logger, report)
-        # The reports are the answer, failed checks included: the invocation itself succeeds.
-        return {
-            "event": invocation.kind,
-            "description": invocation.description,
-            "action": "doctor",
-            "policy_source": loaded.source,
-            "targets": [report.to_dict() for report in reports],
-            "skipped_targets": _skipped_summary(skipped),
-        }
+def _selected_targets(
+    settings: LambdaSettings, stack: LoadedPolicy, invocation: Invocation
+) -> tuple[list[FleetTarget], list[FleetTarget]]:
+    """The targets the event selects, each with its policy, and those skipped (logged and
+    counted here)."""
+    resolved = _resolve_targets(settings)
+    names = select_targets(tuple(target.name for target in resolved), invocation.targets)
+    selected, skipped = [], []
+    for target in resolved:
+        if target.name not in names:
+            continue
+        if target.action == "skip":
+            log_target_skipped(logger, target.name, target.reason or "")
+            record_target_skipped(target.name)
+            skipped.append(target)
+            continue
+        selected.append(
+            with_policy(target, stack.policy, cache_seconds=settings.policy_cache_seconds)
+        )
+    return selected, skipped
+
+
+def _doctor(
+    settings: LambdaSettings,
+    stack: LoadedPolicy,
+    invocation: Invocation,
+    targets: list[FleetTarget],
+    budget_seconds: float,
+) -> list[dict[str, Any]]:
+    logger.info("doctor starting", extra=_log_fields(invocation, stack, targets))
+    reports = doctor_on_targets(settings, targets, budget_seconds=budget_seconds)
+    for report in reports:
+        log_doctor_report(logger, report)
+    # The reports are the answer, failed checks included: the invocation itself succeeds.
+    return [report.to_dict() for report in reports]
+
+
+def _pass(
+    settings: LambdaSettings,
+    stack: LoadedPolicy,
+    invocation: Invocation,
+    targets: list[FleetTarget],
+    budget_seconds: float,
+) -> list[dict[str, Any]]:
     logger.info(
         f"pass starting: {invocation.description}",
-        extra={**context_fields, "budget_seconds": round(budget_seconds, 1)},
+        extra={
+            **_log_fields(invocation, stack, targets),
+            "budget_seconds": round(budget_seconds, 1),
+        },
     )
-    ran = run_on_targets(
-        settings, jobs, budget_seconds=budget_seconds, force_dry_run=invocation.force_dry_run
+    outcomes = run_on_targets(
+        settings, targets, budget_seconds=budget_seconds, force_dry_run=invocation.force_dry_run
     )
-    by_name = {run.name: run for run in [*not_started, *ran]}
-    runs = [by_name[target.name] for target in selected if target.name in by_name]
-    for run in runs:
-        _report(run)
-    failed = [run.name for run in runs if run.status == "error"]
+    for outcome in outcomes:
+        _report(outcome)
+    failed = [outcome.name for outcome in outcomes if outcome.status == "error"]
     if failed:
         raise TargetsFailedError(
-            f"the pass failed on {len(failed)} of {len(runs)} target(s): {', '.join(failed)} "
+            f"the pass failed on {len(failed)} of {len(outcomes)} target(s): {', '.join(failed)} "
             "(the error line of each names the problem)"
         )
-    return _summary(invocation, loaded, dry_run=dry_run, runs=runs, skipped=skipped)
+    return [_target_summary(outcome) for outcome in outcomes]
 
 
 @contextmanager
@@ -160,7 +171,7 @@ def _outcome_recorded(record: Callable[..., None], failure: type[ReaperError]) -
     record(metrics, failed=False)
 
 
-def _resolve_targets(settings: LambdaSettings) -> list[PlannedTarget]:
+def _resolve_targets(settings: LambdaSettings) -> list[FleetTarget]:
     if settings.discovery_tag is None:
         return resolve_targets(settings)
     # A failed discovery knows nothing of the fleet: no database is touched, not even the
@@ -169,86 +180,68 @@ def _resolve_targets(settings: LambdaSettings) -> list[PlannedTarget]:
         return resolve_targets(settings)
 
 
-def _jobs(
-    settings: LambdaSettings, stack: LoadedPolicy, targets: Sequence[PlannedTarget]
-) -> tuple[list[TargetJob], list[TargetRun]]:
-    """The passes to run, and the targets that fail before one can start (bad tags, or a bad
-    policy of their own: it fails closed on that target only)."""
-    jobs: list[TargetJob] = []
-    not_started: list[TargetRun] = []
-    for target in targets:
-        if target.entry is None or target.problem is not None:
-            problem = target.problem or f"target {target.name} has no connection settings"
-            not_started.append(TargetRun(target.name, error=SettingsError(problem)))
-            continue
-        parameter = target.entry.policy_parameter
-        if parameter is None:
-            jobs.append(TargetJob(target.entry, stack.policy))
-            continue
-        try:
-            own = load_parameter_policy(parameter, max_age=settings.policy_cache_seconds)
-        except PolicyError as exc:
-            not_started.append(TargetRun(target.name, error=exc))
-            continue
-        jobs.append(TargetJob(target.entry, own.policy))
-    return jobs, not_started
-
-
 def _load_policy(settings: LambdaSettings) -> LoadedPolicy:
     # Fail closed: no target is touched; the metric and the raised error make it visible.
     with _outcome_recorded(record_policy_outcome, PolicyError):
         return load_policy(settings)
 
 
-def _report(run: TargetRun) -> None:
-    if run.secret_reread:
+def _report(outcome: TargetOutcome) -> None:
+    if outcome.secret_reread:
         logger.warning(
-            f"target {run.name}: login refused with the cached secret; read it again and "
+            f"target {outcome.name}: login refused with the cached secret; read it again and "
             "retried (rotated password)",
-            extra={"target": run.name},
+            extra={"target": outcome.name},
         )
-    if run.error is not None:
-        log_target_error(logger, run.name, run.error)
-        if not isinstance(run.error, ReaperError):
+    if outcome.error is not None:
+        log_target_error(logger, outcome.name, outcome.error)
+        if not isinstance(outcome.error, ReaperError):
             # Not a known failure mode: keep the traceback for whoever fixes it.
-            logger.error(f"unexpected error on target {run.name}", exc_info=run.error)
-        record_target_error(run.name, run.error)
+            logger.error(f"unexpected error on target {outcome.name}", exc_info=outcome.error)
+        record_target_error(outcome.name, outcome.error)
         return
-    assert run.result is not None  # a run without an error has a result
-    audit(logger, run.result)
-    record_result(run.result)
+    assert outcome.result is not None  # an outcome without an error has a result
+    audit(logger, outcome.result)
+    record_result(outcome.result)
+
+
+def _log_fields(
+    invocation: Invocation, stack: LoadedPolicy, targets: list[FleetTarget] | None = None
+) -> dict[str, Any]:
+    return {
+        "event": invocation.kind,
+        "policy_source": stack.source,
+        "force_dry_run": invocation.force_dry_run,
+        "targets": [target.name for target in targets or ()],
+    }
 
 
 def _summary(
     invocation: Invocation,
-    loaded: LoadedPolicy,
+    stack: LoadedPolicy,
     *,
-    dry_run: bool,
-    runs: list[TargetRun],
-    skipped: list[tuple[str, str]],
+    targets: list[dict[str, Any]] | None = None,
+    skipped: list[FleetTarget] | None = None,
 ) -> dict[str, Any]:
+    """The invocation's JSON answer; each target says whether its own pass was a dry run."""
     return {
         "event": invocation.kind,
         "description": invocation.description,
-        "action": "pass" if invocation.run_pass else "none",
-        "policy_source": loaded.source,
-        "dry_run": dry_run,
-        "targets": [_target_summary(run) for run in runs],
-        "skipped_targets": _skipped_summary(skipped),
+        "action": invocation.action,
+        "policy_source": stack.source,
+        "force_dry_run": invocation.force_dry_run,
+        "targets": targets or [],
+        "skipped_targets": [{"target": t.name, "reason": t.reason} for t in skipped or ()],
     }
 
 
-def _skipped_summary(skipped: list[tuple[str, str]]) -> list[dict[str, str]]:
-    return [{"target": name, "reason": reason} for name, reason in skipped]
-
-
-def _target_summary(run: TargetRun) -> dict[str, Any]:
-    result = run.result
+def _target_summary(outcome: TargetOutcome) -> dict[str, Any]:
+    result = outcome.result
     return {
-        "target": run.name,
-        "status": run.status,
-        "error": None if run.error is None else str(run.error),
-        "error_type": None if run.error is None else type(run.error).__name__,
+        "target": outcome.name,
+        "status": outcome.status,
+        "error": None if outcome.error is None else str(outcome.error),
+        "error_type": None if outcome.error is None else type(outcome.error).__name__,
         "dry_run": None if result is None else result.dry_run,
         "duration_seconds": None if result is None else round(result.duration_seconds, 3),
         "counts": None if result is None else asdict(result.counts),
@@ -259,5 +252,5 @@ def _target_summary(run: TargetRun) -> dict[str, Any]:
         "terminated_by_application": (
             None if result is None else result.terminated_by_application()
         ),
-        "secret_reread": run.secret_reread,
+        "secret_reread": outcome.secret_reread,
     }

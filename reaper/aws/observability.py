@@ -19,12 +19,12 @@ from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import (
     AmazonCloudWatchEMFProvider,
 )
 
-from reaper.aws.settings import ObservabilitySettings
 from reaper.core.result import Outcome
 from reaper.errors import DatabaseFullError
+from reaper.settings import ObservabilitySettings
 
 if TYPE_CHECKING:
-    from reaper.core.doctor import DoctorReport
+    from reaper.core.checks import DoctorReport
     from reaper.core.result import PassResult, SessionRecord
 
 # Metric names: the template's alarms and dashboard use the same strings.

@@ -13,24 +13,23 @@ from typing import TYPE_CHECKING
 
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
+from reaper.actions.policy_file import policy_source_name, read_policy_file
 from reaper.aws import _clients
-from reaper.core.policy import one_rule_policy, parse_policy
+from reaper.core.policy import DEFAULT_IDLE_SECONDS, one_rule_policy, parse_policy
 from reaper.errors import PolicyError
-from reaper.policy_file import policy_source_name, read_policy_file
 
 if TYPE_CHECKING:
-    from reaper.aws.settings import LambdaSettings
     from reaper.core.policy import Policy
+    from reaper.settings import LambdaSettings
 
 DEFAULT_POLICY_SOURCE = "built-in default policy"
 
-# Conservative on purpose: only sessions that say they come from Lambda ("lambda:*"), idle for
-# 15 minutes, at most 50 per pass. Documented in docs/tuning.md; keep the two in step.
+# Conservative on purpose: only sessions that say they come from Lambda ("lambda:*"), idle past
+# the default threshold (15 minutes), at most the default cap per pass. docs/tuning.md says so.
 DEFAULT_POLICY: Policy = one_rule_policy(
     ["lambda:*"],
-    idle_seconds=900,
+    idle_seconds=DEFAULT_IDLE_SECONDS,
     rule_name="lambda",
-    max_terminations=50,
     source=DEFAULT_POLICY_SOURCE,
 )
 

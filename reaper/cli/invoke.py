@@ -24,14 +24,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from reaper._files import read_text
+from reaper.actions.files import read_text
 from reaper.errors import EventError
+from reaper.settings import METRICS_NAMESPACE, SERVICE_NAME, AwsSettings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
     from pathlib import Path
 
-DEFAULT_FUNCTION_NAME = "idle-reaper"
+DEFAULT_FUNCTION_NAME = SERVICE_NAME
 DEFAULT_TIMEOUT_SECONDS = 60
 DEFAULT_MEMORY_MB = 256
 DEFAULT_REGION = "us-east-1"
@@ -116,8 +117,8 @@ def _runtime_environment(context: LocalLambdaContext) -> dict[str, str]:
 
 # Set only when the caller has not: the template sets them, a local user may override them.
 _TEMPLATE_DEFAULTS = {
-    "POWERTOOLS_SERVICE_NAME": "idle-reaper",
-    "POWERTOOLS_METRICS_NAMESPACE": "IdleReaper",
+    "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
+    "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
 }
 
 
@@ -146,7 +147,7 @@ def local_context(
     memory_mb: int = DEFAULT_MEMORY_MB,
 ) -> LocalLambdaContext:
     """A fresh context (new request id, countdown from now) in the caller's region."""
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+    region = AwsSettings().region or DEFAULT_REGION
     return LocalLambdaContext(
         function_name=function_name,
         memory_limit_in_mb=memory_mb,

@@ -13,36 +13,49 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reaper import __version__, errors
+from reaper.actions.policy_file import read_policy_file
+from reaper.cli._output import reader_may_leave
+from reaper.cli.invoke import DEFAULT_FUNCTION_NAME, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_SECONDS
 from reaper.core.policy import (
+    DEFAULT_IDLE_SECONDS,
+    DEFAULT_MAX_TERMINATIONS,
     IDLE_STATES,
     one_rule_policy,
     policy_schema,
     render_policy,
 )
 from reaper.errors import ExitCode
-from reaper.pg.gateway import Timeouts
-from reaper.policy_file import read_policy_file
+from reaper.pg.timeouts import DEFAULT_TIMEOUTS, Timeouts
+from reaper.settings import lambda_variables
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from reaper.core.policy import Policy
     from reaper.core.result import PassResult
-    from reaper.pg.target import Target
+    from reaper.pg.conninfo import ConnInfo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code.
+
+    An error prints one line on stderr; a command run with --json also prints it as a JSON
+    document on stdout (`{"error": {"type", "message", "exit_code"}}`), so a script parses one
+    shape whatever happened.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args))
-    except errors.ReaperError as exc:
-        print(f"reaper: error: {exc}", file=sys.stderr)
-        return exit_code_for(exc)
-    except KeyboardInterrupt:
-        print("reaper: interrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
+    with reader_may_leave():
+        try:
+            return int(args.handler(args))
+        except errors.ReaperError as exc:
+            print(f"reaper: error: {exc}", file=sys.stderr)
+            if getattr(args, "json", False):
+                print_json(error_document(exc))
+            return exit_code_for(exc)
+        except KeyboardInterrupt:
+            print("reaper: interrupted", file=sys.stderr)
+            return ExitCode.INTERRUPTED
 
 
 def exit_code_for(exc: errors.ReaperError) -> int:
@@ -50,9 +63,33 @@ def exit_code_for(exc: errors.ReaperError) -> int:
     return int(exc.exit_code)
 
 
+def error_document(exc: errors.ReaperError) -> dict[str, Any]:
+    """The JSON a --json command prints when an error stopped it."""
+    return {
+        "error": {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "exit_code": exit_code_for(exc),
+        }
+    }
+
+
+def print_json(document: Any) -> None:
+    """Print `document` as indented JSON."""
+    print(json.dumps(document, indent=2, default=str))
+
+
 def _exit_code_for_result(result: PassResult) -> int:
     """0 for a clean pass, ExitCode.REFUSED when any planned termination was refused."""
     return ExitCode.REFUSED if result.counts.refused else ExitCode.OK
+
+
+def _variables_epilog(extra: str) -> str:
+    return (
+        "Reads the function's variables, as the Lambda function does: "
+        + ", ".join(lambda_variables())
+        + f"; {extra}"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Terminate idle PostgreSQL sessions left behind by serverless functions.",
         epilog="Exit codes: 0 done, 2 bad input, 3 target unreachable, 4 some terminations "
         "refused, 5 pass could not run safely, 6 database full, 7 a doctor check failed, "
-        "1 internal error.",
+        "1 internal error, 130 interrupted (Ctrl-C).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -102,21 +139,41 @@ def _parser() -> argparse.ArgumentParser:
     invoke = commands.add_parser(
         "invoke",
         help="run the Lambda handler locally on an event file, as `sam local invoke -e` would",
+        epilog=_variables_epilog(
+            "POWERTOOLS_SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_LOG_LEVEL; "
+            "AWS_REGION (or AWS_DEFAULT_REGION) and the usual AWS credential variables."
+        ),
     )
     invoke.add_argument("event_file", type=Path, metavar="EVENT_FILE")
     invoke.add_argument(
-        "--timeout", type=int, default=60, metavar="S", help="the function's timeout (default 60)"
+        "--timeout",
+        type=int,
+        default=DEFAULT_TIMEOUT_SECONDS,
+        metavar="S",
+        help=f"the function's timeout (default {DEFAULT_TIMEOUT_SECONDS})",
     )
     invoke.add_argument(
-        "--memory", type=int, default=256, metavar="MB", help="the function's memory (default 256)"
+        "--memory",
+        type=int,
+        default=DEFAULT_MEMORY_MB,
+        metavar="MB",
+        help=f"the function's memory (default {DEFAULT_MEMORY_MB})",
     )
     invoke.add_argument(
-        "--function-name", default="idle-reaper", metavar="NAME", help="default idle-reaper"
+        "--function-name",
+        default=DEFAULT_FUNCTION_NAME,
+        metavar="NAME",
+        help=f"default {DEFAULT_FUNCTION_NAME}",
     )
     invoke.set_defaults(handler=_command_invoke)
 
     targets = commands.add_parser(
-        "targets", help="list the targets the Lambda function would act on, and any it skips"
+        "targets",
+        help="list the targets the Lambda function would act on, and any it skips",
+        epilog=_variables_epilog(
+            "with REAPER_DISCOVERY_TAG, AWS_REGION (or AWS_DEFAULT_REGION) and the usual AWS "
+            "credential variables for the RDS API."
+        ),
     )
     targets.add_argument("--json", action="store_true", help="print the targets as JSON")
     targets.set_defaults(handler=_command_targets)
@@ -140,9 +197,9 @@ def _add_selection_flags(parser: argparse.ArgumentParser) -> None:
     selection.add_argument(
         "--idle-seconds",
         type=float,
-        default=900.0,
+        default=DEFAULT_IDLE_SECONDS,
         metavar="N",
-        help="terminate sessions idle longer than this (default 900)",
+        help=f"terminate sessions idle longer than this (default {DEFAULT_IDLE_SECONDS:g})",
     )
     selection.add_argument(
         "--state",
@@ -151,7 +208,11 @@ def _add_selection_flags(parser: argparse.ArgumentParser) -> None:
         help="session state to reap (repeatable; default: idle)",
     )
     selection.add_argument(
-        "--max-terminations", type=int, default=50, metavar="N", help="cap per pass (default 50)"
+        "--max-terminations",
+        type=int,
+        default=DEFAULT_MAX_TERMINATIONS,
+        metavar="N",
+        help=f"cap per pass (default {DEFAULT_MAX_TERMINATIONS})",
     )
     selection.add_argument(
         "--allow-short-thresholds",
@@ -166,21 +227,27 @@ def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
         metavar="DSN",
         help="libpq URI or key=value string (default: $REAPER_DATABASE_URL); never printed",
     )
+    connect_seconds = DEFAULT_TIMEOUTS.connect_seconds
+    statement_ms = DEFAULT_TIMEOUTS.statement_ms
     parser.add_argument(
-        "--connect-timeout", type=int, default=5, metavar="S", help="seconds (default 5)"
+        "--connect-timeout",
+        type=int,
+        default=connect_seconds,
+        metavar="S",
+        help=f"seconds (default {connect_seconds})",
     )
     parser.add_argument(
         "--statement-timeout",
         type=int,
-        default=30_000,
+        default=statement_ms,
         metavar="MS",
-        help="milliseconds per statement (default 30000)",
+        help=f"milliseconds per statement (default {statement_ms})",
     )
 
 
 def _command_run(args: argparse.Namespace) -> int:
+    from reaper.actions.run import run_pass
     from reaper.cli.render import render_pass
-    from reaper.run import run_pass
 
     policy = _policy_from_args(args)
     result = run_pass(
@@ -190,7 +257,7 @@ def _command_run(args: argparse.Namespace) -> int:
         force_dry_run=args.dry_run,
     )
     if args.json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
     else:
         print(render_pass(result, verbose=args.verbose))
     return _exit_code_for_result(result)
@@ -207,20 +274,14 @@ def _command_doctor(args: argparse.Namespace) -> int:
 
 
 def _command_report(args: argparse.Namespace) -> int:
+    from reaper.actions.report import take_report
     from reaper.cli.render import render_census
-    from reaper.core.census import take_census
-    from reaper.core.planning import check_visibility
-    from reaper.pg import gateway
 
-    target = _target_from_args(args)
-    with gateway.connect(target, _timeouts_from_args(args)) as conn:
-        snapshot = gateway.take_snapshot(conn)
-    check_visibility(snapshot)
-    census = take_census(snapshot)
+    report = take_report(_target_from_args(args), timeouts=_timeouts_from_args(args))
     if args.json:
-        _print_json({"target": target.name, **census.to_dict()})
+        print_json(report.to_dict())
     else:
-        print(render_census(census, target.name))
+        print(render_census(report.census, report.target))
     return ExitCode.OK
 
 
@@ -230,7 +291,7 @@ def _command_policy_check(args: argparse.Namespace) -> int:
 
 
 def _command_policy_schema(_args: argparse.Namespace) -> int:
-    _print_json(policy_schema())
+    print_json(policy_schema())
     return ExitCode.OK
 
 
@@ -279,21 +340,17 @@ def _policy_from_args(args: argparse.Namespace) -> Policy:
     )
 
 
-def _target_from_args(args: argparse.Namespace) -> Target:
-    from reaper.aws.settings import LocalSettings
-    from reaper.pg.target import Target
+def _target_from_args(args: argparse.Namespace) -> ConnInfo:
+    from reaper.pg.conninfo import ConnInfo
+    from reaper.settings import LocalSettings
 
     dsn = args.dsn or LocalSettings().database_url_value()
     if not dsn:
         raise errors.SettingsError("no database given: pass --dsn or set REAPER_DATABASE_URL")
-    return Target.from_dsn(dsn)
+    return ConnInfo.from_dsn(dsn)
 
 
 def _timeouts_from_args(args: argparse.Namespace) -> Timeouts:
     if args.connect_timeout < 1 or args.statement_timeout < 1:
         raise errors.SettingsError("--connect-timeout and --statement-timeout must be positive")
     return Timeouts(connect_seconds=args.connect_timeout, statement_ms=args.statement_timeout)
-
-
-def _print_json(document: Any) -> None:
-    print(json.dumps(document, indent=2, default=str))

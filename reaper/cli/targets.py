@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from reaper.aws.credentials import login_summary
 from reaper.aws.policy_source import describe_policy_source, parameter_source_name
-from reaper.aws.settings import DEFAULT_PORT, load_lambda_settings
 from reaper.aws.targets import resolve_targets
 from reaper.cli.render import table
-from reaper.pg.target import Target
+from reaper.pg.conninfo import ConnInfo
+from reaper.settings import DEFAULT_PORT, load_lambda_settings
 
 if TYPE_CHECKING:
-    from reaper.aws.settings import LambdaSettings, TargetEntry
-    from reaper.aws.targets import PlannedTarget
+    from reaper.aws.targets import FleetTarget
+    from reaper.settings import LambdaSettings, TargetSpec
 
 
 def targets_main(*, as_json: bool) -> int:
@@ -45,34 +45,28 @@ def targets_main(*, as_json: bool) -> int:
     return 0
 
 
-def describe_target(settings: LambdaSettings, target: PlannedTarget) -> dict[str, Any]:
+def describe_target(settings: LambdaSettings, target: FleetTarget) -> dict[str, Any]:
     """One target as JSON-ready values: where, how it logs in, which policy, or why not."""
-    entry = target.entry
-    if entry is not None:
-        host, port = _endpoint(settings, entry)
+    spec = target.spec
+    if spec is not None:
+        host, port = _endpoint(settings, spec)
     elif target.instance is not None:
         host, port = target.instance.host, target.instance.port
     else:
         host, port = None, None
-    if target.skip_reason is not None:
-        action, reason = "skip", target.skip_reason
-    elif target.problem is not None:
-        action, reason = "error", target.problem
-    else:
-        action, reason = "pass", None
     return {
         "name": target.name,
         "origin": target.origin,
-        "action": action,
-        "reason": reason,
+        "action": target.action,
+        "reason": target.reason,
         "host": host,
         "port": port,
-        "login": None if entry is None else login_summary(settings, entry),
+        "login": None if spec is None else login_summary(settings, spec),
         "policy": (
             None
-            if entry is None
-            else parameter_source_name(entry.policy_parameter)
-            if entry.policy_parameter
+            if spec is None
+            else parameter_source_name(spec.policy_parameter)
+            if spec.policy_parameter
             else f"stack policy ({describe_policy_source(settings)})"
         ),
         "instance": None if target.instance is None else target.instance.to_dict(),
@@ -119,16 +113,16 @@ def render_targets(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _endpoint(settings: LambdaSettings, entry: TargetEntry) -> tuple[str | None, int | None]:
+def _endpoint(settings: LambdaSettings, spec: TargetSpec) -> tuple[str | None, int | None]:
     """Host and port as far as they are known without reading a secret."""
-    dsn = entry.dsn.get_secret_value() if entry.dsn else settings.database_url_value()
-    if dsn is not None and not (entry.secret_id or entry.iam_user):
-        params = Target.from_dsn(dsn).params
-        dsn_host = entry.host or params.get("host") or params.get("hostaddr") or "localhost"
-        return dsn_host, int(entry.port or params.get("port") or DEFAULT_PORT)
-    host = entry.host
-    if host is None and (entry.iam_user or settings.iam_auth):
+    dsn = spec.dsn.get_secret_value() if spec.dsn else settings.database_url_value()
+    if dsn is not None and not (spec.secret_id or spec.iam_user):
+        params = ConnInfo.from_dsn(dsn).params
+        dsn_host = spec.host or params.get("host") or params.get("hostaddr") or "localhost"
+        return dsn_host, int(spec.port or params.get("port") or DEFAULT_PORT)
+    host = spec.host
+    if host is None and (spec.iam_user or settings.iam_auth):
         host = settings.db_host
     if host is None:
-        return None, entry.port
-    return host, entry.port or settings.db_port or DEFAULT_PORT
+        return None, spec.port
+    return host, spec.port or settings.db_port or DEFAULT_PORT

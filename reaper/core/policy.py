@@ -25,15 +25,22 @@ IDLE_STATES: tuple[SessionState, ...] = get_args(SessionState)
 # would churn connections that warm functions are about to reuse.
 THRESHOLD_FLOOR_SECONDS = 60.0
 
+# The defaults of a rule's threshold and of the cap per pass: one source for the policy
+# document, the command line's flags and the function's built-in policy.
+DEFAULT_IDLE_SECONDS = 900.0
+DEFAULT_MAX_TERMINATIONS = 50
+# The longest threshold a rule may state.
+MAX_IDLE_SECONDS = 31 * 24 * 3600
+
 # Never terminated, whatever the document says: RDS's own management sessions.
 ALWAYS_EXCLUDED_USERS: tuple[str, ...] = ("rdsadmin",)
 
 Pattern = Annotated[str, Field(min_length=1, max_length=256)]
-Seconds = Annotated[float, Field(gt=0, le=31 * 24 * 3600)]
+Seconds = Annotated[float, Field(gt=0, le=MAX_IDLE_SECONDS)]
 
 
 def _default_states() -> dict[SessionState, float]:
-    return {"idle": 900.0}
+    return {"idle": DEFAULT_IDLE_SECONDS}
 
 
 class _Document(BaseModel):
@@ -127,7 +134,7 @@ class Policy(_Document):
         "notifications.",
     )
     max_terminations: int = Field(
-        default=50,
+        default=DEFAULT_MAX_TERMINATIONS,
         ge=0,
         le=100_000,
         description="At most this many terminations per pass, oldest idle first.",

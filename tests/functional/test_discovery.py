@@ -13,11 +13,11 @@ from botocore.stub import Stubber
 from reaper.aws import _clients
 from reaper.aws.discovery import discover, list_instances
 from reaper.aws.handler import lambda_handler
-from reaper.aws.settings import DiscoveryTag
 from reaper.aws.targets import plan_discovered
 from reaper.cli.invoke import local_context
 from reaper.cli.main import main
 from reaper.errors import DiscoveryError, TargetsFailedError
+from reaper.settings import DiscoveryTag
 from tests.fix_aws import REGION, emf_metrics, log_records, metric
 from tests.functional.fleet import TAG, Rds, own_tags
 from tests.functional.reaping import policy_document, wait_past_threshold
@@ -62,9 +62,9 @@ def test_only_tagged_postgresql_instances_are_discovered_at_their_instance_endpo
     # when the Region is listed, then only the tagged PostgreSQL instance is a target
     targets = discovered()
     assert list(targets) == ["orders-db"]
-    entry = targets["orders-db"].entry
-    assert entry.host == f"orders-db.aaaaaaaaaa.{REGION}.rds.amazonaws.com"
-    assert entry.port == 6543
+    spec = targets["orders-db"].spec
+    assert spec.host == f"orders-db.aaaaaaaaaa.{REGION}.rds.amazonaws.com"
+    assert spec.port == 6543
 
 
 def test_every_page_of_instances_is_read(rds) -> None:
@@ -87,7 +87,7 @@ def test_aurora_members_inherit_the_cluster_tag_and_each_is_a_target_of_its_own(
     assert (instances["billing-1"].role, instances["billing-2"].role) == ("writer", "reader")
     targets = discovered()
     assert sorted(targets) == ["billing-1", "billing-2"]
-    assert targets["billing-2"].entry.host.startswith("billing-2.")
+    assert targets["billing-2"].spec.host.startswith("billing-2.")
 
 
 def test_an_instance_tag_overrides_its_clusters(rds) -> None:
@@ -104,7 +104,7 @@ def test_a_stopped_instance_is_skipped_and_never_given_a_login(rds) -> None:
     rds.client.stop_db_instance(DBInstanceIdentifier="archive-db")
 
     target = discovered()["archive-db"]
-    assert not target.runs
+    assert target.action == "skip"
     assert "'stopped'" in target.skip_reason
 
 
@@ -119,8 +119,8 @@ def test_serverless_v2_instances_that_can_auto_pause_are_skipped_and_no_others(r
 
     targets = discovered()
     assert "auto-pause" in targets["reports-1"].skip_reason
-    assert targets["reports-2"].runs
-    assert targets["api-1"].runs
+    assert targets["reports-2"].action == "pass"
+    assert targets["api-1"].action == "pass"
 
 
 def test_only_instances_in_the_functions_vpc_are_discovered_when_it_is_set(rds) -> None:

@@ -12,7 +12,7 @@ from psycopg import sql
 
 from reaper.cli.invoke import invoke_main
 from reaper.cli.main import main
-from reaper.core.doctor import RESERVED_CONNECTIONS_MAJOR
+from reaper.core.versions import RESERVED_CONNECTIONS_MAJOR
 from reaper.errors import ExitCode
 from reaper.local.roles import REAPER_GRANTS
 from tests.fix_aws import log_records

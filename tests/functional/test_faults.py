@@ -9,12 +9,12 @@ import pytest
 
 from reaper.cli.main import exit_code_for
 from reaper.errors import ExitCode, PassAbortedError
-from reaper.local.binaries import available_binaries
-from reaper.local.cluster import LocalPostgres
 from reaper.pg import gateway
-from reaper.pg.target import Target
+from reaper.pg.conninfo import ConnInfo
 from tests.fix_db import wait_until
 from tests.functional.reaping import alive, reaper_role, target_for
+from tests.harness.binaries import available_binaries
+from tests.harness.cluster import CrashablePostgres
 
 # A pass that fails must fail closed on every major.
 pytestmark = pytest.mark.safety
@@ -105,9 +105,9 @@ def test_reaper_connection_killed_mid_pass_is_reported(pg_server, admin_conn, ro
 @pytest.mark.parametrize("binaries", available_binaries(), ids=lambda b: f"pg{b.major}")
 def test_server_shut_down_in_the_middle_of_a_pass(binaries) -> None:
     # given a private server (it is shut down) and a pass blocked inside its snapshot
-    with LocalPostgres(binaries, settings={"max_connections": 30}) as server:
+    with CrashablePostgres(binaries, settings={"max_connections": 30}) as server:
         watcher = psycopg.connect(server.dsn(), autocommit=True)
-        reaper = Target.from_dsn(server.dsn(), name="doomed")
+        reaper = ConnInfo.from_dsn(server.dsn(), name="doomed")
         failures: list[BaseException] = []
         locker = None
         try:

@@ -22,12 +22,12 @@ from psycopg import sql
 
 from reaper.cli.invoke import invoke_main
 from reaper.cli.main import main
-from reaper.core.doctor import RESERVED_CONNECTIONS_MAJOR
+from reaper.core.versions import RESERVED_CONNECTIONS_MAJOR
 from reaper.errors import DatabaseFullError, ExitCode, LocalPostgresError
 from reaper.local.cluster import LocalPostgres
 from reaper.local.roles import create_login_role
 from reaper.pg import gateway
-from reaper.pg.target import Target
+from reaper.pg.conninfo import ConnInfo
 from tests.fix_aws import log_records, metric
 from tests.fix_db import binaries_or_skip, dsn_for, wait_until
 from tests.functional.reaping import THRESHOLD, policy_document, wait_past_threshold
@@ -275,7 +275,7 @@ def test_reaper_at_its_own_connection_limit_is_told_so(
     admin_conn.execute(
         sql.SQL("ALTER ROLE {} CONNECTION LIMIT 1").format(sql.Identifier(role.name))
     )
-    target = Target.from_dsn(dsn_for(pg_server, role.name, role.password), name="test")
+    target = ConnInfo.from_dsn(dsn_for(pg_server, role.name, role.password), name="test")
 
     # when a second reaper logs in while the first is connected
     with gateway.connect(target), pytest.raises(DatabaseFullError) as raised:

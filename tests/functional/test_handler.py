@@ -25,7 +25,7 @@ from reaper.errors import (
     SettingsError,
     TargetsFailedError,
 )
-from reaper.pg.gateway import Timeouts
+from reaper.pg.timeouts import Timeouts
 from tests.fix_aws import emf_metrics, log_records, metric
 from tests.fix_db import dsn_for
 from tests.functional import reaping
@@ -184,7 +184,7 @@ def test_policy_change_in_ssm_applies_on_the_next_invocation_once_the_cache_expi
     pid = apps.open("orders")
     wait_past_threshold()
     first = invoke(load_event("scheduled.json"))
-    assert first["dry_run"] is True
+    assert first["targets"][0]["dry_run"] is True
     assert apps.alive(pid)
 
     # when an operator switches dry run off with put-parameter --overwrite
@@ -192,7 +192,7 @@ def test_policy_change_in_ssm_applies_on_the_next_invocation_once_the_cache_expi
     second = invoke(load_event("scheduled.json"))
 
     # then the next invocation applies it
-    assert second["dry_run"] is False
+    assert second["targets"][0]["dry_run"] is False
     assert second["targets"][0]["counts"]["terminated"] == 1
     assert apps.ended(pid)
 
@@ -213,7 +213,7 @@ def test_policy_is_cached_across_warm_invocations_for_the_cache_time(
     second = invoke(load_event("scheduled.json"))
 
     # then the cached document still governs
-    assert second["dry_run"] is True
+    assert second["targets"][0]["dry_run"] is True
     assert apps.alive(pid)
 
 
@@ -364,7 +364,8 @@ def test_manual_dry_run_event_terminates_nothing_even_if_the_policy_would(
     summary = invoke(load_event("manual-dry-run.json"))
 
     # then the session is only reported
-    assert summary["dry_run"] is True
+    assert summary["force_dry_run"] is True
+    assert summary["targets"][0]["dry_run"] is True
     assert summary["targets"][0]["counts"]["would_terminate"] == 1
     assert apps.alive(stale_orders)
     out = capsys.readouterr().out

@@ -9,10 +9,12 @@ import psycopg
 import pytest
 
 from reaper.errors import LocalPostgresError
-from reaper.local.binaries import PostgresBinaries, available_binaries
+from reaper.local.binaries import PostgresBinaries
 from reaper.local.cluster import LocalPostgres
 from reaper.local.sessions import LISTEN_CHANNEL, open_sessions
 from tests.fix_db import dsn_for, wait_until
+from tests.harness.binaries import available_binaries
+from tests.harness.cluster import CrashablePostgres
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -121,7 +123,7 @@ def test_stop_removes_the_data_dir_and_is_idempotent(binaries: PostgresBinaries)
 
 
 def test_shutdown_now_keeps_data_for_restart(binaries: PostgresBinaries) -> None:
-    with LocalPostgres(binaries) as cluster:
+    with CrashablePostgres(binaries) as cluster:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             conn.execute("CREATE TABLE survivor (id int)")
             # synchronous_commit=off may leave the commit in WAL buffers an immediate stop loses.

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 import pytest
 from psycopg.pq import TransactionStatus
 
+from reaper.actions.run import run_pass
 from reaper.core.planning import Reason, plan
 from reaper.core.policy import IDLE_STATES, one_rule_policy
 from reaper.core.result import Outcome
 from reaper.errors import AuthenticationError, VisibilityError
 from reaper.pg import gateway
-from reaper.run import run_pass
 from tests.fix_db import wait_until
 from tests.functional.reaping import (
     THRESHOLD,

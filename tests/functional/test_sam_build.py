@@ -173,9 +173,9 @@ def test_sam_build_packs_only_native_libraries_of_the_function_architecture(
 def test_sam_build_byte_compiles_for_the_runtime_python(
     builds: dict[str, Path], architecture: str
 ) -> None:
-    compiled = list((builds[architecture] / "reaper" / "aws").glob("__pycache__/*.cpython-312.pyc"))
+    compiled = list((builds[architecture] / "reaper").glob("**/__pycache__/*.cpython-312.pyc"))
 
-    assert {path.name.split(".")[0] for path in compiled} >= {"handler", "settings"}
+    assert {path.name.split(".")[0] for path in compiled} >= {"handler", "settings", "run"}
     assert not (builds[architecture] / "reaper" / "local").exists()
 
 

@@ -14,8 +14,8 @@ import time
 import pytest
 from psycopg import sql
 
+from reaper.actions.run import run_pass
 from reaper.core.result import Outcome
-from reaper.run import run_pass
 from tests.functional.reaping import policy_for, reaper_role, target_for
 from tests.functional.test_real_clients import PGBENCH
 

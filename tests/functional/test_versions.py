@@ -6,7 +6,7 @@ import pytest
 
 from reaper.local.cluster import LocalPostgres
 from reaper.pg import gateway
-from reaper.pg.target import Target
+from reaper.pg.conninfo import ConnInfo
 from tests.fix_db import binaries_or_skip
 from tests.functional.reaping import reaper_role, target_for
 
@@ -46,7 +46,7 @@ def test_reserved_connections_shrink_the_slots_the_snapshot_counts(major: int) -
         "reserved_connections": 3,
     }
     with LocalPostgres(binaries_or_skip(major), settings=settings) as server:
-        target = Target.from_dsn(server.dsn(), name="reserved")
+        target = ConnInfo.from_dsn(server.dsn(), name="reserved")
         # when the reaper takes a snapshot
         with gateway.connect(target) as conn:
             picture = gateway.take_snapshot(conn).connections

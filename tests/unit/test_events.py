@@ -23,30 +23,23 @@ def event(name: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("scheduled.json", Invocation("scheduled", run_pass=True)),
-        ("scheduler.json", Invocation("scheduled", run_pass=True)),
-        ("alarm.json", Invocation("alarm", run_pass=True)),
-        ("alarm-ok.json", Invocation("alarm", run_pass=False)),
-        ("manual-dry-run.json", Invocation("manual", run_pass=True, force_dry_run=True)),
-        ("manual-target.json", Invocation("manual", run_pass=True, targets=("default",))),
-        ("doctor.json", Invocation("manual", run_pass=False, doctor=True)),
+        ("scheduled.json", Invocation("scheduled", "pass")),
+        ("scheduler.json", Invocation("scheduled", "pass")),
+        ("alarm.json", Invocation("alarm", "pass")),
+        ("alarm-ok.json", Invocation("alarm", "none")),
+        ("manual-dry-run.json", Invocation("manual", "pass", force_dry_run=True)),
+        ("manual-target.json", Invocation("manual", "pass", targets=("default",))),
+        ("doctor.json", Invocation("manual", "doctor")),
     ],
 )
 def test_every_shipped_event_is_recognised(name, expected) -> None:
     invocation = parse_event(event(name))
     assert (
         invocation.kind,
-        invocation.run_pass,
+        invocation.action,
         invocation.force_dry_run,
         invocation.targets,
-        invocation.doctor,
-    ) == (
-        expected.kind,
-        expected.run_pass,
-        expected.force_dry_run,
-        expected.targets,
-        expected.doctor,
-    )
+    ) == (expected.kind, expected.action, expected.force_dry_run, expected.targets)
 
 
 def test_every_file_in_events_is_covered_here() -> None:
@@ -64,11 +57,7 @@ def test_every_file_in_events_is_covered_here() -> None:
 
 def test_doctor_event_may_name_its_targets_and_never_runs_a_pass() -> None:
     invocation = parse_event({"action": "doctor", "targets": ["writer"]})
-    assert (invocation.doctor, invocation.run_pass, invocation.targets) == (
-        True,
-        False,
-        ("writer",),
-    )
+    assert (invocation.action, invocation.targets) == ("doctor", ("writer",))
 
 
 def test_scheduler_input_with_placeholders_filled_in_is_a_scheduled_event() -> None:
@@ -88,7 +77,7 @@ def test_alarm_description_names_the_alarm_and_its_state() -> None:
 def test_insufficient_data_alarm_runs_no_pass() -> None:
     alarm = event("alarm.json")
     alarm["detail"]["state"]["value"] = "INSUFFICIENT_DATA"
-    assert parse_event(alarm).run_pass is False
+    assert parse_event(alarm).action == "none"
 
 
 def test_alarm_detail_tolerates_fields_aws_adds() -> None:
@@ -96,7 +85,7 @@ def test_alarm_detail_tolerates_fields_aws_adds() -> None:
     alarm = event("alarm.json")
     alarm["detail"]["state"]["actionsSuppressedBy"] = "WaitPeriod"
     alarm["detail"]["alarmType"] = "MetricAlarm"
-    assert parse_event(alarm).run_pass is True
+    assert parse_event(alarm).action == "pass"
 
 
 def _with(name: str, path: tuple[str, ...], value: Any) -> dict[str, Any]:

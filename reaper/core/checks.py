@@ -1,8 +1,8 @@
-"""`reaper doctor`'s decisions: plain facts about the reaper's role and server -> checks.
+"""The doctor's checks: plain facts about the reaper's role and server -> one verdict each.
 
-Pure: the facts are read elsewhere (reaper.pg) and passed in; each check says ok, warn or fail,
-what it saw and, unless it is ok, the fix. The fixes for a full database live here too, so the
-login error and the doctor name the same remedy in the same words.
+Pure: the facts (`core.setup_facts.SetupFacts`) are read elsewhere and passed in; each check
+says ok, warn or fail, what it saw and, unless it is ok, the fix. The remedies for a full
+database come from `core.full_database`, so the login error and the doctor word them alike.
 """
 
 from __future__ import annotations
@@ -12,32 +12,26 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from reaper.core.full_database import (
+    RECOMMENDED_ROLE_CONNECTION_LIMIT,
+    RESERVED_WAY_IN_DOC,
+    connection_limits_fix,
+    reserved_slots_fix,
+)
 from reaper.core.planning import Reason, plan
 from reaper.core.snapshot import CLIENT_BACKEND
+from reaper.core.versions import NEWEST_MAJOR, OLDEST_MAJOR
 
 if TYPE_CHECKING:
     from reaper.core.policy import Policy
+    from reaper.core.setup_facts import SetupFacts
     from reaper.core.snapshot import Snapshot
 
-# The majors the project is tested on (README).
-OLDEST_MAJOR = 13
-NEWEST_MAJOR = 18
-# reserved_connections and the pg_use_reserved_connections role exist from this major.
-RESERVED_CONNECTIONS_MAJOR = 16
-# One reaper connection per pass; a second one for a person running `reaper doctor` or `run`
-# while the scheduled pass is on; a third for slack.
-RECOMMENDED_ROLE_CONNECTION_LIMIT = 3
 # Below this, a scheduled pass and a pass run by a person at the same time cannot both log in.
 MIN_ROLE_CONNECTION_LIMIT = 2
-RESERVED_WAY_IN_DOC = "docs/database-role.md#a-reserved-way-in"
 CLIENT_SIDE_DOC = "docs/client-side.md"
 # How many names a check lists before it says "and N more".
 MAX_LISTED = 8
-
-# The causes of SQLSTATE 53300 (too_many_connections) at login.
-CAUSE_SERVER = "server"
-CAUSE_ROLE = "role"
-CAUSE_DATABASE = "database"
 
 
 class Status(StrEnum):
@@ -59,54 +53,19 @@ class Check:
 
 
 @dataclass(frozen=True, slots=True)
-class SetupFacts:
-    """What the reaper's own connection found out about its role and the server."""
-
-    role: str
-    server_version_num: int
-    is_superuser: bool
-    # Member of RDS's rds_superuser (False where that role does not exist).
-    is_rds_superuser: bool
-    # pg_read_all_stats (through pg_monitor): sees other roles' session states.
-    sees_all_sessions: bool
-    # pg_signal_backend: may terminate other (non-superuser) roles' sessions.
-    may_signal_others: bool
-    # pg_use_reserved_connections; None before PostgreSQL 16, where it does not exist.
-    may_use_reserved_connections: bool | None
-    max_connections: int
-    superuser_reserved_connections: int
-    reserved_connections: int
-    # The role's own CONNECTION LIMIT; -1 for none.
-    role_connection_limit: int
-    # statement_timeout set on the role (ALTER ROLE ... SET), None when not set.
-    role_statement_timeout: str | None
-    # Other login roles, neither superusers nor managed by RDS, without a CONNECTION LIMIT.
-    uncapped_login_roles: tuple[str, ...]
-    # The sum of the CONNECTION LIMITs of the other login roles that have one.
-    capped_login_connections: int
-    # The libpq sslmode of the connection, and the TLS version in use (None: no TLS).
-    sslmode: str
-    tls_version: str | None
-
-    @property
-    def major(self) -> int:
-        """The server's major version."""
-        return self.server_version_num // 10_000
-
-    @property
-    def usable_connections(self) -> int:
-        """Slots for roles that may not use any reserve."""
-        return (
-            self.max_connections - self.superuser_reserved_connections - self.reserved_connections
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class DoctorReport:
     """Every check on one target."""
 
     target: str
     checks: tuple[Check, ...]
+
+    @classmethod
+    def unreachable(cls, target: str, message: str) -> DoctorReport:
+        """The report on a target the reaper could not log in to, or check to the end: one
+        failed connection check saying why."""
+        return cls(
+            target, (Check("connection", Status.FAIL, message + " (nothing else was checked)"),)
+        )
 
     @property
     def status(self) -> Status:
@@ -129,62 +88,6 @@ class DoctorReport:
             "status": self.status.value,
             "checks": [{**asdict(check), "status": check.status.value} for check in self.checks],
         }
-
-
-def full_database_fix(cause: str, role: str | None, *, reserve_major: int | None = None) -> str:
-    """The remedy for a login refused with SQLSTATE 53300, for each cause.
-
-    The server's major cannot be asked before login; `reserve_major` is what the refusal itself
-    told (16 when it named the 16+ reserve, 15 when only a superuser reserve exists), else None,
-    and a full server then gets both remedies.
-    """
-    who = role or "the reaper's role"
-    if cause == CAUSE_ROLE:
-        return (
-            f"{who} is at its own CONNECTION LIMIT: another reaper or a stuck pass holds its "
-            f"connections (look for usename = '{who}' in pg_stat_activity), or raise it: "
-            f"ALTER ROLE {who} CONNECTION LIMIT {RECOMMENDED_ROLE_CONNECTION_LIMIT}"
-        )
-    if cause == CAUSE_DATABASE:
-        return (
-            "the database is at its own CONNECTION LIMIT: point the reaper at another database "
-            "of the cluster (pg_stat_activity covers them all), or raise ALTER DATABASE ... "
-            "CONNECTION LIMIT"
-        )
-    if reserve_major is None:
-        return (
-            f"{reserved_slots_fix(who)}; on PostgreSQL 15 and older, {connection_limits_fix()}. "
-            f"See {RESERVED_WAY_IN_DOC}"
-        )
-    if reserve_major >= RESERVED_CONNECTIONS_MAJOR:
-        return f"{reserved_slots_fix(who)}. See {RESERVED_WAY_IN_DOC}"
-    return (
-        "this server (PostgreSQL 15 or older) keeps no slots for non-superusers, so "
-        f"{connection_limits_fix()}; PostgreSQL 16 adds reserved_connections. "
-        f"See {RESERVED_WAY_IN_DOC}"
-    )
-
-
-def reserved_slots_fix(role: str) -> str:
-    """The 16+ remedy: a reserve the reaper's role may use."""
-    return (
-        "on PostgreSQL 16 and later, set reserved_connections (for example 3; it needs a "
-        f"restart) and GRANT pg_use_reserved_connections TO {role}"
-    )
-
-
-def connection_limits_fix() -> str:
-    """The remedy before 16, which has no reserve for non-superusers."""
-    return (
-        "cap every application role with ALTER ROLE ... CONNECTION LIMIT so that together they "
-        "leave slots free, and let the reaper act before the limit (min_utilization, and an "
-        "alarm below 100%)"
-    )
-
-
-def unreachable_check(message: str) -> Check:
-    """The connection check of a target the reaper could not log in to."""
-    return Check("connection", Status.FAIL, message + " (nothing else was checked)")
 
 
 def setup_checks(facts: SetupFacts) -> tuple[Check, ...]:

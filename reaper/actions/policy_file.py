@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from reaper._files import read_text
+from reaper.actions.files import read_text
 from reaper.core.policy import parse_policy
 from reaper.errors import PolicyError
 

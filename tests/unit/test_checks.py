@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import psycopg
 import pytest
 
 from reaper.cli.doctor import render_report
-from reaper.core.doctor import (
-    CAUSE_DATABASE,
-    CAUSE_ROLE,
-    CAUSE_SERVER,
-    Check,
-    DoctorReport,
-    SetupFacts,
-    Status,
-    full_database_fix,
-    setup_checks,
-)
-from reaper.pg import gateway
-from reaper.pg.gateway import too_many_connections_cause
+from reaper.core.checks import Check, DoctorReport, Status, setup_checks
+from reaper.core.full_database import FullCause, full_database_fix, refusal_cause, reserve_major
+from reaper.core.setup_facts import SetupFacts
 
 COMPLETE_18 = SetupFacts(
     role="idle_reaper",
@@ -171,9 +160,9 @@ def test_report_status_is_the_worst_check_and_each_line_carries_its_fix() -> Non
 @pytest.mark.parametrize(
     ("cause", "words"),
     [
-        (CAUSE_SERVER, ("reserved_connections", "pg_use_reserved_connections", "15 and older")),
-        (CAUSE_ROLE, ("its own CONNECTION LIMIT", "ALTER ROLE idle_reaper CONNECTION LIMIT 3")),
-        (CAUSE_DATABASE, ("ALTER DATABASE",)),
+        (FullCause.SERVER, ("reserved_connections", "pg_use_reserved_connections", "15 and older")),
+        (FullCause.ROLE, ("its own CONNECTION LIMIT", "ALTER ROLE idle_reaper CONNECTION LIMIT 3")),
+        (FullCause.DATABASE, ("ALTER DATABASE",)),
     ],
 )
 def test_full_database_fix_names_the_remedy_for_each_cause(cause, words) -> None:
@@ -183,16 +172,16 @@ def test_full_database_fix_names_the_remedy_for_each_cause(cause, words) -> None
 
 
 @pytest.mark.parametrize(
-    ("reserve_major", "named", "not_named"),
+    ("major", "named", "not_named"),
     [
         (16, "GRANT pg_use_reserved_connections TO idle_reaper", "CONNECTION LIMIT"),
         (15, "ALTER ROLE ... CONNECTION LIMIT", "pg_use_reserved_connections"),
     ],
 )
 def test_a_full_server_whose_refusal_tells_its_major_gets_only_that_majors_fix(
-    reserve_major, named, not_named
+    major, named, not_named
 ) -> None:
-    fix = full_database_fix(CAUSE_SERVER, "idle_reaper", reserve_major=reserve_major)
+    fix = full_database_fix(FullCause.SERVER, "idle_reaper", reserve_major=major)
     assert named in fix
     assert not_named not in fix
     assert "docs/database-role.md#a-reserved-way-in" in fix
@@ -217,7 +206,7 @@ def test_a_full_server_whose_refusal_tells_its_major_gets_only_that_majors_fix(
     ],
 )
 def test_the_reserve_a_refusal_names_tells_the_major_family(message, major) -> None:
-    assert gateway._reserve_major(_FATAL + message) == major
+    assert reserve_major(_FATAL + message) == major
 
 
 # What psycopg 3.3 with libpq 18 raised on this machine (PostgreSQL 15 and 18), trimmed.
@@ -227,34 +216,31 @@ _FATAL = 'connection failed: connection to server at "127.0.0.1", port 5432 fail
 @pytest.mark.parametrize(
     ("message", "cause"),
     [
-        ("sorry, too many clients already", CAUSE_SERVER),
+        ("sorry, too many clients already", FullCause.SERVER),
         (
             "remaining connection slots are reserved for non-replication superuser connections",
-            CAUSE_SERVER,
+            FullCause.SERVER,
         ),
         (
             "remaining connection slots are reserved for roles with privileges of the "
             '"pg_use_reserved_connections" role',
-            CAUSE_SERVER,
+            FullCause.SERVER,
         ),
         (
             "remaining connection slots are reserved for non-replication superuser, rds_reserved, "
             "and rds_superuser connections",
-            CAUSE_SERVER,
+            FullCause.SERVER,
         ),
-        ('too many connections for role "idle_reaper"', CAUSE_ROLE),
-        ('too many connections for database "postgres"', CAUSE_DATABASE),
+        ('too many connections for role "idle_reaper"', FullCause.ROLE),
+        ('too many connections for database "postgres"', FullCause.DATABASE),
         ('password authentication failed for user "idle_reaper"', None),
         ('database "nope" does not exist', None),
     ],
 )
 def test_refused_login_is_told_apart_by_the_servers_53300_messages(message, cause) -> None:
-    error = psycopg.OperationalError(_FATAL + message)
-    assert too_many_connections_cause(error, _FATAL + message) == cause
+    assert refusal_cause(None, _FATAL + message) == cause
 
 
 def test_a_sqlstate_when_the_driver_gives_one_wins_over_the_words() -> None:
-    localized = psycopg.errors.TooManyConnections("Verbindungen sind reserviert")
-    assert too_many_connections_cause(localized, str(localized)) == CAUSE_SERVER
-    refused = psycopg.errors.InvalidPassword("sorry, too many clients already")
-    assert too_many_connections_cause(refused, str(refused)) is None
+    assert refusal_cause("53300", "Verbindungen sind reserviert") == FullCause.SERVER
+    assert refusal_cause("28P01", "sorry, too many clients already") is None
