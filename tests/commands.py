@@ -21,3 +21,17 @@ def run_command(
     return subprocess.run(
         command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def cfn_lint(template: Path) -> subprocess.CompletedProcess[str]:
+    """cfn-lint on `template` (it has no `python -m` entry point: its script sits beside the
+    interpreter); skips the test where the dev extra is not installed."""
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    program = Path(sys.executable).with_name("cfn-lint")
+    if not program.is_file():
+        pytest.skip(f"cfn-lint is not installed beside {sys.executable} (the dev extra has it)")
+    return run_command([str(program), str(template)], cwd=template.parent, timeout=300)

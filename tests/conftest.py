@@ -1,3 +1,3 @@
 """Test-wide plugins: the PostgreSQL server fixtures live in their own modules."""
 
-pytest_plugins = ("tests.fix_db", "tests.fix_aws", "tests.functional.fleet")
+pytest_plugins = ("tests.fix_db", "tests.fix_aws")

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from reaper.settings import lambda_variables
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from tests.fix_db import PgServer, Role
 
@@ -26,34 +28,33 @@ REGION = "us-east-1"
 POLICY_PARAMETER_NAME = "/idle-reaper/test/policy"
 SECRET_NAME = "idle-reaper/test/database"
 
-# Every variable LambdaSettings and Powertools read: cleared so a developer's shell cannot leak
-# into a test.
+EVENTS_DIR = Path(__file__).resolve().parents[1] / "events"
+
+# Every variable the function reads: its settings (derived from the model, so a new setting is
+# covered) and Powertools'. Cleared so a developer's shell cannot leak into a test.
 FUNCTION_VARIABLES = (
-    "REAPER_POLICY_PARAMETER",
-    "REAPER_POLICY_FILE",
-    "REAPER_POLICY_CACHE_SECONDS",
-    "REAPER_SECRET_CACHE_SECONDS",
-    "REAPER_DATABASE_URL",
-    "REAPER_SECRET_ID",
-    "REAPER_IAM_AUTH",
-    "REAPER_DB_HOST",
-    "REAPER_DB_PORT",
-    "REAPER_DB_NAME",
-    "REAPER_DB_USER",
-    "REAPER_TARGETS",
-    "REAPER_SSLMODE",
-    "REAPER_SSLROOTCERT",
-    "REAPER_CONNECT_TIMEOUT",
-    "REAPER_DEADLINE_MARGIN_SECONDS",
-    "REAPER_DISCOVERY_TAG",
-    "REAPER_DISCOVERY_VPC_ID",
-    "REAPER_DISCOVERY_CACHE_SECONDS",
-    "REAPER_MAX_CONCURRENCY",
-    "REAPER_TARGET_TIMEOUT_SECONDS",
+    *lambda_variables(),
     "POWERTOOLS_PARAMETERS_MAX_AGE",
     "POWERTOOLS_METRICS_DISABLED",
     "POWERTOOLS_DEV",
+    "POWERTOOLS_LOG_LEVEL",
 )
+
+
+def load_event(name: str) -> dict[str, Any]:
+    """The shipped event `events/<name>`, decoded."""
+    decoded: dict[str, Any] = json.loads((EVENTS_DIR / name).read_text())
+    return decoded
+
+
+def invoke(event: dict[str, Any] | str = "scheduled.json", *, timeout_seconds: int = 60) -> Any:
+    """The function's handler on `event` (a shipped event's file name, or a document) in this
+    process, with a context counting down from `timeout_seconds`; its summary."""
+    from reaper.aws.handler import lambda_handler
+    from reaper.cli.invoke import local_context
+
+    document = load_event(event) if isinstance(event, str) else event
+    return lambda_handler(document, local_context(timeout_seconds=timeout_seconds))
 
 
 # -- process-wide state -----------------------------------------------------------------------

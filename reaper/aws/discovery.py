@@ -86,7 +86,11 @@ def list_instances() -> tuple[RdsInstance, ...]:
         DiscoveryError: an RDS API call failed (after botocore's retries); the message names
             the call and AWS's error code.
     """
-    client = rds_client()
+    try:
+        client = rds_client()
+    except BotoCoreError as exc:
+        # No Region (neither AWS_REGION nor AWS_DEFAULT_REGION, no profile): said before any call.
+        raise DiscoveryError(f"cannot list RDS databases: {type(exc).__name__}: {exc}") from exc
     raw_instances = [
         raw
         for raw in _pages(client, "describe_db_instances", "DBInstances")

@@ -48,7 +48,8 @@ def render_pass(result: PassResult, *, verbose: bool = False) -> str:
         c = result.connections
         lines.append(
             f"connections: {c.client_connections} clients of {c.usable_connections} usable "
-            f"(max_connections {c.max_connections}, {c.reserved_connections} reserved); "
+            f"(max_connections {c.max_connections}, "
+            f"{c.superuser_reserved_connections + c.reserved_connections} reserved); "
             f"utilization {c.utilization_before:.0%} -> {c.utilization_after:.0%}; "
             f"pressure gate {'open' if result.gate_open else 'closed'}"
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from reaper.core.snapshot import CLIENT_BACKEND
+
 if TYPE_CHECKING:
     from reaper.core.snapshot import Snapshot
 
@@ -83,7 +85,7 @@ def take_census(snapshot: Snapshot) -> Census:
         max_connections=picture.max_connections,
         usable_connections=picture.usable_connections,
         utilization=picture.utilization_before,
-        other_backends=len(snapshot.sessions) - picture.client_connections,
+        other_backends=sum(1 for s in snapshot.sessions if s.backend_type != CLIENT_BACKEND),
         groups=groups,
         idle_histogram=dict(sorted(histogram.items())),
     )

@@ -58,37 +58,48 @@ class Session(SessionIdentity):
 class Connections:
     """How full the server is: client connections against the slots ordinary roles may use.
 
-    The snapshot holds the picture before a pass (`terminated` 0); a pass result holds the same
-    picture with the number it terminated, so both utilizations can be told. `to_dict()` is the
-    `connections` object of `reaper run --json` and of the handler's summary.
+    `client_connections` counts client backends other than the reaper's own, as the census
+    lists them. The snapshot holds the picture before a pass (`terminated` 0); a pass result
+    holds the same picture with the number it terminated, so both utilizations can be told.
+    `to_dict()` is the `connections` object of `reaper run --json` and of the handler's summary.
     """
 
     client_connections: int
     max_connections: int
-    # superuser_reserved_connections, plus reserved_connections from PostgreSQL 16.
+    # PostgreSQL's own two settings: superusers' reserve, and (16+) the reserve of roles granted
+    # pg_use_reserved_connections; 0 where the server has no such setting.
+    superuser_reserved_connections: int
     reserved_connections: int
     terminated: int = 0
 
     @property
     def usable_connections(self) -> int:
-        """Slots for ordinary roles: max_connections minus the reserves (at least 1)."""
-        return max(1, self.max_connections - self.reserved_connections)
+        """Slots for ordinary roles: max_connections minus both reserves (at least 1)."""
+        return max(
+            1,
+            self.max_connections - self.superuser_reserved_connections - self.reserved_connections,
+        )
 
     @property
     def utilization_before(self) -> float:
-        """Client connections at the snapshot as a fraction of the usable slots."""
-        return self.client_connections / self.usable_connections
+        """The share of the usable slots taken at the snapshot, at most 1.
+
+        Clients beyond the usable slots are sessions of roles that may use a reserve (a
+        superuser's): the usable slots are then all taken, not more than taken.
+        """
+        return min(1.0, self.client_connections / self.usable_connections)
 
     @property
     def utilization_after(self) -> float:
         """The same after the pass's terminations."""
-        return (self.client_connections - self.terminated) / self.usable_connections
+        return min(1.0, (self.client_connections - self.terminated) / self.usable_connections)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: the counts and both utilizations."""
         return {
             "client_connections": self.client_connections,
             "max_connections": self.max_connections,
+            "superuser_reserved_connections": self.superuser_reserved_connections,
             "reserved_connections": self.reserved_connections,
             "usable_connections": self.usable_connections,
             "utilization_before": self.utilization_before,

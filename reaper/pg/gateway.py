@@ -124,19 +124,21 @@ def take_snapshot(conn: psycopg.Connection[Any]) -> Snapshot:
     with _database_errors(), conn.cursor(row_factory=dict_row) as cursor:
         rows = cursor.execute(_statements.SNAPSHOT).fetchall()
     first = rows[0]  # never empty: the reaper's own backend is always listed
+    own_pid = first["own_pid"]
     # The statement names its session columns after Session's fields.
     sessions = tuple(Session(**{name: row[name] for name in _SESSION_FIELDS}) for row in rows)
     return Snapshot(
         taken_at=first["taken_at"],
-        own_pid=first["own_pid"],
+        own_pid=own_pid,
         role=first["role"],
         server_version_num=first["server_version_num"],
         connections=Connections(
-            client_connections=sum(1 for s in sessions if s.backend_type == CLIENT_BACKEND),
-            max_connections=first["max_connections"],
-            reserved_connections=(
-                first["superuser_reserved_connections"] + first["reserved_connections"]
+            client_connections=sum(
+                1 for s in sessions if s.backend_type == CLIENT_BACKEND and s.pid != own_pid
             ),
+            max_connections=first["max_connections"],
+            superuser_reserved_connections=first["superuser_reserved_connections"],
+            reserved_connections=first["reserved_connections"],
         ),
         sessions=sessions,
     )

@@ -1,4 +1,5 @@
-"""Fixtures the functional tests share: the simulated Lambda functions and their sessions."""
+"""Fixtures the functional tests share: the reaper's role and login, the simulated Lambda
+functions and their sessions."""
 
 from __future__ import annotations
 
@@ -7,12 +8,39 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.functional.reaping import alive, ended, wait_past_threshold
+from tests.fix_db import dsn_for
+from tests.functional.reaping import alive, ended, target_for, wait_past_threshold
 
 if TYPE_CHECKING:
     from psycopg import Connection
 
-    from tests.fix_db import Role, RoleFactory, SessionFactory
+    from reaper.pg.conninfo import ConnInfo
+    from tests.fix_db import PgServer, Role, RoleFactory, SessionFactory
+
+
+@pytest.fixture
+def reaper_role(role_factory: RoleFactory) -> Role:
+    """The reaper's least-privilege role (pg_monitor and pg_signal_backend)."""
+    return role_factory("reaper")
+
+
+@pytest.fixture
+def reaper_dsn(pg_server: PgServer, reaper_role: Role) -> str:
+    """The reaper role's DSN (it holds the password: never print it)."""
+    return dsn_for(pg_server, reaper_role.name, reaper_role.password)
+
+
+@pytest.fixture
+def reaper(pg_server: PgServer, reaper_role: Role) -> ConnInfo:
+    """The reaper role's connection to the test server."""
+    return target_for(pg_server, reaper_role)
+
+
+@pytest.fixture
+def database_url(function_env: pytest.MonkeyPatch, reaper_dsn: str) -> str:
+    """REAPER_DATABASE_URL set to the reaper role's DSN."""
+    function_env.setenv("REAPER_DATABASE_URL", reaper_dsn)
+    return reaper_dsn
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from tests.functional.reaping import (
     alive,
     ended,
     policy_document,
-    reaper_role,
     wait_past_threshold,
 )
 
@@ -26,12 +25,6 @@ if TYPE_CHECKING:
 
 def reaper_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
     return run_command([sys.executable, "-m", "reaper", *args], timeout=timeout, env=env)
-
-
-@pytest.fixture
-def reaper_dsn(pg_server, role_factory) -> str:
-    role = reaper_role(role_factory)
-    return dsn_for(pg_server, role.name, role.password)
 
 
 def selection(session_factory, *extra: str) -> list[str]:
@@ -57,6 +50,7 @@ def test_run_terminates_exactly_what_the_flags_select(session_factory, apps, rea
     assert set(result["connections"]) == {
         "client_connections",
         "max_connections",
+        "superuser_reserved_connections",
         "reserved_connections",
         "usable_connections",
         "utilization_before",
@@ -124,7 +118,7 @@ def test_a_reaper_role_lacking_a_privilege_exits_non_zero_and_terminates_nothing
 ) -> None:
     # given a stale session and a reaper role with only one of the two grants it needs
     pid = apps.open_stale("orders", threshold=THRESHOLD)
-    role = reaper_role(role_factory, grant)
+    role = role_factory("reaper", grants=(grant,))
     dsn = dsn_for(pg_server, role.name, role.password)
     # when it runs, then it exits with the documented code and says why
     done = reaper_cli("run", "--dsn", dsn, *selection(apps.factory))
@@ -167,7 +161,7 @@ def test_unroutable_database_fails_within_the_connect_timeout() -> None:
 
 @pytest.mark.usefixtures("server_checks_passwords")
 def test_wrong_password_exits_3_without_echoing_it(pg_server, role_factory) -> None:
-    role = reaper_role(role_factory)
+    role = role_factory("reaper")
     dsn = dsn_for(pg_server, role.name, "Wr0ng-Passw0rd")
     done = reaper_cli("run", "--dsn", dsn, "--application-name", "lambda:*")
     assert done.returncode == 3
@@ -248,6 +242,9 @@ def test_report_counts_sessions_by_application(session_factory, apps, reaper_dsn
     assert groups[(orders, "active")]["count"] == 1
     assert sum(census["idle_histogram"][orders].values()) == 3
     assert 0 < census["utilization"] < 1
+    # the reaper's own connection is in no group, so the headline is the sum of the rows
+    assert census["client_connections"] == sum(g["count"] for g in census["groups"])
+    assert not any(g["application_name"] == "idle-reaper" for g in census["groups"])
     text = reaper_cli("report", "--dsn", reaper_dsn)
     assert orders in text.stdout
     assert "idle sessions by age" in text.stdout

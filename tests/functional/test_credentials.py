@@ -9,35 +9,26 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 from psycopg import sql
 
 from reaper.aws.credentials import build_target
-from reaper.aws.handler import lambda_handler
-from reaper.cli.invoke import local_context
 from reaper.errors import CredentialsError, TargetsFailedError
 from reaper.settings import TargetSpec, load_lambda_settings
-from tests.fix_aws import SECRET_NAME, log_records, metric, rds_secret_document
+from tests.fix_aws import SECRET_NAME, invoke, log_records, metric, rds_secret_document
+from tests.functional.reaping import FUNCTION_THRESHOLD as THRESHOLD
 from tests.functional.reaping import policy_document
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.fix_aws import RdsSecret
     from tests.fix_db import PgServer, Role
 
-SCHEDULED_EVENT = json.loads(
-    (Path(__file__).resolve().parents[2] / "events" / "scheduled.json").read_text()
-)
-THRESHOLD = 1.0
 # What every RDS IAM token looks like: a presigned "connect" request.
 IAM_TOKEN_MARKERS = ("Action=connect", "X-Amz-Signature=", "X-Amz-Credential=")
-
-
-@pytest.fixture
-def reaper_role(role_factory):
-    return role_factory("reaper")
 
 
 @pytest.fixture
@@ -73,10 +64,6 @@ class SecretLogin:
 def secret_login(pg_server, reaper_role, rds_secret) -> SecretLogin:
     rds_secret.put(rds_secret_document(pg_server, reaper_role))
     return SecretLogin(pg_server, reaper_role, rds_secret)
-
-
-def invoke() -> dict[str, Any]:
-    return lambda_handler(SCHEDULED_EVENT, local_context())
 
 
 @pytest.mark.usefixtures("policy_file")

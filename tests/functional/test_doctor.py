@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -15,15 +14,13 @@ from reaper.cli.main import main
 from reaper.core.versions import RESERVED_CONNECTIONS_MAJOR
 from reaper.errors import ExitCode
 from reaper.local.roles import REAPER_GRANTS
-from tests.fix_aws import log_records
+from tests.fix_aws import EVENTS_DIR, log_records
 from tests.fix_db import dsn_for
+from tests.functional.reaping import FUNCTION_THRESHOLD as THRESHOLD
 from tests.functional.reaping import policy_document, wait_past_threshold
 
 if TYPE_CHECKING:
     from tests.fix_db import PgServer, Role
-
-EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
-THRESHOLD = 1.0
 
 
 def doctor(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

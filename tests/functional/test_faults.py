@@ -12,7 +12,7 @@ from reaper.errors import ExitCode, PassAbortedError
 from reaper.pg import gateway
 from reaper.pg.conninfo import ConnInfo
 from tests.fix_db import wait_until
-from tests.functional.reaping import alive, reaper_role, target_for
+from tests.functional.reaping import alive, target_for
 from tests.harness.binaries import available_binaries
 from tests.harness.cluster import CrashablePostgres
 
@@ -55,7 +55,7 @@ def test_statement_timeout_aborts_the_pass_with_a_clear_error(
     pg_server, admin_conn, role_factory
 ) -> None:
     # given a reaper connected with a short statement_timeout (and a long lock_timeout)
-    reaper = target_for(pg_server, reaper_role(role_factory))
+    reaper = target_for(pg_server, role_factory("reaper"))
     with gateway.connect(reaper, gateway.Timeouts(statement_ms=300, lock_ms=60_000)) as conn:
         locker = lock_the_role_catalog(admin_conn)
         try:
@@ -73,7 +73,7 @@ def test_statement_timeout_aborts_the_pass_with_a_clear_error(
 def test_lock_timeout_aborts_the_pass_with_a_clear_error(
     pg_server, admin_conn, role_factory
 ) -> None:
-    reaper = target_for(pg_server, reaper_role(role_factory))
+    reaper = target_for(pg_server, role_factory("reaper"))
     with gateway.connect(reaper, gateway.Timeouts(lock_ms=300)) as conn:
         locker = lock_the_role_catalog(admin_conn)
         try:
@@ -84,7 +84,7 @@ def test_lock_timeout_aborts_the_pass_with_a_clear_error(
 
 
 def test_reaper_connection_killed_mid_pass_is_reported(pg_server, admin_conn, role_factory) -> None:
-    reaper = target_for(pg_server, reaper_role(role_factory))
+    reaper = target_for(pg_server, role_factory("reaper"))
     failures: list[BaseException] = []
     with gateway.connect(reaper, PATIENT) as conn:
         pid = conn.info.backend_pid
@@ -137,7 +137,7 @@ def test_sessions_survive_a_pass_that_fails_before_terminating(
     app = role_factory("app", grants=())
     conn = session_factory(session_factory.app("orders"), user=app.name, password=app.password)
     pid = session_factory.pid_of(conn)
-    reaper = target_for(pg_server, reaper_role(role_factory))
+    reaper = target_for(pg_server, role_factory("reaper"))
     with gateway.connect(reaper, gateway.Timeouts(statement_ms=200, lock_ms=60_000)) as rc:
         locker = lock_the_role_catalog(admin_conn)
         try:

@@ -28,7 +28,7 @@ from reaper.local.cluster import LocalPostgres
 from reaper.local.roles import create_login_role
 from reaper.pg import gateway
 from reaper.pg.conninfo import ConnInfo
-from tests.fix_aws import log_records, metric
+from tests.fix_aws import EVENTS_DIR, log_records, metric
 from tests.fix_db import binaries_or_skip, dsn_for, wait_until
 from tests.functional.reaping import THRESHOLD, policy_document, wait_past_threshold
 
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROLE_DOC = REPO_ROOT / "docs" / "database-role.md"
-EVENTS_DIR = REPO_ROOT / "events"
 DOCUMENTED_ROLE = "idle_reaper"
 DOCUMENTED_PASSWORD = "choose-a-long-random-password"
 # A small server: 20 slots, 3 for superusers and (16+) 2 for pg_use_reserved_connections.

@@ -7,7 +7,6 @@ checked (names, units, values, dimensions), the JSON log lines too.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -15,8 +14,6 @@ from botocore.stub import Stubber
 
 from reaper.aws import _clients
 from reaper.aws.fanout import MIN_PASS_SECONDS, timeouts_within
-from reaper.aws.handler import lambda_handler
-from reaper.cli.invoke import local_context
 from reaper.core.policy import one_rule_policy, render_policy
 from reaper.errors import (
     DeadlineExceededError,
@@ -26,28 +23,23 @@ from reaper.errors import (
     TargetsFailedError,
 )
 from reaper.pg.timeouts import Timeouts
-from tests.fix_aws import emf_metrics, log_records, metric
-from tests.fix_db import dsn_for
+from tests.fix_aws import emf_metrics, invoke, load_event, log_records, metric
 from tests.functional import reaping
 
 if TYPE_CHECKING:
     from tests.functional.conftest import Apps
 
-EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
-THRESHOLD = 1.0
 UNREACHABLE_DSN = "postgresql://nobody:not-a-secret@127.0.0.1:1/postgres?connect_timeout=2"
 
 
-def load_event(name: str) -> dict[str, Any]:
-    return json.loads((EVENTS_DIR / name).read_text())
-
-
 def wait_past_threshold() -> None:
-    """Sleep until sessions opened before the call are older than THRESHOLD."""
-    reaping.wait_past_threshold(THRESHOLD)
+    """Sleep until sessions opened before the call are older than reaping.FUNCTION_THRESHOLD."""
+    reaping.wait_past_threshold(reaping.FUNCTION_THRESHOLD)
 
 
-def orders_policy(apps: Apps, idle_seconds: float = THRESHOLD, **overrides: Any) -> str:
+def orders_policy(
+    apps: Apps, idle_seconds: float = reaping.FUNCTION_THRESHOLD, **overrides: Any
+) -> str:
     """Reap this test's 'orders' sessions idle for more than `idle_seconds` (JSON)."""
     policy = one_rule_policy(
         [apps.name("orders")],
@@ -72,24 +64,6 @@ def stale_orders(apps, policy_parameter, capsys) -> int:
 
 
 @pytest.fixture
-def reaper_role(role_factory):
-    """The reaper's least-privilege role: pg_monitor and pg_signal_backend."""
-    return role_factory("reaper")
-
-
-@pytest.fixture
-def reaper_dsn(pg_server, reaper_role) -> str:
-    return dsn_for(pg_server, reaper_role.name, reaper_role.password)
-
-
-@pytest.fixture
-def database_url(function_env, reaper_dsn) -> str:
-    """REAPER_DATABASE_URL set to the reaper role's DSN."""
-    function_env.setenv("REAPER_DATABASE_URL", reaper_dsn)
-    return reaper_dsn
-
-
-@pytest.fixture
 def writer_and_unreachable_reader(function_env, reaper_dsn) -> None:
     """REAPER_TARGETS: a reachable writer and a reader nobody listens for."""
     function_env.setenv(
@@ -98,10 +72,6 @@ def writer_and_unreachable_reader(function_env, reaper_dsn) -> None:
             [{"name": "writer", "dsn": reaper_dsn}, {"name": "reader", "dsn": UNREACHABLE_DSN}]
         ),
     )
-
-
-def invoke(event: dict[str, Any], *, timeout_seconds: int = 60) -> dict[str, Any]:
-    return lambda_handler(event, local_context(timeout_seconds=timeout_seconds))
 
 
 @pytest.mark.usefixtures("database_url")
@@ -113,7 +83,7 @@ def test_scheduled_pass_with_policy_from_ssm_terminates_exactly_the_matching_idl
     # sessions it must spare: another application, an active query, a young idle session (a
     # threshold longer than the others' keeps it young on a loaded machine, where the moto
     # calls before the snapshot can take a second)
-    threshold = 4 * THRESHOLD
+    threshold = 4 * reaping.FUNCTION_THRESHOLD
     policy_parameter.put(orders_policy(apps, idle_seconds=threshold))
     stale = [apps.open("orders") for _ in range(2)]
     other_app = apps.open("billing")
@@ -155,7 +125,7 @@ def test_scheduled_pass_with_policy_from_ssm_terminates_exactly_the_matching_idl
     assert 0 < utilization.value <= 100
     oldest = metric(out, "OldestIdleSeconds", Target="default")
     assert oldest.unit == "Seconds"
-    assert oldest.value >= THRESHOLD
+    assert oldest.value >= reaping.FUNCTION_THRESHOLD
     by_app = metric(out, "SessionsTerminatedByApplication", Target="default")
     assert by_app.value == 2
     assert by_app.dimensions == {

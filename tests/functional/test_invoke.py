@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reaper.cli.invoke import invoke_main, local_context
 from reaper.errors import EventError
-from tests.fix_aws import emf_metrics, json_lines, log_records, metric
+from tests.fix_aws import EVENTS_DIR, emf_metrics, json_lines, log_records, metric
 from tests.fix_db import dsn_for
+from tests.functional.reaping import FUNCTION_THRESHOLD as THRESHOLD
 from tests.functional.reaping import policy_document
 
-EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
 EVENT_FILES = sorted(EVENTS_DIR.glob("*.json"))
-THRESHOLD = 1.0
 
 # What each event does to a session idle past the policy's threshold (dry_run off).
 REAPS = {

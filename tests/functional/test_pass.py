@@ -22,7 +22,6 @@ from tests.functional.reaping import (
     alive,
     ended,
     policy_for,
-    reaper_role,
     target_for,
     wait_past_threshold,
 )
@@ -40,12 +39,6 @@ pytestmark = pytest.mark.safety
 def stale_orders(apps) -> int:
     """An 'orders' session of this test, idle past THRESHOLD: its pid."""
     return apps.open_stale("orders", threshold=THRESHOLD)
-
-
-@pytest.fixture
-def reaper(pg_server, role_factory):
-    """A target that connects as a least-privilege reaper role."""
-    return target_for(pg_server, reaper_role(role_factory))
 
 
 def outcome_of(result, pid):
@@ -351,7 +344,7 @@ def test_role_without_pg_monitor_is_refused_and_terminates_nothing(
     pg_server, session_factory, role_factory, stale_orders
 ) -> None:
     # given a reaper role that may signal but cannot see other roles' session states
-    blind = target_for(pg_server, reaper_role(role_factory, "pg_signal_backend"))
+    blind = target_for(pg_server, role_factory("reaper", grants=("pg_signal_backend",)))
     # when it runs a pass, then the pass is refused before anything is planned
     with pytest.raises(VisibilityError, match=r"cannot see .*pg_monitor"):
         run_pass(blind, policy_for(session_factory))
@@ -362,7 +355,7 @@ def test_role_without_pg_signal_backend_reports_refusals(
     pg_server, session_factory, role_factory, stale_orders
 ) -> None:
     # given a reaper role that sees every session but may signal none of another role's
-    weak = target_for(pg_server, reaper_role(role_factory, "pg_monitor"))
+    weak = target_for(pg_server, role_factory("reaper", grants=("pg_monitor",)))
     # when it runs a pass, then the stale session is reported refused and lives on
     result = run_pass(weak, policy_for(session_factory))
     assert outcome_of(result, stale_orders).outcome is Outcome.REFUSED
@@ -374,7 +367,7 @@ def test_refusal_of_one_session_does_not_stop_the_others(
     pg_server, session_factory, apps, role_factory
 ) -> None:
     # given a reaper without pg_signal_backend: it may signal only its own role's sessions
-    role = reaper_role(role_factory, "pg_monitor")
+    role = role_factory("reaper", grants=("pg_monitor",))
     own = session_factory.pid_of(
         session_factory(session_factory.app("orders"), user=role.name, password=role.password)
     )
@@ -449,7 +442,7 @@ def test_reaper_connection_sets_its_name_and_timeouts(reaper) -> None:
 
 @pytest.mark.usefixtures("server_checks_passwords")
 def test_wrong_password_is_an_authentication_error(pg_server, role_factory) -> None:
-    role = reaper_role(role_factory)
+    role = role_factory("reaper")
     wrong = replace(role, password="not-the-password")
     with pytest.raises(AuthenticationError) as caught:
         run_pass(target_for(pg_server, wrong), MATCH_NOTHING)

@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 
 from tests.fix_db import dsn_for, wait_until
-from tests.functional.reaping import alive, ended, reaper_role, wait_past_threshold
+from tests.functional.reaping import alive, ended, wait_past_threshold
 
 
 def client_binary(name: str) -> str | None:
@@ -172,7 +172,7 @@ def test_reaper_terminates_exactly_the_selected_psql_sessions_while_pgbench_runs
         [PGBENCH, "-i", "-s", "1", "-q"], env=pgbench_env, check=True, capture_output=True
     )
     wait_past_threshold()
-    reaper = reaper_role(role_factory)
+    reaper = role_factory("reaper")
     dsn = dsn_for(pg_server, reaper.name, reaper.password)
     # when pgbench runs and the reaper passes beside it, also reaping idle sessions of pgbench's
     # database role: only its application name tells them apart

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from reaper.core.versions import RESERVED_CONNECTIONS_MAJOR
 from reaper.local.cluster import LocalPostgres
 from reaper.pg import gateway
 from reaper.pg.conninfo import ConnInfo
 from tests.fix_db import binaries_or_skip
-from tests.functional.reaping import reaper_role, target_for
-
-# reserved_connections and the pg_use_reserved_connections role arrived in PostgreSQL 16.
-FIRST_MAJOR_WITH_RESERVED_CONNECTIONS = 16
+from tests.functional.reaping import target_for
 
 
 @pytest.mark.safety
@@ -24,17 +22,17 @@ def test_snapshot_reads_reserved_connections_from_16_on_and_zero_before(
     ).fetchone()
     superuser_reserved = admin_conn.execute("SHOW superuser_reserved_connections").fetchone()
     # when a least-privilege reaper takes a snapshot
-    with gateway.connect(target_for(pg_server, reaper_role(role_factory))) as conn:
+    with gateway.connect(target_for(pg_server, role_factory("reaper"))) as conn:
         picture = gateway.take_snapshot(conn).connections
-    # then it counts both reserves, and no reserved_connections where the server has none
+    # then it reads both reserves, and reserved_connections 0 where the server has none
     assert superuser_reserved is not None
-    if pg_server.major >= FIRST_MAJOR_WITH_RESERVED_CONNECTIONS:
+    assert picture.superuser_reserved_connections == int(superuser_reserved[0])
+    if pg_server.major >= RESERVED_CONNECTIONS_MAJOR:
         assert reserved is not None
-        expected = int(superuser_reserved[0]) + reserved[0]
+        assert picture.reserved_connections == reserved[0]
     else:
         assert reserved is None
-        expected = int(superuser_reserved[0])
-    assert picture.reserved_connections == expected
+        assert picture.reserved_connections == 0
 
 
 @pytest.mark.parametrize("major", [16, 17, 18], ids=lambda major: f"pg{major}")
@@ -51,5 +49,5 @@ def test_reserved_connections_shrink_the_slots_the_snapshot_counts(major: int) -
         with gateway.connect(target) as conn:
             picture = gateway.take_snapshot(conn).connections
     # then both reserves come off the slots ordinary roles may use
-    assert picture.reserved_connections == 3 + 2
+    assert (picture.superuser_reserved_connections, picture.reserved_connections) == (2, 3)
     assert picture.usable_connections == 15

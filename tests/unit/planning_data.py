@@ -54,7 +54,7 @@ def snapshot(
 ) -> Snapshot:
     """A snapshot holding the reaper's own backend plus the given sessions."""
     everything = (own_session(), *sessions)
-    clients = sum(1 for s in everything if s.backend_type == CLIENT_BACKEND)
+    clients = sum(1 for s in sessions if s.backend_type == CLIENT_BACKEND)
     return Snapshot(
         taken_at=NOW,
         own_pid=OWN_PID,
@@ -63,7 +63,8 @@ def snapshot(
         connections=Connections(
             client_connections=clients if client_connections is None else client_connections,
             max_connections=max_connections,
-            reserved_connections=3,
+            superuser_reserved_connections=3,
+            reserved_connections=0,
         ),
         sessions=everything,
     )

@@ -4,20 +4,13 @@ EventError naming the field."""
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reaper.aws.events import Invocation, parse_event, select_targets
 from reaper.errors import EventError
-
-EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
-
-
-def event(name: str) -> dict[str, Any]:
-    return json.loads((EVENTS_DIR / name).read_text())
+from tests.fix_aws import EVENTS_DIR, load_event
 
 
 @pytest.mark.parametrize(
@@ -33,7 +26,7 @@ def event(name: str) -> dict[str, Any]:
     ],
 )
 def test_every_shipped_event_is_recognised(name, expected) -> None:
-    invocation = parse_event(event(name))
+    invocation = parse_event(load_event(name))
     assert (
         invocation.kind,
         invocation.action,
@@ -63,33 +56,33 @@ def test_doctor_event_may_name_its_targets_and_never_runs_a_pass() -> None:
 def test_scheduler_input_with_placeholders_filled_in_is_a_scheduled_event() -> None:
     # EventBridge Scheduler fills <aws.scheduler.*> in the template's Input, and may send the
     # detail as the string "{}".
-    scheduled = event("scheduler.json")
+    scheduled = load_event("scheduler.json")
     scheduled["detail"] = "{}"
     assert parse_event(scheduled).kind == "scheduled"
 
 
 def test_alarm_description_names_the_alarm_and_its_state() -> None:
-    assert parse_event(event("alarm.json")).description == (
+    assert parse_event(load_event("alarm.json")).description == (
         "alarm orders-db-connections-high is ALARM"
     )
 
 
 def test_insufficient_data_alarm_runs_no_pass() -> None:
-    alarm = event("alarm.json")
+    alarm = load_event("alarm.json")
     alarm["detail"]["state"]["value"] = "INSUFFICIENT_DATA"
     assert parse_event(alarm).action == "none"
 
 
 def test_alarm_detail_tolerates_fields_aws_adds() -> None:
     # AWS owns the detail object: a new key there must not turn into a missed pass.
-    alarm = event("alarm.json")
+    alarm = load_event("alarm.json")
     alarm["detail"]["state"]["actionsSuppressedBy"] = "WaitPeriod"
     alarm["detail"]["alarmType"] = "MetricAlarm"
     assert parse_event(alarm).action == "pass"
 
 
 def _with(name: str, path: tuple[str, ...], value: Any) -> dict[str, Any]:
-    document = copy.deepcopy(event(name))
+    document = copy.deepcopy(load_event(name))
     node = document
     for key in path[:-1]:
         node = node[key]

@@ -34,7 +34,8 @@ RESULT = PassResult(
     connections=Connections(
         client_connections=90,
         max_connections=100,
-        reserved_connections=3,
+        superuser_reserved_connections=3,
+        reserved_connections=0,
         terminated=3,
     ),
     oldest_idle_seconds=1234.56,

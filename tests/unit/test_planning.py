@@ -193,12 +193,13 @@ def test_open_pressure_gate_plans_as_usual() -> None:
 
 
 def test_target_utilization_terminates_only_what_brings_it_down() -> None:
-    # 61 clients (60 + the reaper) of 97 usable; 50 % allows 48, so 13 must go
+    # 60 clients (the reaper's own connection is not one) of 97 usable; 50 % allows 48, so 12
+    # must go
     sessions = [session(10 + i, idle_seconds=1000 + i) for i in range(60)]
     decisions = plan(snapshot(*sessions), policy(target_utilization=0.5, max_terminations=100))
-    assert decisions.target_need == 13
-    assert len(decisions.to_terminate) == 13
-    assert {d.session.pid for d in decisions.to_terminate} == set(range(57, 70))
+    assert decisions.target_need == 12
+    assert len(decisions.to_terminate) == 12
+    assert {d.session.pid for d in decisions.to_terminate} == set(range(58, 70))
     assert reasons(decisions)[10] is Reason.OVER_TARGET
 
 

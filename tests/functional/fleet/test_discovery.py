@@ -4,7 +4,6 @@ instance's endpoint pointing at a real local PostgreSQL server (tests/functional
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -12,23 +11,16 @@ from botocore.stub import Stubber
 
 from reaper.aws import _clients
 from reaper.aws.discovery import discover, list_instances
-from reaper.aws.handler import lambda_handler
 from reaper.aws.targets import plan_discovered
-from reaper.cli.invoke import local_context
 from reaper.cli.main import main
 from reaper.errors import DiscoveryError, TargetsFailedError
 from reaper.settings import DiscoveryTag
-from tests.fix_aws import REGION, emf_metrics, log_records, metric
-from tests.functional.fleet import TAG, Rds, own_tags
-from tests.functional.reaping import policy_document, wait_past_threshold
+from tests.fix_aws import REGION, emf_metrics, invoke, log_records, metric
+from tests.functional.fleet.servers import TAG, Rds, own_tags
+from tests.functional.reaping import THRESHOLD, policy_document, wait_past_threshold
 
 if TYPE_CHECKING:
-    from tests.functional.fleet import FleetServer
-
-SCHEDULED = json.loads(
-    (Path(__file__).resolve().parents[2] / "events" / "scheduled.json").read_text()
-)
-THRESHOLD = 0.5
+    from tests.functional.fleet.servers import FleetServer
 
 
 @pytest.fixture
@@ -218,10 +210,6 @@ def policy_file(function_env, tmp_path):
         function_env.setenv("REAPER_POLICY_FILE", str(path))
 
     return write
-
-
-def invoke(event: dict[str, Any] = SCHEDULED) -> dict[str, Any]:
-    return lambda_handler(event, local_context())
 
 
 def invoke_failing_on(target: str, capsys: pytest.CaptureFixture[str]) -> str:

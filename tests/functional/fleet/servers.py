@@ -1,6 +1,6 @@
 """Several PostgreSQL servers at once, for the tests of a fleet (targets discovered in RDS).
 
-A pytest plugin (tests/conftest.py): the `fleet_servers` fixture starts FLEET_SIZE throwaway
+Fixtures for the tests of this folder (conftest.py): `fleet_servers` starts FLEET_SIZE throwaway
 local clusters (the first binaries `available_binaries()` finds) once per run; `fleet` gives
 one test, on each server, a SessionFactory and RoleFactory of tests/fix_db.py, the reaper's
 role and an application role, and cleans them up. `RdsEndpoints` makes moto describe an

@@ -20,17 +20,16 @@ import pytest
 
 from tests.commands import run_command
 from tests.fix_aws import REGION, emf_metrics, fake_aws_variables, metric
-from tests.functional.fleet import Rds, own_tags
-from tests.functional.reaping import policy_document, wait_past_threshold
+from tests.functional.fleet.servers import Rds, own_tags
+from tests.functional.reaping import THRESHOLD, policy_document, wait_past_threshold
 
 if TYPE_CHECKING:
     import subprocess
     from collections.abc import Iterator
 
-    from tests.functional.fleet import FleetServer
+    from tests.functional.fleet.servers import FleetServer
 
-REPOSITORY = Path(__file__).resolve().parents[2]
-THRESHOLD = 0.5
+REPOSITORY = Path(__file__).resolve().parents[3]
 STACK_SECRET = "idle-reaper/scenario/database"
 STACK_POLICY = "/idle-reaper/scenario/policy"
 BILLING_POLICY = "/idle-reaper/scenario/billing-policy"

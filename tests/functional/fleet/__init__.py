@@ -1,0 +1,1 @@
+"""Tests of a fleet of servers (targets discovered in RDS); their fixtures come from conftest.py."""
