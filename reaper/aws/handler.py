@@ -21,7 +21,7 @@ Failure semantics (docs/alarms-and-metrics.md):
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from reaper.aws.events import parse_event, select_targets
@@ -78,13 +78,16 @@ def handle(event: Any, context: LambdaContext) -> dict[str, Any]:
             logger.info(f"no pass: {invocation.description}", extra=_log_fields(invocation, stack))
             return _summary(invocation, stack)
         targets, skipped = _selected_targets(settings, stack, invocation)
-        budget_seconds = (
-            context.get_remaining_time_in_millis() / 1000 - settings.deadline_margin_seconds
+        request = _Request(
+            settings,
+            stack,
+            invocation,
+            targets,
+            budget_seconds=(
+                context.get_remaining_time_in_millis() / 1000 - settings.deadline_margin_seconds
+            ),
         )
-        if invocation.action == "doctor":
-            answers = _doctor(settings, stack, invocation, targets, budget_seconds)
-        else:
-            answers = _pass(settings, stack, invocation, targets, budget_seconds)
+        answers = _doctor(request) if invocation.action == "doctor" else _pass(request)
         return _summary(invocation, stack, targets=answers, skipped=skipped)
     except ReaperError as exc:
         logger.error(
@@ -116,37 +119,45 @@ def _selected_targets(
     return selected, skipped
 
 
-def _doctor(
-    settings: LambdaSettings,
-    stack: LoadedPolicy,
-    invocation: Invocation,
-    targets: list[FleetTarget],
-    budget_seconds: float,
-) -> list[dict[str, Any]]:
-    logger.info("doctor starting", extra=_log_fields(invocation, stack, targets))
-    reports = doctor_on_targets(settings, targets, budget_seconds=budget_seconds)
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What one action runs with: the settings, the stack's policy, the event, its targets
+    (each with its own policy) and the seconds the invocation may spend on them."""
+
+    settings: LambdaSettings
+    stack: LoadedPolicy
+    invocation: Invocation
+    targets: list[FleetTarget]
+    budget_seconds: float
+
+
+def _doctor(request: _Request) -> list[dict[str, Any]]:
+    logger.info(
+        "doctor starting", extra=_log_fields(request.invocation, request.stack, request.targets)
+    )
+    reports = doctor_on_targets(
+        request.settings, request.targets, budget_seconds=request.budget_seconds
+    )
     for report in reports:
         log_doctor_report(logger, report)
     # The reports are the answer, failed checks included: the invocation itself succeeds.
     return [report.to_dict() for report in reports]
 
 
-def _pass(
-    settings: LambdaSettings,
-    stack: LoadedPolicy,
-    invocation: Invocation,
-    targets: list[FleetTarget],
-    budget_seconds: float,
-) -> list[dict[str, Any]]:
+def _pass(request: _Request) -> list[dict[str, Any]]:
+    invocation = request.invocation
     logger.info(
         f"pass starting: {invocation.description}",
         extra={
-            **_log_fields(invocation, stack, targets),
-            "budget_seconds": round(budget_seconds, 1),
+            **_log_fields(invocation, request.stack, request.targets),
+            "budget_seconds": round(request.budget_seconds, 1),
         },
     )
     outcomes = run_on_targets(
-        settings, targets, budget_seconds=budget_seconds, force_dry_run=invocation.force_dry_run
+        request.settings,
+        request.targets,
+        budget_seconds=request.budget_seconds,
+        force_dry_run=invocation.force_dry_run,
     )
     for outcome in outcomes:
         _report(outcome)

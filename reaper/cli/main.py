@@ -84,11 +84,20 @@ def _exit_code_for_result(result: PassResult) -> int:
     return ExitCode.REFUSED if result.counts.refused else ExitCode.OK
 
 
-def _variables_epilog(extra: str) -> str:
-    return (
-        "Reads the function's variables, as the Lambda function does: "
+def _function_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    also_reads: str,
+) -> argparse.ArgumentParser:
+    """A command that reads the function's settings from the environment, as the function does;
+    its help names every variable (derived from the settings model) and what else it reads."""
+    return commands.add_parser(
+        name,
+        help=help_text,
+        epilog="Reads the function's variables, as the Lambda function does: "
         + ", ".join(lambda_variables())
-        + f"; {extra}"
+        + f"; {also_reads}",
     )
 
 
@@ -136,13 +145,12 @@ def _parser() -> argparse.ArgumentParser:
     schema = policy_commands.add_parser("schema", help="print the policy's JSON Schema")
     schema.set_defaults(handler=_command_policy_schema)
 
-    invoke = commands.add_parser(
+    invoke = _function_command(
+        commands,
         "invoke",
-        help="run the Lambda handler locally on an event file, as `sam local invoke -e` would",
-        epilog=_variables_epilog(
-            "POWERTOOLS_SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_LOG_LEVEL; "
-            "AWS_REGION (or AWS_DEFAULT_REGION) and the usual AWS credential variables."
-        ),
+        "run the Lambda handler locally on an event file, as `sam local invoke -e` would",
+        "POWERTOOLS_SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_LOG_LEVEL; "
+        "AWS_REGION (or AWS_DEFAULT_REGION) and the usual AWS credential variables.",
     )
     invoke.add_argument("event_file", type=Path, metavar="EVENT_FILE")
     invoke.add_argument(
@@ -167,13 +175,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     invoke.set_defaults(handler=_command_invoke)
 
-    targets = commands.add_parser(
+    targets = _function_command(
+        commands,
         "targets",
-        help="list the targets the Lambda function would act on, and any it skips",
-        epilog=_variables_epilog(
-            "with REAPER_DISCOVERY_TAG, AWS_REGION (or AWS_DEFAULT_REGION) and the usual AWS "
-            "credential variables for the RDS API."
-        ),
+        "list the targets the Lambda function would act on, and any it skips",
+        "with REAPER_DISCOVERY_TAG, AWS_REGION (or AWS_DEFAULT_REGION) and the usual AWS "
+        "credential variables for the RDS API.",
     )
     targets.add_argument("--json", action="store_true", help="print the targets as JSON")
     targets.set_defaults(handler=_command_targets)
