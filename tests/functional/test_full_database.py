@@ -29,7 +29,7 @@ from reaper.local.roles import create_login_role
 from reaper.pg import gateway
 from reaper.pg.conninfo import ConnInfo
 from tests.fix_aws import EVENTS_DIR, log_records, metric
-from tests.fix_db import binaries_or_skip, dsn_for, wait_until
+from tests.fix_db import RoleFactory, binaries_or_skip, dsn_for, wait_until
 from tests.functional.reaping import THRESHOLD, policy_document, wait_past_threshold
 
 # A full database is when the reaper matters most: checked on every major, 16 and 17 too.
@@ -106,11 +106,10 @@ class FullServer:
         assert row is not None
         return int(row[0])
 
-    def reaper_role(self, *grants: str) -> tuple[str, str]:
-        """A reaper role with exactly these grants; returns (name, password)."""
-        name, password = f"reaper_{secrets.token_hex(4)}", secrets.token_urlsafe(16)
-        create_login_role(self.admin, name, password, grants=grants)
-        return name, password
+    def reaper_role(self) -> tuple[str, str]:
+        """A reaper role with the least privileges but no reserve; returns (name, password)."""
+        role = RoleFactory(self.admin)("reaper")
+        return role.name, role.password
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +194,7 @@ def test_reaper_without_a_way_in_is_refused_with_the_full_database_error(
     # given a reaper role without a reserve it may use: on 16+ the documented role minus
     # pg_use_reserved_connections; before 16 the documented role itself
     if filled.major >= RESERVED_CONNECTIONS_MAJOR:
-        role, password = filled.reaper_role("pg_monitor", "pg_signal_backend")
+        role, password = filled.reaper_role()
     else:
         role, password = DOCUMENTED_ROLE, DOCUMENTED_PASSWORD
 
@@ -221,7 +220,7 @@ def test_full_database_is_reported_by_the_lambda_with_its_own_metric_and_line(
     filled: FullServer, function_env, tmp_path, capsys
 ) -> None:
     # given the function pointed at the full server with a role that has no way in
-    role, password = filled.reaper_role("pg_monitor", "pg_signal_backend")
+    role, password = filled.reaper_role()
     policy = tmp_path / "policy.json"
     policy.write_text(policy_document([APPLICATION], THRESHOLD))
     function_env.setenv("REAPER_DATABASE_URL", filled.dsn(role, password))

@@ -17,6 +17,7 @@ import yaml
 
 import reaper
 from reaper.core.policy import parse_policy
+from reaper.settings import METRICS_NAMESPACE
 from tests.commands import cfn_lint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -453,7 +454,7 @@ def test_environment_names_the_service_and_namespace_the_alarms_watch(
         }
         assert alarm["Namespace"] == variables["POWERTOOLS_METRICS_NAMESPACE"]
     assert template["Parameters"]["AlarmTargetName"]["Default"] == "default"
-    assert template["Parameters"]["MetricsNamespace"]["Default"] == "IdleReaper"
+    assert template["Parameters"]["MetricsNamespace"]["Default"] == METRICS_NAMESPACE
 
 
 def test_log_group_keeps_events_for_the_configured_retention(
