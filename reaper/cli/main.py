@@ -215,6 +215,13 @@ def _add_selection_flags(parser: argparse.ArgumentParser) -> None:
         help="session state to reap (repeatable; default: idle)",
     )
     selection.add_argument(
+        "--exclude-client-address",
+        action="append",
+        metavar="CIDR",
+        help="never terminate sessions from this block, e.g. a connection pooler's address "
+        "10.0.3.7/32 (repeatable; see docs/poolers.md)",
+    )
+    selection.add_argument(
         "--max-terminations",
         type=int,
         default=DEFAULT_MAX_TERMINATIONS,
@@ -273,7 +280,8 @@ def _command_run(args: argparse.Namespace) -> int:
 def _command_doctor(args: argparse.Namespace) -> int:
     from reaper.cli.doctor import doctor_main
 
-    policy = _policy_from_args(args) if args.policy or args.application_name else None
+    selected = args.policy or args.application_name or args.exclude_client_address
+    policy = _policy_from_args(args) if selected else None
     report = doctor_main(
         _target_from_args(args), policy, _timeouts_from_args(args), as_json=args.json
     )
@@ -327,10 +335,10 @@ def _command_demo(args: argparse.Namespace) -> int:
 
 def _policy_from_args(args: argparse.Namespace) -> Policy:
     if args.policy is not None:
-        if args.application_name or args.state:
+        if args.application_name or args.state or args.exclude_client_address:
             raise errors.SettingsError(
-                "--policy replaces the selection flags; drop --application-name/--state or "
-                "put them in the policy document"
+                "--policy replaces the selection flags; drop --application-name/--state/"
+                "--exclude-client-address or put them in the policy document"
             )
         return read_policy_file(args.policy)
     if not args.application_name:
@@ -344,6 +352,7 @@ def _policy_from_args(args: argparse.Namespace) -> Policy:
         source="command-line flags",
         max_terminations=args.max_terminations,
         allow_short_thresholds=args.allow_short_thresholds,
+        exclude={"client_addresses": args.exclude_client_address or []},
     )
 
 

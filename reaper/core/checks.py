@@ -23,6 +23,9 @@ from reaper.core.snapshot import CLIENT_BACKEND
 from reaper.core.versions import NEWEST_MAJOR, OLDEST_MAJOR
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from reaper.core.planning import Decision
     from reaper.core.policy import Policy
     from reaper.core.setup_facts import SetupFacts
     from reaper.core.snapshot import Snapshot
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 # Below this, a scheduled pass and a pass run by a person at the same time cannot both log in.
 MIN_ROLE_CONNECTION_LIMIT = 2
 CLIENT_SIDE_DOC = "docs/client-side.md"
+POOLERS_DOC = "docs/poolers.md"
 # How many names a check lists before it says "and N more".
 MAX_LISTED = 8
 
@@ -140,6 +144,7 @@ def policy_checks(snapshot: Snapshot, policy: Policy) -> tuple[Check, ...]:
         Check("policy", Status.OK, summary),
         _unnamed_sessions(unnamed),
         _uncovered_applications(unmatched),
+        _shared_addresses(decided.decisions),
     )
 
 
@@ -257,9 +262,7 @@ def _connection_limits(facts: SetupFacts) -> Check:
     usable = facts.usable_connections
     uncapped = facts.uncapped_login_roles
     if uncapped:
-        listed = ", ".join(uncapped[:MAX_LISTED])
-        if len(uncapped) > MAX_LISTED:
-            listed += f" and {len(uncapped) - MAX_LISTED} more"
+        listed = _listed(uncapped)
         return Check(
             name,
             Status.WARN,
@@ -354,12 +357,92 @@ def _uncovered_applications(unmatched: Counter[str]) -> Check:
             Status.OK,
             "every idle session's application is covered by a rule or excluded",
         )
-    listed = ", ".join(f"{name} ({count})" for name, count in unmatched.most_common(MAX_LISTED))
-    if len(unmatched) > MAX_LISTED:
-        listed += f" and {len(unmatched) - MAX_LISTED} more"
+    listed = _counted(unmatched)
     return Check(
         "rule coverage",
         Status.WARN,
         f"idle sessions of applications no rule covers: {listed}",
         "add a rule for them, or list them in exclude.application_names to keep them on purpose",
     )
+
+
+def _shared_addresses(decisions: Iterable[Decision]) -> Check:
+    """Addresses holding sessions a rule matches beside sessions of other applications.
+
+    Behind a pooler (PgBouncer in transaction mode, RDS Proxy) a server connection carries the
+    application_name of the client that used it last and goes to any client next, so a rule
+    that matches it may terminate a connection another application is about to use. From one
+    snapshot a pooler looks like any host that several applications share (a NAT, a bastion),
+    so this warns and names them. Several applications the rules all match on one address is
+    not warned about: Lambda functions that share subnets and security groups share one
+    address too.
+    """
+    matched: dict[str | None, Counter[str]] = {}
+    unmatched: dict[str | None, Counter[str]] = {}
+    for decision in decisions:
+        session = decision.session
+        if session.backend_type != CLIENT_BACKEND or decision.reason is Reason.OWN_BACKEND:
+            continue
+        side = unmatched if decision.rule is None else matched
+        side.setdefault(session.client_addr, Counter())[session.application_name] += 1
+    shared = {
+        address: others
+        for address, names in matched.items()
+        if (others := _without(unmatched.get(address, Counter()), names))
+    }
+    if not shared:
+        return Check(
+            "shared addresses",
+            Status.OK,
+            "no address holds both sessions the rules match and other applications' sessions",
+        )
+    addresses = sorted(shared, key=lambda address: (address is None, address or ""))
+    described = [
+        f"{_address_label(address)}: {_counted(matched[address])} beside "
+        f"{_counted(shared[address])}"
+        for address in addresses[:MAX_LISTED]
+    ]
+    if len(addresses) > MAX_LISTED:
+        described.append(f"and {len(addresses) - MAX_LISTED} more addresses")
+    fix = (
+        "if an address is a connection pooler (PgBouncer, RDS Proxy), list it in "
+        "exclude.client_addresses (--exclude-client-address): a connection terminated there "
+        "may be the one it hands another client next; if it is a NAT or a shared host, "
+        f"nothing needs changing ({POOLERS_DOC})"
+    )
+    if None in shared:
+        fix += (
+            "; Unix-socket sessions have no address: give a pooler on the database host its "
+            "own login and list it in exclude.users"
+        )
+    return Check(
+        "shared addresses",
+        Status.WARN,
+        "sessions the rules match share an address with other applications' sessions: "
+        + "; ".join(described),
+        fix,
+    )
+
+
+def _without(names: Counter[str], matched: Counter[str]) -> Counter[str]:
+    """The applications of `names` other than those in `matched`."""
+    return Counter({name: count for name, count in names.items() if name not in matched})
+
+
+def _address_label(address: str | None) -> str:
+    return "the Unix socket" if address is None else address
+
+
+def _counted(names: Counter[str]) -> str:
+    """Each as "name (count)", most common first; at most MAX_LISTED of them."""
+    return _listed(
+        [f"{name or '(empty application_name)'} ({count})" for name, count in names.most_common()]
+    )
+
+
+def _listed(items: Sequence[str]) -> str:
+    """The first MAX_LISTED items, comma-separated, then "and N more"."""
+    listed = ", ".join(items[:MAX_LISTED])
+    if len(items) > MAX_LISTED:
+        listed += f" and {len(items) - MAX_LISTED} more"
+    return listed

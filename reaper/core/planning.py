@@ -39,6 +39,7 @@ class Reason(StrEnum):
     NOT_CLIENT_BACKEND = "not_client_backend"
     EXCLUDED_USER = "excluded_user"
     EXCLUDED_APPLICATION = "excluded_application"
+    EXCLUDED_ADDRESS = "excluded_address"
     SUPERUSER = "superuser"
     NO_RULE_MATCHES = "no_rule_matches"
     STATE_NOT_COVERED = "state_not_covered"
@@ -187,6 +188,13 @@ def _protection(session: Session, snapshot: Snapshot, policy: Policy) -> Reason 
         return Reason.EXCLUDED_USER
     if _matches_any(session.application_name, policy.exclude.application_names):
         return Reason.EXCLUDED_APPLICATION
+    # A pooler's server connections carry the application_name of whichever client used them
+    # last, so their address is what tells them apart. A Unix-socket session has no address and
+    # is never covered. Checked only when the policy lists blocks: no address parse otherwise.
+    if policy.exclude.client_addresses and _address_in(
+        session.client_addr, policy.exclude.client_addresses
+    ):
+        return Reason.EXCLUDED_ADDRESS
     if session.is_superuser and not policy.terminate_superuser_sessions:
         return Reason.SUPERUSER
     return None

@@ -10,7 +10,15 @@ import ipaddress
 import json
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from reaper.core.validation import describe_validation_error, require_unique_names
 from reaper.errors import PolicyError
@@ -37,6 +45,16 @@ ALWAYS_EXCLUDED_USERS: tuple[str, ...] = ("rdsadmin",)
 
 Pattern = Annotated[str, Field(min_length=1, max_length=256)]
 Seconds = Annotated[float, Field(gt=0, le=MAX_IDLE_SECONDS)]
+
+
+def _strict_network(value: Any) -> Any:
+    # ip_network(strict=True) refuses "10.0.0.1/8": host bits set usually means a typo, and a
+    # typo in a block that selects or spares sessions must not silently widen or narrow it.
+    return ipaddress.ip_network(value, strict=True) if isinstance(value, str) else value
+
+
+# A CIDR block, as rules and exclusions both take it.
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_strict_network)]
 
 
 def _default_states() -> dict[SessionState, float]:
@@ -67,7 +85,7 @@ class Rule(_Document):
     databases: tuple[Pattern, ...] | None = Field(
         default=None, description="Glob patterns on the database name; any database if absent."
     )
-    client_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = Field(
+    client_addresses: tuple[Network, ...] | None = Field(
         default=None,
         description="CIDR blocks the client address must fall in; absent means any address, "
         "including Unix-socket sessions (which have none).",
@@ -86,16 +104,6 @@ class Rule(_Document):
         "application alone: warm functions will reuse them.",
     )
 
-    @field_validator("client_addresses", mode="before")
-    @classmethod
-    def _strict_networks(cls, value: Any) -> Any:
-        # ip_network(strict=True) refuses "10.0.0.1/8": host bits set usually means a typo.
-        if isinstance(value, list | tuple):
-            return tuple(
-                ipaddress.ip_network(v, strict=True) if isinstance(v, str) else v for v in value
-            )
-        return value
-
 
 class Exclusions(_Document):
     """Sessions never terminated, whatever rule matches them."""
@@ -106,6 +114,12 @@ class Exclusions(_Document):
     )
     application_names: tuple[Pattern, ...] = Field(
         default=(), description="Glob patterns on application_name."
+    )
+    client_addresses: tuple[Network, ...] = Field(
+        default=(),
+        description="CIDR blocks, e.g. a connection pooler's address: sessions whose client "
+        "address falls in one are never terminated. Unix-socket sessions have no address and "
+        "are not covered.",
     )
 
     @field_validator("users")

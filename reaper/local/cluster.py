@@ -62,9 +62,12 @@ STOP_TIMEOUT_SECONDS = 30
 _LOG_TAIL_LINES = 25
 
 
-def _free_port() -> int:
-    # Another process may take the port between close() and the server's bind(); start()
-    # retries with a fresh port when the server log says so.
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago.
+
+    Another process may take it before the caller binds it: a caller retries with a fresh one
+    (`LocalPostgres.start()` does when the server log says so).
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((_HOST, 0))
         port: int = probe.getsockname()[1]
@@ -354,7 +357,7 @@ class LocalPostgres:
 
     def _start_on_free_port(self) -> None:
         for _attempt in range(_PORT_ATTEMPTS):
-            port = _free_port()
+            port = free_port()
             log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
             result = self._start_server(port)
             if result.returncode == 0:

@@ -176,6 +176,11 @@ def test_wrong_password_exits_3_without_echoing_it(pg_server, role_factory) -> N
         ('{"rules": [{"application_names": ["a"]}], "max_terminatons": 1}', "max_terminatons"),
         ('{"rules": [{"application_names": ["a"], "states": {"idle": 5}}]}', "floor"),
         ('{"rules": [{"application_names": ["a"], "states": {"active": 900}}]}', "active"),
+        (
+            '{"rules": [{"application_names": ["a"]}], '
+            '"exclude": {"client_addresses": ["10.0.3.7/24"]}}',
+            "exclude.client_addresses[0]: 10.0.3.7/24 has host bits set",
+        ),
     ],
 )
 def test_bad_policy_exits_2_naming_the_problem(tmp_path: Path, document, expected) -> None:
@@ -186,6 +191,35 @@ def test_bad_policy_exits_2_naming_the_problem(tmp_path: Path, document, expecte
     assert done.returncode == 2
     assert expected in done.stderr
     assert str(policy) in done.stderr
+
+
+def test_exclude_client_address_flag_spares_that_address(session_factory, apps, reaper_dsn) -> None:
+    # given a stale session over TCP from 127.0.0.1
+    pid = apps.open_stale("orders", threshold=THRESHOLD)
+    # when a pass runs with its address excluded
+    args = selection(session_factory, "--exclude-client-address", "127.0.0.1/32", "--json")
+    done = reaper_cli("run", "--dsn", reaper_dsn, *args)
+    # then it is reported spared with the reason, and lives on
+    assert done.returncode == 0, done.stderr
+    [record] = [s for s in json.loads(done.stdout)["sessions"] if s["pid"] == pid]
+    assert (record["reason"], record["outcome"]) == ("excluded_address", "spared")
+    assert alive(session_factory, pid)
+
+
+def test_exclude_client_address_flag_is_refused_beside_a_policy_file(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text(policy_document(["lambda:*"], THRESHOLD))
+    done = reaper_cli(
+        "run",
+        "--dsn",
+        "postgresql://127.0.0.1:1/x",
+        "--policy",
+        str(policy),
+        "--exclude-client-address",
+        "10.0.3.7/32",
+    )
+    assert done.returncode == 2
+    assert "--exclude-client-address" in done.stderr
 
 
 def test_short_idle_seconds_needs_the_explicit_flag() -> None:
@@ -216,6 +250,7 @@ def test_policy_check_prints_the_normalised_document(tmp_path: Path) -> None:
     normalised = json.loads(done.stdout)
     assert normalised["rules"][0]["name"] == "rule-1"
     assert normalised["exclude"]["users"] == ["rdsadmin"]
+    assert normalised["exclude"]["client_addresses"] == []
 
 
 def test_policy_schema_is_json_schema() -> None:

@@ -151,6 +151,38 @@ def test_doctor_with_a_policy_reports_a_live_mix_and_terminates_nothing(
         assert session_factory.state_of(session_factory.pid_of(conn)) == "idle"
 
 
+def test_doctor_warns_when_matched_sessions_share_an_address_with_other_applications(
+    pg_server, role_factory, admin_conn, apps, capsys
+) -> None:
+    # given, over TCP from 127.0.0.1 as from one pooler, a session the policy matches and one of
+    # another application
+    role = complete_role(pg_server, role_factory, admin_conn)
+    apps.open("orders")
+    apps.open("bi")
+    dsn = dsn_for(pg_server, role.name, role.password)
+    selection = ["--application-name", apps.name("orders"), "--json"]
+
+    # when the doctor checks the policy
+    exit_code, output = doctor(capsys, "--dsn", dsn, *selection)
+
+    # then it warns, naming the address, the matched application and the other one
+    assert exit_code == ExitCode.OK, output
+    checks = {check["name"]: check for check in json.loads(output)["checks"]}
+    shared = checks["shared addresses"]
+    assert shared["status"] == "warn"
+    assert f"127.0.0.1: {apps.name('orders')} (1) beside " in shared["summary"]
+    assert f"{apps.name('bi')} (1)" in shared["summary"]
+    assert "exclude.client_addresses" in shared["fix"]
+
+    # and with the address excluded the warning clears and nothing would be terminated
+    exit_code, output = doctor(
+        capsys, "--dsn", dsn, *selection, "--exclude-client-address", "127.0.0.1/32"
+    )
+    checks = {check["name"]: check for check in json.loads(output)["checks"]}
+    assert checks["shared addresses"]["status"] == "ok"
+    assert checks["policy"]["summary"].startswith("would terminate 0 of ")
+
+
 def test_doctor_reads_the_dsn_from_the_environment_and_prints_json(
     pg_server, role_factory, admin_conn, monkeypatch, capsys
 ) -> None:

@@ -257,6 +257,27 @@ def test_client_address_cidr_selects_sessions(
     assert ended(session_factory, pid) if terminated else alive(session_factory, pid)
 
 
+@pytest.mark.parametrize(
+    ("cidr", "spared"), [("127.0.0.1/32", True), ("10.0.0.0/8", False), ("::1/128", False)]
+)
+def test_sessions_from_an_excluded_address_are_spared(
+    session_factory, apps, reaper, cidr, spared
+) -> None:
+    # given a stale session over TCP from 127.0.0.1, and an exclusion of an address block
+    pid = apps.open_stale("orders", threshold=THRESHOLD)
+    # when a pass runs
+    result = run_pass(reaper, policy_for(session_factory, exclude={"client_addresses": [cidr]}))
+    # then it is spared with its reason exactly when the block holds its address
+    record = outcome_of(result, pid)
+    assert record.client_addr == "127.0.0.1"
+    if spared:
+        assert (record.reason, record.outcome) == (Reason.EXCLUDED_ADDRESS, Outcome.SPARED)
+        assert alive(session_factory, pid)
+    else:
+        assert record.outcome is Outcome.TERMINATED
+        assert ended(session_factory, pid)
+
+
 def test_database_patterns_select_sessions(session_factory, apps, reaper) -> None:
     in_postgres = apps.open("orders")
     in_template1 = apps.open("orders", dbname="template1")

@@ -155,6 +155,9 @@ def policies_strategy(draw: st.DrawFn) -> Policy:
         "exclude": {
             "users": draw(st.lists(st.sampled_from(("report", "adm*")), max_size=2)),
             "application_names": draw(st.lists(st.sampled_from(("metabase", "lambda:admin")))),
+            "client_addresses": draw(
+                st.lists(st.sampled_from(("192.168.3.4/32", "::/0")), max_size=1)
+            ),
         },
         "terminate_superuser_sessions": draw(st.booleans()),
         "spare_listeners": draw(st.booleans()),

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import pytest
 
 from reaper.cli.doctor import render_report
-from reaper.core.checks import Check, DoctorReport, Status, setup_checks
+from reaper.core.checks import MAX_LISTED, Check, DoctorReport, Status, policy_checks, setup_checks
 from reaper.core.full_database import FullCause, full_database_fix, refusal_cause, reserve_major
 from reaper.core.setup_facts import SetupFacts
+from tests.unit.planning_data import policy, session, snapshot
+
+if TYPE_CHECKING:
+    from reaper.core.snapshot import Session
 
 COMPLETE_18 = SetupFacts(
     role="idle_reaper",
@@ -244,3 +249,96 @@ def test_refused_login_is_told_apart_by_the_servers_53300_messages(message, caus
 def test_a_sqlstate_when_the_driver_gives_one_wins_over_the_words() -> None:
     assert refusal_cause("53300", "Verbindungen sind reserviert") == FullCause.SERVER
     assert refusal_cause("28P01", "sorry, too many clients already") is None
+
+
+# --- sessions the rules match on an address other applications use (a pooler) --------------
+
+
+def shared_addresses(*sessions: Session, **policy_fields: object) -> Check:
+    """The doctor's shared-addresses check on these sessions under the lambda:* test policy."""
+    [found] = [
+        c
+        for c in policy_checks(snapshot(*sessions), policy(**policy_fields))
+        if c.name == "shared addresses"
+    ]
+    return found
+
+
+def test_a_pooler_address_holding_matched_and_other_applications_is_warned_about() -> None:
+    # given a pooler's server connections: two under a Lambda's name, one under metabase's
+    pooler = "10.0.3.7"
+    found = shared_addresses(
+        session(10, client_addr=pooler),
+        session(11, client_addr=pooler),
+        session(12, client_addr=pooler, application_name="metabase"),
+        session(13, client_addr="10.0.1.5", application_name="psql"),
+    )
+    # then the check names the address, what the rules match there and what else uses it
+    assert found.status is Status.WARN
+    assert "10.0.3.7: lambda:orders (2) beside metabase (1)" in found.summary
+    assert "psql" not in found.summary
+    assert found.fix is not None
+    assert "exclude.client_addresses" in found.fix
+    assert "docs/poolers.md" in found.fix
+
+
+def test_excluding_the_pooler_address_clears_the_warning() -> None:
+    sessions = (
+        session(10, client_addr="10.0.3.7"),
+        session(11, client_addr="10.0.3.7", application_name="metabase"),
+    )
+    found = shared_addresses(*sessions, exclude={"client_addresses": ["10.0.3.7/32"]})
+    assert found.status is Status.OK
+
+
+@pytest.mark.parametrize(
+    "sessions",
+    [
+        # Lambda functions sharing subnets and security groups share one address
+        (
+            session(10, client_addr="10.0.1.5"),
+            session(11, client_addr="10.0.1.5", application_name="lambda:payments"),
+        ),
+        # other applications on addresses where no rule matches anything
+        (session(10, client_addr="10.0.1.5"), session(11, client_addr="10.0.9.9", user="bi")),
+        # the reaper's own backend and a background worker on the matched address
+        (session(10), session(11, backend_type="autovacuum worker", application_name="")),
+    ],
+    ids=["lambdas-on-one-address", "others-elsewhere", "own-backend-and-workers"],
+)
+def test_addresses_used_only_by_matched_applications_pass(sessions) -> None:
+    assert shared_addresses(*sessions).status is Status.OK
+
+
+def test_a_protected_session_under_a_matched_name_is_not_another_application() -> None:
+    # a superuser's session named like the Lambda is spared, but it is the same application
+    found = shared_addresses(session(10), session(11, is_superuser=True))
+    assert found.status is Status.OK
+
+
+def test_unix_socket_sessions_are_one_shared_place_and_the_fix_says_how_to_spare_them() -> None:
+    # given a pooler on the database host that connects over the Unix socket
+    found = shared_addresses(
+        session(10, client_addr=None),
+        session(11, client_addr=None, application_name=""),
+    )
+    # then the socket is named, and the fix says an address cannot cover it
+    assert found.status is Status.WARN
+    assert "the Unix socket: lambda:orders (1) beside (empty application_name) (1)" in (
+        found.summary
+    )
+    assert found.fix is not None
+    assert "exclude.users" in found.fix
+
+
+def test_many_shared_addresses_are_listed_up_to_the_limit() -> None:
+    sessions = []
+    for index in range(MAX_LISTED + 2):
+        address = f"10.0.3.{index}"
+        sessions += [
+            session(100 + index, client_addr=address),
+            session(200 + index, client_addr=address, application_name="metabase"),
+        ]
+    found = shared_addresses(*sessions)
+    assert found.summary.count("beside metabase") == MAX_LISTED
+    assert found.summary.endswith("and 2 more addresses")

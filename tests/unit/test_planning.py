@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
+from ipaddress import ip_address
 
 import pytest
 from hypothesis import given, settings
@@ -66,6 +67,35 @@ def test_excluded_application_wins_over_a_matching_rule() -> None:
         policy(exclude={"application_names": ["lambda:admin"]}),
     )
     assert reasons(decisions)[10] is Reason.EXCLUDED_APPLICATION
+
+
+@pytest.mark.parametrize(
+    ("blocks", "client_addr"),
+    [
+        (["10.0.3.7/32"], "10.0.3.7"),
+        (["10.0.3.0/24", "192.168.0.0/16"], "192.168.9.9"),
+        (["fd00::/8"], "fd00::17"),
+    ],
+)
+def test_excluded_address_wins_over_a_matching_rule(blocks, client_addr) -> None:
+    # given a pooler's idle server connection under a Lambda's name, and one Lambda elsewhere
+    decisions = plan(
+        snapshot(session(10, client_addr=client_addr), session(11, client_addr="10.0.1.5")),
+        policy(exclude={"client_addresses": blocks}),
+    )
+    # then the excluded address is spared and only the other session is planned
+    assert reasons(decisions)[10] is Reason.EXCLUDED_ADDRESS
+    assert [d.session.pid for d in decisions.to_terminate] == [11]
+
+
+def test_address_exclusions_never_cover_unix_socket_sessions() -> None:
+    # given a session over the Unix socket (no client address) and blocks covering every address
+    decisions = plan(
+        snapshot(session(10, client_addr=None)),
+        policy(exclude={"client_addresses": ["0.0.0.0/0", "::/0"]}),
+    )
+    # then it is governed by the rules as usual: an address exclusion cannot name it
+    assert reasons(decisions)[10] is Reason.IDLE_TOO_LONG
 
 
 def test_superuser_session_is_planned_only_when_the_policy_allows_it() -> None:
@@ -229,6 +259,9 @@ def test_no_protected_session_is_ever_planned(snap, pol) -> None:
         assert s.may_signal
         assert s.user is None or not any(fnmatchcase(s.user, p) for p in pol.exclude.users)
         assert not any(fnmatchcase(s.application_name, p) for p in pol.exclude.application_names)
+        assert s.client_addr is None or not any(
+            ip_address(s.client_addr) in block for block in pol.exclude.client_addresses
+        )
         assert pol.terminate_superuser_sessions or not s.is_superuser
         assert not (pol.spare_listeners and s.is_listening)
         assert decision.idle_seconds is not None

@@ -33,6 +33,7 @@ def test_minimal_document_gets_safe_defaults() -> None:
     assert policy.rules[0].name == "rule-1"
     assert dict(policy.rules[0].states) == {"idle": 900.0}
     assert policy.exclude.users == ("rdsadmin",)
+    assert policy.exclude.client_addresses == ()
     assert not policy.terminate_superuser_sessions
     assert policy.spare_listeners
     assert policy.max_terminations == 50
@@ -69,6 +70,14 @@ def test_rdsadmin_stays_excluded_when_the_document_lists_other_users() -> None:
             {"rules": [{"application_names": ["a"], "client_addresses": ["not-a-net"]}]},
             ["rules[0].client_addresses", "not-a-net"],
         ),
+        (
+            {**MINIMAL, "exclude": {"client_addresses": ["10.0.3.7/24"]}},
+            ["exclude.client_addresses[0]", "host bits", "10.0.3.7/24"],
+        ),
+        (
+            {**MINIMAL, "exclude": {"client_addresses": ["pgbouncer.internal"]}},
+            ["exclude.client_addresses[0]", "pgbouncer.internal"],
+        ),
         ({"rules": [{"application_names": []}]}, ["rules[0].application_names"]),
         ({"rules": [{"application_names": ["a"], "keep_newest": -2}]}, ["keep_newest", "-2"]),
         (
@@ -89,6 +98,13 @@ def test_invalid_document_error_names_the_field_and_value(document, names) -> No
     assert "policy.json" in message
     for name in names:
         assert name in message
+
+
+def test_excluded_addresses_accept_single_hosts_and_blocks_of_both_families() -> None:
+    blocks = ["10.0.3.7/32", "10.0.3.0/24", "fd00::/8"]
+    policy = policy_from_mapping({**MINIMAL, "exclude": {"client_addresses": blocks}}, source="t")
+    assert [str(block) for block in policy.exclude.client_addresses] == blocks
+    assert parse_policy(render_policy(policy), source="again") == policy
 
 
 def test_threshold_below_the_floor_is_refused_unless_the_policy_says_it_knows() -> None:
