@@ -20,10 +20,13 @@ Failure semantics (docs/alarms-and-metrics.md):
 
 from __future__ import annotations
 
+import functools
+import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from reaper.aws.budget import doctor_budget_checks, record_pass_budgets
 from reaper.aws.events import parse_event, select_targets
 from reaper.aws.fanout import doctor_on_targets, run_on_targets
 from reaper.aws.observability import (
@@ -124,7 +127,12 @@ def _doctor(
     budget_seconds: float,
 ) -> list[dict[str, Any]]:
     logger.info("doctor starting", extra=_log_fields(invocation, stack, targets))
-    reports = doctor_on_targets(settings, targets, budget_seconds=budget_seconds)
+    reports = doctor_on_targets(
+        settings,
+        targets,
+        budget_seconds=budget_seconds,
+        more_checks=functools.partial(doctor_budget_checks, settings),
+    )
     for report in reports:
         log_doctor_report(logger, report)
     # The reports are the answer, failed checks included: the invocation itself succeeds.
@@ -145,11 +153,18 @@ def _pass(
             "budget_seconds": round(budget_seconds, 1),
         },
     )
+    deadline = time.monotonic() + budget_seconds
     outcomes = run_on_targets(
         settings, targets, budget_seconds=budget_seconds, force_dry_run=invocation.force_dry_run
     )
     for outcome in outcomes:
         _report(outcome)
+    policies = {target.name: target.policy for target in targets}
+    record_pass_budgets(
+        settings,
+        {o.name: (o.result, policies.get(o.name)) for o in outcomes if o.result is not None},
+        seconds_left=lambda: deadline - time.monotonic(),
+    )
     failed = [outcome.name for outcome in outcomes if outcome.status == "error"]
     if failed:
         raise TargetsFailedError(

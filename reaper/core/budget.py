@@ -15,16 +15,21 @@ here; `plan_budget` returns the worst cases, the verdict and reserves that fit (
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from reaper.core.checks import MAX_LISTED, Check, Status
+from reaper.core.planning import Reason
 from reaper.errors import SettingsError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
-    from reaper.core.snapshot import Connections
+    from reaper.core.policy import Policy
+    from reaper.core.result import PassResult
+    from reaper.core.snapshot import Connections, Snapshot
 
 FUNCTION_PLACEHOLDER = "{function}"
 # The convention of docs/client-side.md: each function names its sessions lambda:<its name>.
@@ -40,6 +45,8 @@ MIN_UNRESERVED = 100
 # target_utilization: the same 80 % as the utilization alarm's default threshold.
 DEFAULT_BUDGET_UTILIZATION = 0.8
 DEFAULT_WINDOW_DAYS = 14
+# One period covers the whole window; beyond 63 days CloudWatch keeps only hourly data points.
+MAX_WINDOW_DAYS = 63
 BUDGET_DOC = "docs/budget.md"
 
 
@@ -286,6 +293,14 @@ class Budget:
         }
 
 
+def budget_utilization(policy: Policy | None) -> float:
+    """The share of the usable slots proposed reserves may fill: the policy's
+    target_utilization, where the reaper trims to anyway, else DEFAULT_BUDGET_UTILIZATION."""
+    if policy is None or policy.target_utilization is None:
+        return DEFAULT_BUDGET_UTILIZATION
+    return policy.target_utilization
+
+
 def connections_per_environment(sessions: int, peak: int | None) -> int:
     """Connections one environment holds: the sessions seen now over the observed peak of
     concurrent executions, rounded up (the worst case errs high), and at least one.
@@ -441,3 +456,80 @@ def propose_reserves(
             proposed[name] += 1
             left -= per_environment
     return proposed
+
+
+def sessions_by_application(snapshot: Snapshot) -> Counter[str]:
+    """The snapshot's client sessions per application_name, the reaper's own left out."""
+    return Counter(session.application_name for session in snapshot.other_clients)
+
+
+def sessions_by_application_in_result(result: PassResult) -> Counter[str]:
+    """The same for the snapshot a pass examined, terminated sessions included."""
+    not_clients = (Reason.OWN_BACKEND, Reason.NOT_CLIENT_BACKEND)
+    return Counter(r.application_name for r in result.sessions if r.reason not in not_clients)
+
+
+BUDGET_CHECK = "connection budget"
+
+
+def snapshot_budget_check(
+    snapshot: Snapshot, budget_for: Callable[[Connections, Mapping[str, int]], Budget]
+) -> Check:
+    """The doctor's budget check of a snapshot: `budget_for(its limits, its sessions by
+    application)` judged by `budget_check`, unless the role cannot see every session."""
+    hidden = snapshot.hidden_sessions
+    if hidden:
+        return Check(
+            BUDGET_CHECK,
+            Status.WARN,
+            f"not evaluated: role {snapshot.role} cannot see {len(hidden)} session(s)",
+            f"GRANT pg_monitor TO {snapshot.role}",
+        )
+    return budget_check(budget_for(snapshot.connections, sessions_by_application(snapshot)))
+
+
+def budget_check(budget: Budget) -> Check:
+    """The doctor's verdict on the budget: ok when the worst case fits, warn otherwise."""
+    name = BUDGET_CHECK
+    usable = budget.usable_connections
+    if budget.verdict is Verdict.UNKNOWN:
+        return Check(
+            name,
+            Status.WARN,
+            "not evaluated: " + "; ".join(budget.notes),
+            f"allow lambda:ListFunctions (see {BUDGET_DOC})",
+        )
+    utilization = budget.utilization or 0.0
+    summary = (
+        f"worst case {budget.worst_case_connections} connections for {usable} usable slots "
+        f"({utilization:.0%}) from {len(budget.functions)} function(s) and "
+        f"{budget.other_clients} other client session(s)"
+    )
+    if budget.verdict is Verdict.FITS:
+        return Check(name, Status.OK, summary + ": it fits")
+    if budget.verdict is Verdict.UNBOUNDED:
+        unbounded = budget.unbounded_functions
+        listed = ", ".join(unbounded[:MAX_LISTED])
+        if len(unbounded) > MAX_LISTED:
+            listed += f" and {len(unbounded) - MAX_LISTED} more"
+        summary += f"; unbounded (no reserved concurrency): {listed}"
+    else:
+        summary += ": the reserves add up to more than the slots"
+    return Check(name, Status.WARN, summary, _proposal_fix(budget))
+
+
+def _proposal_fix(budget: Budget) -> str:
+    if not budget.proposal_fits:
+        return (
+            f"no reserves fit {budget.budget_connections} slots: lower the other clients' "
+            f"sessions, pool through RDS Proxy, or raise max_connections ({BUDGET_DOC})"
+        )
+    proposed = ", ".join(
+        f"{f.name} {f.proposed}" for f in budget.functions[:MAX_LISTED] if f.proposed
+    )
+    if len(budget.functions) > MAX_LISTED:
+        proposed += f" and {len(budget.functions) - MAX_LISTED} more"
+    return (
+        f"reserve concurrency that fits (`reaper budget` prints the commands): {proposed}; "
+        f"{BUDGET_DOC}"
+    )
