@@ -114,6 +114,8 @@ def fake_aws_variables(home: Path) -> dict[str, str]:
         "AWS_REGION": REGION,
         "AWS_CONFIG_FILE": str(home / "no-aws-config"),
         "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-aws-credentials"),
+        # Never ask an instance metadata service for credentials or a Region.
+        "AWS_EC2_METADATA_DISABLED": "true",
     }
 
 

@@ -45,6 +45,7 @@ QUERIES_PER_CALL = 500
 # Per-function calls in flight at once: enough to read hundreds in seconds, few enough to stay
 # under Lambda's control-plane rate limits (botocore's standard mode retries a throttle).
 PER_FUNCTION_WORKERS = 4
+MAX_REASON_CHARACTERS = 160
 # A function deleted between the listing and the call: a fact about it, not about the role.
 _FUNCTION_GONE = "ResourceNotFoundException"
 
@@ -64,10 +65,19 @@ def _call(operation: str, call: Callable[[], T]) -> T:
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         raise _Unreadable(
-            f"{operation}: {error_reason(exc)}", per_function=code == _FUNCTION_GONE
+            _one_line(f"{operation}: {error_reason(exc)}"), per_function=code == _FUNCTION_GONE
         ) from exc
     except BotoCoreError as exc:
-        raise _Unreadable(f"{operation}: {type(exc).__name__}: {exc}", per_function=False) from exc
+        raise _Unreadable(
+            _one_line(f"{operation}: {type(exc).__name__}: {exc}"), per_function=False
+        ) from exc
+
+
+def _one_line(reason: str) -> str:
+    # An endpoint that is not the API (a proxy, a stub) may answer a whole HTML page: the note
+    # is one line of a table and a log field.
+    line = " ".join(reason.split())
+    return line if len(line) <= MAX_REASON_CHARACTERS else line[: MAX_REASON_CHARACTERS - 3] + "..."
 
 
 class _Cache:
