@@ -184,9 +184,9 @@ class LambdaSettings(_DatabaseUrlSettings):
     # lambda:{function}. Unset, no budget is computed and no Lambda or CloudWatch API is called.
     budget_name_template: str | None = Field(default=None, min_length=1, max_length=63)
     budget_window_days: int = Field(default=DEFAULT_WINDOW_DAYS, ge=1, le=MAX_WINDOW_DAYS)
-    # Concurrency settings change rarely: reading them once per five minutes keeps a fleet of
-    # hundreds of functions to a few calls per pass on average.
-    budget_cache_seconds: int = Field(default=300, ge=0, le=86_400)
+    # Reserves change rarely and the peaks span days: reading them every 15 minutes, not on
+    # every pass of a 5-minute schedule, keeps the API calls to a few per pass on average.
+    budget_cache_seconds: int = Field(default=900, ge=0, le=86_400)
 
     sslmode: SslMode | None = None
     sslrootcert: Path | None = None
