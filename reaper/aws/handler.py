@@ -15,7 +15,10 @@ Failure semantics (docs/alarms-and-metrics.md):
   error line for it, the other targets still run, and the invocation raises at the end
   (TargetsFailedError) so the Errors alarm fires too; a target whose database is full also
   gets ConnectionSlotsExhausted=1 and a "database_full" line;
-- a doctor event: the checks of each target are returned (and logged), failed ones included.
+- a doctor event: the checks of each target are returned (and logged), failed ones included;
+- with REAPER_BUDGET_NAME_TEMPLATE, each examined target's connection budget after the passes
+  (and as a doctor check): WorstCaseConnections, ConnectionBudgetUtilization and a line; what
+  the Lambda or CloudWatch API would not tell is said in the line and fails nothing.
 """
 
 from __future__ import annotations

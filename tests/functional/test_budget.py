@@ -13,6 +13,7 @@ import pytest
 
 from reaper.aws.handler import lambda_handler
 from reaper.cli.invoke import local_context
+from reaper.cli.main import main
 from tests.fix_aws import LambdaAccount, log_records, metric, reaper
 from tests.fix_db import dsn_for
 from tests.functional.fleet import start_local_server, visit
@@ -174,3 +175,25 @@ def test_a_scheduled_pass_reports_the_budget_of_its_target(
         == (line["worst_case_connections"])
     )
     assert all(apps.alive(pid) for pid in pids)
+
+
+@pytest.mark.pg
+def test_reaper_doctor_budget_adds_the_verdict_as_a_check(
+    lambda_account, apps, pg_server, role_factory, capsys
+) -> None:
+    # given a function without reserved concurrency holding a session
+    lambda_account.function("orders", peak=1)
+    apps.open("orders")
+    reaper_role = role_factory("reaper")
+    dsn = dsn_for(pg_server, reaper_role.name, reaper_role.password)
+    capsys.readouterr()
+
+    # when the doctor runs with --budget
+    main(["doctor", "--dsn", dsn, "--budget", "--name-template", apps.name("{function}"), "--json"])
+
+    # then its report holds the budget's verdict, a warning naming the function
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    budget = checks["connection budget"]
+    assert budget["status"] == "warn"
+    assert "unbounded (no reserved concurrency): orders" in budget["summary"]
+    assert "reaper budget" in budget["fix"]

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reaper.cli.main import main
 from reaper.core.budget import (
     DEFAULT_ACCOUNT_LIMIT,
     FunctionConcurrency,
@@ -17,6 +18,7 @@ from reaper.core.budget import (
 )
 from reaper.core.snapshot import Connections
 from reaper.errors import SettingsError
+from reaper.settings import load_lambda_settings
 
 NAMES = NameTemplate("lambda:{function}")
 # max_connections 100, superuser_reserved_connections 3: 97 usable slots.
@@ -266,3 +268,39 @@ def test_proposed_reserves_always_fit_when_the_minimums_do(
         for f in budget.functions:
             assert f.proposed is not None
             assert f.proposed >= max(1, f.provisioned or 0)
+
+
+def test_a_bad_name_template_setting_is_refused_naming_the_variable(function_env) -> None:
+    function_env.setenv("REAPER_DATABASE_URL", "postgresql://reaper@db.internal/postgres")
+    function_env.setenv("REAPER_BUDGET_NAME_TEMPLATE", "lambda:")
+
+    with pytest.raises(SettingsError, match=r"REAPER_BUDGET_NAME_TEMPLATE.*exactly once"):
+        load_lambda_settings()
+
+
+def test_the_budget_is_off_unless_a_name_template_is_set(function_env) -> None:
+    function_env.setenv("REAPER_DATABASE_URL", "postgresql://reaper@db.internal/postgres")
+    assert load_lambda_settings().name_template() is None
+
+    function_env.setenv("REAPER_BUDGET_NAME_TEMPLATE", "lambda:{function}")
+    names = load_lambda_settings().name_template()
+
+    assert names is not None
+    assert names.shown_name("orders-api") == "lambda:orders-api"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--target-utilization", "1.5"], "--target-utilization"),
+        (["--target-utilization", "0"], "--target-utilization"),
+        (["--window-days", "64"], "--window-days"),
+        (["--name-template", "lambda:"], "exactly once"),
+    ],
+)
+def test_reaper_budget_refuses_bad_flags_before_connecting(flags, message, capsys) -> None:
+    # The DSN points nowhere: a bad flag must stop the command before any connection.
+    exit_code = main(["budget", "--dsn", "postgresql://reaper@127.0.0.1:1/postgres", *flags])
+
+    assert exit_code == 2
+    assert message in capsys.readouterr().err

@@ -10,9 +10,14 @@ import pytest
 from botocore.stub import Stubber
 
 from reaper.aws import _clients
+from reaper.aws.budget import record_pass_budgets
 from reaper.aws.concurrency import connection_budget, read_lambda_facts
 from reaper.core.budget import NameTemplate, Verdict
+from reaper.core.planning import Reason
+from reaper.core.result import Outcome, PassResult, SessionRecord
 from reaper.core.snapshot import Connections
+from reaper.settings import load_lambda_settings
+from tests.fix_aws import emf_metrics, metric
 
 if TYPE_CHECKING:
     from tests.fix_aws import LambdaAccount
@@ -195,3 +200,52 @@ def test_a_changed_reserve_is_seen_once_the_cache_time_is_over(
 
     assert warm.functions["orders-api"].reserved == 40
     assert fresh.functions["orders-api"].reserved == 20
+
+
+def test_a_pass_that_leaves_too_little_time_defers_the_budget_and_calls_no_api(
+    lambda_account: LambdaAccount, api_calls: Counter[str], function_env, capsys
+) -> None:
+    # given the budget on, and a pass that saw two sessions of orders-api (reserved at 5)
+    lambda_account.function("orders-api", reserved=5, peak=2)
+    function_env.setenv("REAPER_DATABASE_URL", "postgresql://reaper@db.internal/postgres")
+    function_env.setenv("REAPER_BUDGET_NAME_TEMPLATE", "lambda:{function}")
+    settings = load_lambda_settings()
+    sessions = tuple(
+        SessionRecord(
+            pid=pid,
+            user="app",
+            database="postgres",
+            application_name="lambda:orders-api",
+            client_addr=None,
+            state="idle",
+            idle_seconds=1.0,
+            rule=None,
+            reason=Reason.NO_RULE_MATCHES,
+            outcome=Outcome.SPARED,
+        )
+        for pid in (101, 102)
+    )
+    result = PassResult(
+        "default",
+        dry_run=False,
+        skipped=False,
+        duration_seconds=0.1,
+        connections=HUNDRED,
+        sessions=sessions,
+    )
+    api_calls.clear()
+    capsys.readouterr()
+
+    # when only 5 s are left after the passes
+    record_pass_budgets(settings, {"default": (result, None)}, seconds_left=lambda: 5.0)
+
+    # then no API is called, no budget metric is emitted, and a line says why
+    out = capsys.readouterr().out
+    assert sum(api_calls.values()) == 0
+    assert not [m for m in emf_metrics(out) if m.name == "WorstCaseConnections"]
+    assert "not computed: 5.0 s left" in out
+
+    # and with time enough, the same pass gives its worst case
+    record_pass_budgets(settings, {"default": (result, None)}, seconds_left=lambda: 60.0)
+    out = capsys.readouterr().out
+    assert metric(out, "WorstCaseConnections", Target="default").value == 5
