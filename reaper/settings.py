@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from reaper.core.budget import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, NameTemplate
 from reaper.core.validation import describe_validation_error, require_unique_names
 from reaper.errors import SettingsError
 from reaper.pg.timeouts import DEFAULT_TIMEOUTS
@@ -179,6 +180,14 @@ class LambdaSettings(_DatabaseUrlSettings):
     max_concurrency: int = Field(default=10, ge=1, le=64)
     target_timeout_seconds: float = Field(default=20.0, ge=2, le=900)
 
+    # The connection budget (docs/budget.md): how the functions name their sessions, e.g.
+    # lambda:{function}. Unset, no budget is computed and no Lambda or CloudWatch API is called.
+    budget_name_template: str | None = Field(default=None, min_length=1, max_length=63)
+    budget_window_days: int = Field(default=DEFAULT_WINDOW_DAYS, ge=1, le=MAX_WINDOW_DAYS)
+    # Reserves change rarely and the peaks span days: reading them every 15 minutes, not on
+    # every pass of a 5-minute schedule, keeps the API calls to a few per pass on average.
+    budget_cache_seconds: int = Field(default=900, ge=0, le=86_400)
+
     sslmode: SslMode | None = None
     sslrootcert: Path | None = None
     connect_timeout: int = Field(default=DEFAULT_TIMEOUTS.connect_seconds, ge=1, le=60)
@@ -197,6 +206,16 @@ class LambdaSettings(_DatabaseUrlSettings):
                 f"not valid JSON (line {exc.lineno} column {exc.colno}); expected a list such as "
                 '[{"name": "writer", "host": "..."}, {"name": "reader", "host": "..."}]'
             ) from None
+
+    @field_validator("budget_name_template")
+    @classmethod
+    def _check_name_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                NameTemplate(value)
+            except SettingsError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("discovery_tag", mode="before")
     @classmethod
@@ -300,6 +319,11 @@ class LambdaSettings(_DatabaseUrlSettings):
         if self.targets is not None:
             return self.targets
         return () if self.discovery_tag is not None else (TargetSpec(name=DEFAULT_TARGET_NAME),)
+
+    def name_template(self) -> NameTemplate | None:
+        """The connection budget's session name template; None when the budget is off."""
+        template = self.budget_name_template
+        return None if template is None else NameTemplate(template)
 
     def effective_sslmode(self) -> SslMode:
         """The sslmode for secret and IAM targets: require by default, verify-full with a CA."""

@@ -10,20 +10,29 @@ blobs and the JSON log lines out of captured stdout.
 
 from __future__ import annotations
 
+import io
 import json
-from dataclasses import dataclass
+import os
+import sys
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from reaper.settings import lambda_variables
+from tests.commands import run_command
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    import subprocess
+    from collections.abc import Callable, Iterator
 
     from tests.fix_db import PgServer, Role
 
+REPOSITORY = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"
 POLICY_PARAMETER_NAME = "/idle-reaper/test/policy"
 SECRET_NAME = "idle-reaper/test/database"
@@ -71,12 +80,13 @@ def _reset_powertools() -> Iterator[None]:
 def _reset() -> None:
     from aws_lambda_powertools.utilities import parameters
 
-    from reaper.aws import _clients, discovery, observability
+    from reaper.aws import _clients, concurrency, discovery, observability
 
     observability.metrics.clear_metrics()
     parameters.clear_caches()
     _clients.clear_clients()
     discovery.clear_cache()
+    concurrency.clear_cache()
 
 
 # -- environment and moto ---------------------------------------------------------------------
@@ -101,6 +111,8 @@ def fake_aws_variables(home: Path) -> dict[str, str]:
         "AWS_REGION": REGION,
         "AWS_CONFIG_FILE": str(home / "no-aws-config"),
         "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-aws-credentials"),
+        # Never ask an instance metadata service for credentials or a Region.
+        "AWS_EC2_METADATA_DISABLED": "true",
     }
 
 
@@ -196,6 +208,122 @@ def rds_secret(secrets_client: Any, function_env: pytest.MonkeyPatch) -> RdsSecr
     function_env.setenv("REAPER_SECRET_ID", SECRET_NAME)
     function_env.setenv("REAPER_SSLMODE", "prefer")  # the test servers have no TLS
     return RdsSecret(secrets_client, SECRET_NAME)
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """A moto server on a free local port, as AWS_ENDPOINT_URL gives it to the reaper."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws_at(moto_endpoint: str, aws_credentials: None) -> Iterator[Callable[[str], Any]]:
+    """A boto3 client factory for the moto server, emptied after the test."""
+    import boto3
+
+    def client(service: str) -> Any:
+        return boto3.client(service, region_name=REGION, endpoint_url=moto_endpoint)
+
+    yield client
+    request = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+def reaper(
+    *arguments: str, endpoint: str, environment: dict[str, str], home: Path
+) -> subprocess.CompletedProcess[str]:
+    """Run the `reaper` command as a user with AWS credentials would, against `endpoint`."""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("REAPER_", "AWS_", "POWERTOOLS_"))
+    }
+    variables = {
+        **inherited,
+        **fake_aws_variables(home),
+        "AWS_ENDPOINT_URL": endpoint,
+        **environment,
+    }
+    script = Path(sys.executable).with_name("reaper")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "reaper"]
+    return run_command([*command, *arguments], cwd=REPOSITORY, env=variables, timeout=180)
+
+
+@dataclass
+class LambdaAccount:
+    """moto's Lambda and CloudWatch as one account: functions with or without reserved
+    concurrency, and the ConcurrentExecutions Lambda would have published for them."""
+
+    client: Callable[[str], Any]
+    _role_arn: str | None = field(default=None, init=False)
+
+    def function(self, name: str, *, reserved: int | None = None, peak: int | None = None) -> None:
+        """Create function `name` (a stub handler), reserve `reserved`, and store a
+        ConcurrentExecutions data point of `peak` an hour ago."""
+        functions = self.client("lambda")
+        functions.create_function(
+            FunctionName=name,
+            Runtime="python3.12",
+            Role=self._role(),
+            Handler="handler.handle",
+            Code={"ZipFile": _stub_package()},
+        )
+        if reserved is not None:
+            functions.put_function_concurrency(
+                FunctionName=name, ReservedConcurrentExecutions=reserved
+            )
+        if peak is not None:
+            self.peaks({name: peak})
+
+    def peaks(self, peaks: dict[str, int]) -> None:
+        """Store a ConcurrentExecutions data point an hour ago for each function."""
+        an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+        data = [
+            {
+                "MetricName": "ConcurrentExecutions",
+                "Dimensions": [{"Name": "FunctionName", "Value": name}],
+                "Value": peak,
+                "Timestamp": an_hour_ago,
+            }
+            for name, peak in peaks.items()
+        ]
+        for start in range(0, len(data), 1000):  # PutMetricData's limit per call
+            self.client("cloudwatch").put_metric_data(
+                Namespace="AWS/Lambda", MetricData=data[start : start + 1000]
+            )
+
+    def _role(self) -> str:
+        # moto wants an existing execution role for a function, as Lambda does.
+        if self._role_arn is None:
+            self._role_arn = self.client("iam").create_role(
+                RoleName="budget-test-function",
+                AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
+            )["Role"]["Arn"]
+        return self._role_arn
+
+
+def _stub_package() -> bytes:
+    package = io.BytesIO()
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("handler.py", "def handle(event, context):\n    return None\n")
+    return package.getvalue()
+
+
+@pytest.fixture
+def lambda_account(aws: None) -> LambdaAccount:
+    """moto's Lambda and CloudWatch, in this process."""
+    import boto3
+
+    return LambdaAccount(lambda service: boto3.client(service, region_name=REGION))
 
 
 # -- reading what the function printed --------------------------------------------------------

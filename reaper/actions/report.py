@@ -1,6 +1,7 @@
 """The one path of a census (`reaper report`): connect -> snapshot -> visibility -> census.
 
-The CLI's `report` command and the demo both call `take_report`. It never terminates anything.
+The CLI's `report` command and the demo both call `take_report`; `reaper budget` reads the same
+snapshot (`read_snapshot`). Neither ever terminates anything.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from reaper.pg.timeouts import DEFAULT_TIMEOUTS
 
 if TYPE_CHECKING:
     from reaper.core.census import Census
+    from reaper.core.snapshot import Snapshot
     from reaper.pg.conninfo import ConnInfo
     from reaper.pg.timeouts import Timeouts
 
@@ -35,11 +37,20 @@ def take_report(target: ConnInfo, *, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> R
     """Who holds the target's connections, grouped by application, user, database and state.
 
     Raises:
+        TargetUnreachableError, VisibilityError, PassAbortedError: see `read_snapshot`.
+    """
+    return Report(target.name, take_census(read_snapshot(target, timeouts=timeouts)))
+
+
+def read_snapshot(target: ConnInfo, *, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> Snapshot:
+    """Every session of the target and its connection limits, seen by a role that sees all.
+
+    Raises:
         TargetUnreachableError: the database cannot be reached or refused the login.
-        VisibilityError: the role cannot see other roles' sessions, so the census would lie.
+        VisibilityError: the role cannot see other roles' sessions, so any count would lie.
         PassAbortedError: the database failed while the snapshot was read.
     """
     with gateway.connect(target, timeouts) as conn:
         snapshot = gateway.take_snapshot(conn)
     check_visibility(snapshot)
-    return Report(target.name, take_census(snapshot))
+    return snapshot

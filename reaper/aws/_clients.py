@@ -53,16 +53,31 @@ def rds_client() -> Any:
     return boto3.session.Session().client("rds", config=_config())
 
 
+@functools.cache
+def lambda_client() -> Any:
+    """The Lambda client: the functions' concurrency, for the connection budget."""
+    return boto3.session.Session().client("lambda", config=_config())
+
+
+@functools.cache
+def cloudwatch_client() -> Any:
+    """The CloudWatch client: the functions' observed ConcurrentExecutions."""
+    return boto3.session.Session().client("cloudwatch", config=_config())
+
+
 def clear_clients() -> None:
     """Forget the clients and the values they cached (tests; later calls build fresh ones)."""
     ssm_provider.cache_clear()
     secrets_provider.cache_clear()
     rds_client.cache_clear()
+    lambda_client.cache_clear()
+    cloudwatch_client.cache_clear()
 
 
 def error_reason(exc: BaseException) -> str:
-    """The AWS error code and message behind a Powertools error (which wraps the ClientError)."""
-    cause = exc.__cause__ or exc.__context__
+    """The AWS error code and message of a ClientError, or of the one behind a Powertools
+    error (which wraps it)."""
+    cause = exc if isinstance(exc, ClientError) else exc.__cause__ or exc.__context__
     if isinstance(cause, ClientError):
         error = cause.response.get("Error", {})
         code = error.get("Code", "error")

