@@ -94,25 +94,24 @@ class FleetServer:
         return True
 
 
+def fleet_member(server: PgServer, stack: contextlib.ExitStack) -> FleetServer:
+    """One test's sessions, reaper role and application role on `server`; closed and dropped
+    when `stack` closes."""
+    admin = stack.enter_context(
+        psycopg.connect(server.admin_dsn, autocommit=True, application_name=ADMIN_APPLICATION_NAME)
+    )
+    roles = RoleFactory(admin)
+    stack.callback(roles.drop_all)
+    sessions = SessionFactory(server, admin)
+    stack.callback(sessions.close_all)
+    return FleetServer(server, sessions, reaper=roles("reaper"), app=roles("app", grants=()))
+
+
 @pytest.fixture
 def fleet(fleet_servers: Sequence[PgServer]) -> Iterator[list[FleetServer]]:
     """This test's sessions and roles on every fleet server; closed and dropped at the end."""
     with contextlib.ExitStack() as stack:
-        members = []
-        for server in fleet_servers:
-            admin = stack.enter_context(
-                psycopg.connect(
-                    server.admin_dsn, autocommit=True, application_name=ADMIN_APPLICATION_NAME
-                )
-            )
-            roles = RoleFactory(admin)
-            stack.callback(roles.drop_all)
-            sessions = SessionFactory(server, admin)
-            stack.callback(sessions.close_all)
-            members.append(
-                FleetServer(server, sessions, reaper=roles("reaper"), app=roles("app", grants=()))
-            )
-        yield members
+        yield [fleet_member(server, stack) for server in fleet_servers]
 
 
 @dataclass
