@@ -36,9 +36,10 @@ _REQUIRED_SECRET_KEYS = ("username", "password")
 # libpq's require_auth (libpq 16+; psycopg[binary] ships a newer one): the authentication
 # methods a server may ask of each login, checked by libpq before it sends anything.
 # A Secrets Manager password: never in cleartext ("password"). RDS asks for SCRAM or MD5,
-# whichever the role's stored password was hashed with (RDS accepts both by default, and a
-# rotation hashes with the instance's password_encryption), so requiring SCRAM alone would
-# lock out working md5 setups; a server asking for the password itself is not RDS.
+# whichever the role's password is stored as (its pg_hba.conf method is md5, which asks for
+# SCRAM when the stored password is a SCRAM secret; a rotation stores it as the instance's
+# password_encryption says), so requiring SCRAM alone would lock out working md5 setups; a
+# server asking for the password itself is not RDS. See docs/database-role.md.
 SECRET_REQUIRE_AUTH = "!password"
 # An IAM token: RDS IAM authentication asks for it in cleartext (over TLS), and for nothing
 # else; a server that asks for another method, or lets the login in without asking, is refused.
