@@ -112,8 +112,8 @@ def connect(target: ConnInfo, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> psycopg.
             ) from exc
         if any(refusal in detail for refusal in _TLS_REFUSALS):
             raise TargetUnreachableError(
-                f"cannot connect to {target.endpoint}: {detail}. The server's TLS certificate "
-                f"could not be verified ({_tls_settings(target)}), so the reaper sent no "
+                f"cannot connect to {target.endpoint}: {detail}. The server did not prove over "
+                f"TLS that it is the database ({_tls_settings(target)}), so the reaper sent no "
                 f"credential ({TLS_DOC})"
             ) from exc
         if (exc.sqlstate or "").startswith(_AUTH_SQLSTATE_CLASS) or "authentication" in detail:
