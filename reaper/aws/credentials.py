@@ -3,7 +3,9 @@
 A target's own login (`secret_id` or `iam_user` of its spec: a REAPER_TARGETS field or a
 discovered instance's tag) wins over the stack's (REAPER_DATABASE_URL, REAPER_SECRET_ID,
 REAPER_IAM_AUTH with REAPER_DB_USER); the spec's host and port win over those in a secret, and
-the stack's TLS settings apply to every secret and IAM login.
+the stack's TLS settings apply to every secret and IAM login: verify-full against the RDS CA
+bundle shipped in the package unless REAPER_SSLMODE/REAPER_SSLROOTCERT say otherwise, and
+libpq's require_auth limits what the server may ask for each kind of login.
 
 The secret is read through Powertools Parameters and cached for REAPER_SECRET_CACHE_SECONDS;
 `refresh_secret=True` bypasses the cache (after a login refused with a rotated password). The
@@ -30,6 +32,18 @@ if TYPE_CHECKING:
 # The keys of an RDS database secret (the format RDS and the rotation functions write) that the
 # reaper needs; host, port and dbname may come from REAPER_TARGETS instead.
 _REQUIRED_SECRET_KEYS = ("username", "password")
+
+# libpq's require_auth (libpq 16+; psycopg[binary] ships a newer one): the authentication
+# methods a server may ask of each login, checked by libpq before it sends anything.
+# A Secrets Manager password: never in cleartext ("password"). RDS asks for SCRAM or MD5,
+# whichever the role's password is stored as (its pg_hba.conf method is md5, which asks for
+# SCRAM when the stored password is a SCRAM secret; a rotation stores it as the instance's
+# password_encryption says), so requiring SCRAM alone would lock out working md5 setups; a
+# server asking for the password itself is not RDS. See docs/database-role.md.
+SECRET_REQUIRE_AUTH = "!password"
+# An IAM token: RDS IAM authentication asks for it in cleartext (over TLS), and for nothing
+# else; a server that asks for another method, or lets the login in without asking, is refused.
+IAM_REQUIRE_AUTH = "password"
 
 
 def uses_secret(settings: LambdaSettings, spec: TargetSpec) -> bool:
@@ -99,9 +113,9 @@ def build_target(
     elif iam_user is not None:
         params = _params_from_iam(settings, spec, iam_user)
     elif base_dsn is not None:
-        base = ConnInfo.from_dsn(base_dsn, name=spec.name)
-        # A DSN keeps its own TLS settings: it is for local use, where servers rarely have TLS.
-        return ConnInfo(name=spec.name, params={**base.params, **_overrides(spec)})
+        # A DSN keeps its own TLS settings; one that names none is judged with the overrides'
+        # host, which may be the one that leaves the machine.
+        return ConnInfo.from_dsn(base_dsn, name=spec.name, overrides=_overrides(spec))
     else:
         raise CredentialsError(
             f"target {spec.name} has no login: tag the instance with idle-reaper:secret-arn "
@@ -120,8 +134,9 @@ def _overrides(spec: TargetSpec) -> dict[str, str]:
 
 def _tls_params(settings: LambdaSettings) -> dict[str, str]:
     params: dict[str, str] = {"sslmode": settings.effective_sslmode()}
-    if settings.sslrootcert is not None:
-        params["sslrootcert"] = str(settings.sslrootcert)
+    sslrootcert = settings.effective_sslrootcert()
+    if sslrootcert is not None:
+        params["sslrootcert"] = str(sslrootcert)
     return params
 
 
@@ -155,6 +170,7 @@ def _params_from_secret(secret_id: str, *, max_age: int, refresh: bool) -> dict[
     params = {
         "user": str(document["username"]),
         "password": str(document["password"]),
+        "require_auth": SECRET_REQUIRE_AUTH,
         "port": str(document.get("port") or DEFAULT_PORT),
         "dbname": str(document.get("dbname") or DEFAULT_DBNAME),
     }
@@ -183,5 +199,6 @@ def _params_from_iam(settings: LambdaSettings, spec: TargetSpec, user: str) -> d
         "port": str(port),
         "user": user,
         "password": str(token),
+        "require_auth": IAM_REQUIRE_AUTH,
         "dbname": spec.dbname or settings.db_name or DEFAULT_DBNAME,
     }

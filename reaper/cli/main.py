@@ -32,6 +32,7 @@ from reaper.core.policy import (
     policy_schema,
     render_policy,
 )
+from reaper.core.tls import TLS_DOC
 from reaper.errors import ExitCode
 from reaper.pg.timeouts import DEFAULT_TIMEOUTS, Timeouts
 from reaper.settings import lambda_variables
@@ -319,8 +320,10 @@ def _command_run(args: argparse.Namespace) -> int:
     from reaper.cli.render import render_pass
 
     policy = _policy_from_args(args)
+    target = _target_from_args(args)
+    _warn_if_unverified(target)
     result = run_pass(
-        _target_from_args(args),
+        target,
         policy,
         timeouts=_timeouts_from_args(args),
         force_dry_run=args.dry_run,
@@ -388,7 +391,9 @@ def _command_report(args: argparse.Namespace) -> int:
     from reaper.actions.report import take_report
     from reaper.cli.render import render_census
 
-    report = take_report(_target_from_args(args), timeouts=_timeouts_from_args(args))
+    target = _target_from_args(args)
+    _warn_if_unverified(target)
+    report = take_report(target, timeouts=_timeouts_from_args(args))
     if args.json:
         print_json(report.to_dict())
     else:
@@ -460,6 +465,19 @@ def _target_from_args(args: argparse.Namespace) -> ConnInfo:
     if not dsn:
         raise errors.SettingsError("no database given: pass --dsn or set REAPER_DATABASE_URL")
     return ConnInfo.from_dsn(dsn)
+
+
+def _warn_if_unverified(target: ConnInfo) -> None:
+    """Say on stderr when the DSN lets the connection leave the machine unverified (a DSN
+    naming no sslmode is verified by default: this is one that asked for less)."""
+    if target.unverified_remote:
+        print(
+            f"reaper: warning: {target.endpoint}: sslmode={target.sslmode} does not verify the "
+            "server's certificate, so a server posing as it would receive the password. Leave "
+            "sslmode out of the DSN (a remote server is then verified against the RDS CA bundle) "
+            f"or set sslmode=verify-full with its sslrootcert ({TLS_DOC})",
+            file=sys.stderr,
+        )
 
 
 def _timeouts_from_args(args: argparse.Namespace) -> Timeouts:

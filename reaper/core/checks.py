@@ -20,6 +20,7 @@ from reaper.core.full_database import (
 )
 from reaper.core.planning import Reason, plan
 from reaper.core.snapshot import CLIENT_BACKEND
+from reaper.core.tls import TLS_DOC, is_local_host, verifies_server
 from reaper.core.versions import NEWEST_MAJOR, OLDEST_MAJOR
 
 if TYPE_CHECKING:
@@ -36,6 +37,11 @@ CLIENT_SIDE_DOC = "docs/client-side.md"
 POOLERS_DOC = "docs/poolers.md"
 # How many names a check lists before it says "and N more".
 MAX_LISTED = 8
+_TLS_FIX = (
+    "verify the server: sslmode=verify-full, the default for secret, IAM and discovered targets "
+    "and for a DSN that names no sslmode (the package's RDS CA bundle; another CA with "
+    f"REAPER_SSLROOTCERT or the DSN's sslrootcert); {TLS_DOC}"
+)
 
 
 class Status(StrEnum):
@@ -149,21 +155,27 @@ def policy_checks(snapshot: Snapshot, policy: Policy) -> tuple[Check, ...]:
 
 
 def _connection(facts: SetupFacts) -> Check:
-    if facts.tls_version is None:
+    if facts.tls_version is not None and verifies_server(facts.sslmode):
         return Check(
             "connection",
-            Status.WARN,
-            f"connected without TLS (sslmode={facts.sslmode})",
-            "sslmode=require, or verify-full with the server's CA bundle "
-            "(docs/deploying.md#tls-verification)",
+            Status.OK,
+            f"{facts.tls_version} to {facts.host}, certificate verified (sslmode={facts.sslmode})",
         )
-    verified = facts.sslmode in ("verify-ca", "verify-full")
+    if facts.tls_version is None:
+        summary = f"connected to {facts.host} without TLS (sslmode={facts.sslmode})"
+    else:
+        summary = (
+            f"{facts.tls_version} to {facts.host}, certificate not verified "
+            f"(sslmode={facts.sslmode})"
+        )
+    if is_local_host(facts.host):
+        # Traffic that stays on this machine: worth fixing, not worth failing a local setup.
+        return Check("connection", Status.WARN, summary, _TLS_FIX)
     return Check(
         "connection",
-        Status.OK,
-        f"{facts.tls_version}, certificate "
-        + ("verified" if verified else "not verified")
-        + f" (sslmode={facts.sslmode})",
+        Status.FAIL,
+        summary + ": any server on the path could pose as it and receive the password or token",
+        _TLS_FIX,
     )
 
 

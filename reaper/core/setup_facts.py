@@ -39,6 +39,9 @@ class SetupFacts:
     # The libpq sslmode of the connection, and the TLS version in use (None: no TLS).
     sslmode: str
     tls_version: str | None
+    # The server as libpq names it (the host the connection went to; a directory for a Unix
+    # socket): whether an unverified connection leaves the machine.
+    host: str
 
     @property
     def major(self) -> int:

@@ -2,6 +2,13 @@
 
 The password (or IAM token) lives only in `params`; `name`, `str()` and `repr()` never show it,
 and `redact()` scrubs it from any text that might echo it (a driver's error message).
+
+A DSN that names no sslmode gets libpq's `prefer`, which falls back to plaintext and checks no
+certificate. So a DSN (REAPER_DATABASE_URL, `--dsn`, a target's `dsn`) that names no sslmode,
+to a server that is not local (`core.tls.is_local_host`), is given sslmode=verify-full and,
+unless it names one, the RDS CA bundle the package ships as sslrootcert. A DSN that names its
+sslmode keeps it, and a local server (a socket, localhost, a loopback address) keeps libpq's
+default, since local servers rarely have TLS.
 """
 
 from __future__ import annotations
@@ -10,9 +17,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import psycopg
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
+from reaper.core.tls import LIBPQ_DEFAULT_SSLMODE, all_hosts_local, verifies_server
 from reaper.errors import SettingsError
+from reaper.pg.tls import RDS_CA_BUNDLE
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -28,8 +38,13 @@ class ConnInfo:
     params: Mapping[str, str] = field(repr=False)
 
     @classmethod
-    def from_dsn(cls, dsn: str, *, name: str | None = None) -> ConnInfo:
-        """Build a target from a libpq URI or key=value string.
+    def from_dsn(
+        cls, dsn: str, *, name: str | None = None, overrides: Mapping[str, str] | None = None
+    ) -> ConnInfo:
+        """Build a target from a libpq URI or key=value string, and `overrides` of its keys.
+
+        A DSN that names no sslmode, to a server that is not local, verifies the server (see
+        the module docstring).
 
         Raises:
             SettingsError: when the string is not a connection string; the message does not
@@ -42,6 +57,8 @@ class ConnInfo:
                 "the database URL is not a valid PostgreSQL connection string "
                 "(expected postgresql://user@host:port/dbname or key=value pairs)"
             ) from exc
+        params.update(overrides or {})
+        params.update(_verified_tls_by_default(params))
         return cls(name=name or _describe_endpoint(params), params=params)
 
     @property
@@ -54,6 +71,18 @@ class ConnInfo:
         """The role the target logs in as, when the parameters name one."""
         return self.params.get("user")
 
+    @property
+    def sslmode(self) -> str:
+        """The sslmode libpq will use: the parameters', else PGSSLMODE, else prefer."""
+        return _with_libpq_defaults(self.params).get("sslmode", LIBPQ_DEFAULT_SSLMODE)
+
+    @property
+    def unverified_remote(self) -> bool:
+        """True when the connection may go off this machine without the server's certificate
+        being checked (no TLS at all, or TLS with any certificate accepted)."""
+        hosts = _hosts(_with_libpq_defaults(self.params))
+        return not verifies_server(self.sslmode) and not all_hosts_local(hosts)
+
     def redact(self, text: str) -> str:
         """Text with every secret of this target replaced by '***'."""
         for key in _SECRET_KEYS:
@@ -64,6 +93,40 @@ class ConnInfo:
 
     def __str__(self) -> str:
         return self.name
+
+
+def _with_libpq_defaults(params: Mapping[str, str]) -> dict[str, str]:
+    """The parameters, and libpq's value for each keyword they leave out: its environment
+    variable (PGHOST, PGSSLMODE...) or its compiled-in default."""
+    defaults = {
+        option.keyword.decode(): option.val.decode()
+        for option in pq.Conninfo.get_defaults()
+        if option.val
+    }
+    return {**defaults, **{key: value for key, value in params.items() if value}}
+
+
+def _hosts(effective: Mapping[str, str]) -> str:
+    """The server names libpq will connect to (a comma-separated list; '' for its default
+    socket). A host name wins over hostaddr: it is what the certificate must name, and what the
+    user means to reach even when hostaddr points at a tunnel."""
+    return effective.get("host") or effective.get("hostaddr") or ""
+
+
+def _verified_tls_by_default(params: Mapping[str, str]) -> dict[str, str]:
+    """sslmode=verify-full (and the RDS bundle) for a DSN that says nothing of TLS and names a
+    server off this machine; nothing otherwise."""
+    effective = _with_libpq_defaults(params)
+    # PGSSLMODE counts as naming an sslmode; set to "prefer" it cannot be told from libpq's
+    # compiled default, and is upgraded like it (the safe way).
+    if "sslmode" in params or effective.get("sslmode") != LIBPQ_DEFAULT_SSLMODE:
+        return {}
+    if all_hosts_local(_hosts(effective)):
+        return {}
+    defaults = {"sslmode": "verify-full"}
+    if "sslrootcert" not in effective:
+        defaults["sslrootcert"] = str(RDS_CA_BUNDLE)
+    return defaults
 
 
 def _describe_endpoint(params: Mapping[str, str]) -> str:

@@ -24,6 +24,7 @@ from reaper.core.full_database import (
 from reaper.core.result import Outcome
 from reaper.core.setup_facts import SetupFacts
 from reaper.core.snapshot import CLIENT_BACKEND, Connections, Session, Snapshot
+from reaper.core.tls import LIBPQ_DEFAULT_SSLMODE, TLS_DOC
 from reaper.errors import (
     AuthenticationError,
     DatabaseFullError,
@@ -43,10 +44,25 @@ APPLICATION_NAME = "idle-reaper"
 # SQLSTATE class 28 is "invalid authorization specification": a wrong or rotated password, an
 # expired IAM token, a role that may not log in.
 _AUTH_SQLSTATE_CLASS = "28"
+# libpq refused the authentication method the server asked for (require_auth) before sending
+# the credential: the server is not what the login expects, and no new password would help.
+_REFUSED_AUTH_METHOD = "authentication method requirement"
+# libpq's words when the server's certificate does not verify (or it offers no TLS): nothing,
+# not even the user name, was sent to it.
+_TLS_REFUSALS = (
+    "certificate verify failed",
+    "does not match host name",
+    "root certificate file",
+    "server does not support SSL",
+)
 
 _SESSION_FIELDS = tuple(field.name for field in fields(Session))
-# The columns of _statements.SETUP_FACTS: every fact but the sslmode, which libpq knows.
-_SETUP_FACT_COLUMNS = tuple(field.name for field in fields(SetupFacts) if field.name != "sslmode")
+# What libpq knows of the connection, not the server: the sslmode and the host.
+_LIBPQ_FACTS = ("sslmode", "host")
+# The columns of _statements.SETUP_FACTS: every other fact.
+_SETUP_FACT_COLUMNS = tuple(
+    field.name for field in fields(SetupFacts) if field.name not in _LIBPQ_FACTS
+)
 # What a planned session must still be at signal time (pids are reused): the query parameters
 # of _statements.TERMINATE and TERMINATE_ONE.
 _IDENTITY = ("pid", "backend_start", "state", "state_change")
@@ -58,7 +74,9 @@ def connect(target: ConnInfo, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> psycopg.
     Raises:
         DatabaseFullError: the server refused the login for want of a free connection slot.
         AuthenticationError: the server rejected the credentials.
-        TargetUnreachableError: the server could not be reached within the connect timeout.
+        TargetUnreachableError: the server could not be reached within the connect timeout,
+            its TLS certificate did not verify, or it asked for an authentication method the
+            login's require_auth refuses (then no credential was sent).
     """
     options = " ".join(
         (
@@ -86,11 +104,29 @@ def connect(target: ConnInfo, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> psycopg.
                 + full_database_fix(full_cause, target.user, reserve_major=reserve_major(detail)),
                 cause=full_cause,
             ) from exc
+        if _REFUSED_AUTH_METHOD in detail:
+            raise TargetUnreachableError(
+                f"{target.endpoint} asked for an authentication method this login never uses, "
+                f"so the reaper sent no credential: {detail} (require_auth: "
+                "docs/database-role.md#authentication-methods)"
+            ) from exc
+        if any(refusal in detail for refusal in _TLS_REFUSALS):
+            raise TargetUnreachableError(
+                f"cannot connect to {target.endpoint}: {detail}. The server did not prove over "
+                f"TLS that it is the database ({_tls_settings(target)}), so the reaper sent no "
+                f"credential ({TLS_DOC})"
+            ) from exc
         if (exc.sqlstate or "").startswith(_AUTH_SQLSTATE_CLASS) or "authentication" in detail:
             raise AuthenticationError(
                 f"{target.endpoint} rejected the reaper's credentials: {detail}"
             ) from exc
         raise TargetUnreachableError(f"cannot connect to {target.endpoint}: {detail}") from exc
+
+
+def _tls_settings(target: ConnInfo) -> str:
+    sslmode = target.params.get("sslmode", LIBPQ_DEFAULT_SSLMODE)
+    sslrootcert = target.params.get("sslrootcert")
+    return f"sslmode={sslmode}" + (f", sslrootcert={sslrootcert}" if sslrootcert else "")
 
 
 def read_setup_facts(conn: psycopg.Connection[Any]) -> SetupFacts:
@@ -106,11 +142,11 @@ def read_setup_facts(conn: psycopg.Connection[Any]) -> SetupFacts:
             for option in conn.pgconn.info
             if option.keyword == b"sslmode" and option.val
         ),
-        "prefer",
+        LIBPQ_DEFAULT_SSLMODE,
     )
     facts = {name: row[name] for name in _SETUP_FACT_COLUMNS}
     facts["uncapped_login_roles"] = tuple(facts["uncapped_login_roles"])  # an array comes as a list
-    return SetupFacts(**facts, sslmode=sslmode)
+    return SetupFacts(**facts, sslmode=sslmode, host=conn.info.host)
 
 
 def try_pass_lock(conn: psycopg.Connection[Any]) -> bool:

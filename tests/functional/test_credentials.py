@@ -16,6 +16,7 @@ from psycopg import sql
 
 from reaper.aws.credentials import build_target
 from reaper.errors import CredentialsError, TargetsFailedError
+from reaper.pg.tls import RDS_CA_BUNDLE
 from reaper.settings import TargetSpec, load_lambda_settings
 from tests.fix_aws import SECRET_NAME, invoke, log_records, metric, rds_secret_document
 from tests.functional.reaping import FUNCTION_THRESHOLD as THRESHOLD
@@ -163,6 +164,23 @@ def test_rotated_password_is_picked_up_by_reading_the_secret_again_once(
     assert old_password not in out
 
 
+def test_secret_target_verifies_the_server_and_never_answers_a_cleartext_request(
+    pg_server, reaper_role, rds_secret, function_env
+) -> None:
+    # given a secret login and the stack's default TLS settings
+    function_env.delenv("REAPER_SSLMODE")
+    rds_secret.put(rds_secret_document(pg_server, reaper_role))
+
+    # when the target is built
+    target = build_target(load_lambda_settings(), TargetSpec(name="default"))
+
+    # then the server must prove itself with an RDS certificate, and may ask for SCRAM or MD5
+    # but never for the password itself
+    assert target.params["sslmode"] == "verify-full"
+    assert target.params["sslrootcert"] == str(RDS_CA_BUNDLE)
+    assert target.params["require_auth"] == "!password"
+
+
 @pytest.mark.usefixtures("aws")
 def test_iam_target_carries_endpoint_user_tls_and_a_signed_token(function_env) -> None:
     # given IAM authentication settings
@@ -175,7 +193,8 @@ def test_iam_target_carries_endpoint_user_tls_and_a_signed_token(function_env) -
     # when the target is built
     target = build_target(settings, TargetSpec(name="default"))
 
-    # then it has the endpoint, the user, TLS required, and a token as password
+    # then it has the endpoint, the user, TLS verified against the shipped RDS CA bundle, a
+    # token as password, and only the cleartext request RDS IAM makes is answered
     params = dict(target.params)
     token = params.pop("password")
     assert params == {
@@ -183,7 +202,9 @@ def test_iam_target_carries_endpoint_user_tls_and_a_signed_token(function_env) -
         "port": "5433",
         "user": "reaper",
         "dbname": "postgres",
-        "sslmode": "require",
+        "sslmode": "verify-full",
+        "sslrootcert": str(RDS_CA_BUNDLE),
+        "require_auth": "password",
     }
     assert token.startswith("orders.cluster-abc.us-east-1.rds.amazonaws.com:5433/?")
     assert all(marker in token for marker in IAM_TOKEN_MARKERS)
@@ -238,10 +259,12 @@ def test_iam_token_never_appears_in_the_output_when_the_login_fails(
     with pytest.raises(TargetsFailedError):
         invoke()
 
-    # and the error is logged without the token
+    # and the error is logged without the token: libpq refused to answer the server's SCRAM
+    # request with it (require_auth=password), and the function did not retry
     captured = capsys.readouterr()
     (line,) = [r for r in log_records(captured.out) if r.get("audit") == "target_error"]
-    assert line["error_type"] == "AuthenticationError"
+    assert line["error_type"] == "TargetUnreachableError"
+    assert 'authentication method requirement "password" failed' in line["error"]
     for marker in IAM_TOKEN_MARKERS:
         assert marker not in captured.out
         assert marker not in captured.err

@@ -12,6 +12,7 @@ wheels per architecture to download the first time), plus one that fails before 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from reaper.pg.tls import RDS_CA_BUNDLE
 from tests.commands import run_command
 
 pytestmark = pytest.mark.slow
@@ -177,6 +179,20 @@ def test_sam_build_byte_compiles_for_the_runtime_python(
 
     assert {path.name.split(".")[0] for path in compiled} >= {"handler", "settings", "run"}
     assert not (builds[architecture] / "reaper" / "local").exists()
+
+
+@pytest.mark.parametrize("architecture", ["arm64", "x86_64"])
+def test_sam_build_packs_the_rds_ca_bundle_where_the_template_points(
+    builds: dict[str, Path], architecture: str
+) -> None:
+    # The template's default SslRootCert, with /var/task being the artifact's root.
+    template = (REPO_ROOT / "template.yaml").read_text(encoding="utf-8")
+    default = re.search(r"Default: (/var/task/\S+)", template)
+    assert default is not None
+    packed = builds[architecture] / Path(default.group(1)).relative_to("/var/task")
+
+    assert packed.read_bytes() == RDS_CA_BUNDLE.read_bytes()
+    assert (packed.parent / "PROVENANCE.json").is_file()
 
 
 def test_x86_64_package_imports_the_handler_on_python_312(

@@ -33,6 +33,7 @@ COMPLETE_18 = SetupFacts(
     capped_login_connections=60,
     sslmode="verify-full",
     tls_version="TLSv1.3",
+    host="orders.abc.eu-west-1.rds.amazonaws.com",
 )
 COMPLETE_15 = dataclasses.replace(
     COMPLETE_18,
@@ -116,20 +117,39 @@ def test_role_connection_limit_leaves_room_for_two_reapers(limit, status) -> Non
     assert check(facts, "connection limit").status is status
 
 
+REMOTE = "orders.abc.eu-west-1.rds.amazonaws.com"
+
+
 @pytest.mark.parametrize(
-    ("sslmode", "tls", "status", "words"),
+    ("sslmode", "tls", "host", "status", "words"),
     [
-        ("verify-full", "TLSv1.3", Status.OK, "certificate verified"),
-        ("require", "TLSv1.3", Status.OK, "certificate not verified"),
-        ("prefer", None, Status.WARN, "without TLS"),
+        ("verify-full", "TLSv1.3", REMOTE, Status.OK, "certificate verified"),
+        ("verify-ca", "TLSv1.2", REMOTE, Status.OK, "certificate verified"),
+        ("verify-full", "TLSv1.3", "127.0.0.1", Status.OK, "certificate verified"),
+        # Off the machine, anything short of a verified certificate fails...
+        ("require", "TLSv1.3", REMOTE, Status.FAIL, "certificate not verified"),
+        ("prefer", "TLSv1.3", "10.0.3.7", Status.FAIL, "certificate not verified"),
+        ("prefer", None, REMOTE, Status.FAIL, "without TLS"),
+        ("disable", None, "db.internal", Status.FAIL, "without TLS"),
+        # ...on it, it is a warning.
+        ("require", "TLSv1.3", "127.0.0.1", Status.WARN, "certificate not verified"),
+        ("prefer", None, "localhost", Status.WARN, "without TLS"),
+        ("prefer", None, "::1", Status.WARN, "without TLS"),
+        ("prefer", None, "/var/run/postgresql", Status.WARN, "without TLS"),
     ],
 )
-def test_connection_check_shows_the_tls_mode_in_use(sslmode, tls, status, words) -> None:
-    facts = dataclasses.replace(COMPLETE_18, sslmode=sslmode, tls_version=tls)
+def test_connection_check_fails_unverified_tls_to_a_remote_server(
+    sslmode, tls, host, status, words
+) -> None:
+    facts = dataclasses.replace(COMPLETE_18, sslmode=sslmode, tls_version=tls, host=host)
     found = check(facts, "connection")
     assert found.status is status
     assert words in found.summary
     assert f"sslmode={sslmode}" in found.summary
+    assert host in found.summary
+    if status is not Status.OK:
+        assert "sslmode=verify-full" in found.fix
+        assert "docs/deploying.md#tls-verification" in found.fix
 
 
 def test_missing_grants_fail_and_name_the_grant() -> None:

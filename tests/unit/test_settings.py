@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reaper.errors import SettingsError
+from reaper.pg.tls import RDS_CA_BUNDLE
 from reaper.settings import LambdaSettings, LocalSettings, TargetSpec, load_lambda_settings
 
 DSN = "postgresql://reaper:s3cret-pw@db.internal:5432/postgres"
@@ -157,20 +158,24 @@ def test_no_malformed_targets_document_leaks_its_password(password: str, garbage
 
 
 @pytest.mark.parametrize(
-    ("sslmode", "sslrootcert", "expected"),
+    ("sslmode", "sslrootcert", "expected", "expected_ca"),
     [
-        (None, None, "require"),
-        ("require", None, "require"),
-        ("verify-ca", None, "verify-ca"),
-        (None, "/ca.pem", "verify-full"),
-        ("require", "/ca.pem", "verify-full"),
-        ("verify-ca", "/ca.pem", "verify-ca"),
-        ("verify-full", "/ca.pem", "verify-full"),
-        ("disable", None, "disable"),
+        # Unset: the server is verified against the RDS bundle shipped in the package.
+        (None, None, "verify-full", RDS_CA_BUNDLE),
+        ("verify-full", None, "verify-full", RDS_CA_BUNDLE),
+        ("verify-ca", None, "verify-ca", RDS_CA_BUNDLE),
+        # Weaker only when asked for by name, and then with no CA at all.
+        ("require", None, "require", None),
+        ("disable", None, "disable", None),
+        # A CA of one's own: require (the template's former default) is upgraded to use it.
+        (None, "/ca.pem", "verify-full", Path("/ca.pem")),
+        ("require", "/ca.pem", "verify-full", Path("/ca.pem")),
+        ("verify-ca", "/ca.pem", "verify-ca", Path("/ca.pem")),
+        ("verify-full", "/ca.pem", "verify-full", Path("/ca.pem")),
     ],
 )
-def test_tls_is_required_by_default_and_verified_with_a_ca_bundle(
-    function_env, sslmode, sslrootcert, expected
+def test_tls_is_verified_against_the_shipped_rds_bundle_unless_told_otherwise(
+    function_env, sslmode, sslrootcert, expected, expected_ca
 ) -> None:
     variables = {"secret_id": "db"}
     if sslmode:
@@ -179,6 +184,7 @@ def test_tls_is_required_by_default_and_verified_with_a_ca_bundle(
         variables["sslrootcert"] = sslrootcert
     settings = load(function_env, **variables)
     assert settings.effective_sslmode() == expected
+    assert settings.effective_sslrootcert() == expected_ca
 
 
 def test_several_targets_share_one_secret_with_their_own_endpoints(function_env) -> None:

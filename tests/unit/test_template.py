@@ -18,6 +18,7 @@ import yaml
 import reaper
 from reaper.core.budget import DEFAULT_NAME_TEMPLATE, NameTemplate
 from reaper.core.policy import parse_policy
+from reaper.pg.tls import RDS_CA_BUNDLE
 from reaper.settings import METRICS_NAMESPACE
 from tests.commands import cfn_lint
 
@@ -492,6 +493,72 @@ def test_policy_parameters_are_refused_unless_the_stack_manages_the_policy(
     }
 
 
+def _evaluate(expression: Any, values: dict[str, str]) -> Any:
+    """A rule's condition or assertion (Fn::And/Or/Not/Equals over Refs and strings)."""
+    if not isinstance(expression, dict):
+        return expression
+    ((name, argument),) = expression.items()
+    if name == "Ref":
+        return values[argument]
+    operands = [_evaluate(operand, values) for operand in argument]
+    if name == "Fn::Equals":
+        return operands[0] == operands[1]
+    return {"Fn::And": all, "Fn::Or": any, "Fn::Not": lambda o: not o[0]}[name](operands)
+
+
+def _refused_by(template: dict[str, Any], **parameters: str) -> list[str]:
+    """The rules that refuse these parameters (the others at their defaults)."""
+    values = {**_defaults(template), **parameters}
+    return [
+        name
+        for name, rule in template["Rules"].items()
+        if _evaluate(rule.get("RuleCondition", True), values)
+        and not all(_evaluate(assertion["Assert"], values) for assertion in rule["Assertions"])
+    ]
+
+
+def test_the_server_is_verified_by_default_against_the_bundle_the_package_ships(
+    template: dict[str, Any], function: dict[str, Any]
+) -> None:
+    defaults = _defaults(template)
+    # Where the build installs the package: reaper/ at the root of /var/task.
+    packaged = Path("/var/task") / RDS_CA_BUNDLE.relative_to(Path(reaper.__file__).parents[1])
+    variables = function["Environment"]["Variables"]
+
+    assert defaults["SslMode"] == "verify-full"
+    assert defaults["SslRootCert"] == str(packaged)
+    assert variables["REAPER_SSLMODE"] == {"Ref": "SslMode"}
+    assert variables["REAPER_SSLROOTCERT"]["Fn::If"][:2] == [
+        "HasSslRootCert",
+        {"Ref": "SslRootCert"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ssl_mode", "ssl_root_cert", "refused"),
+    [
+        ("verify-full", None, False),
+        ("verify-ca", None, False),
+        ("verify-full", "/opt/certs/our-ca.pem", False),
+        # Without a CA nothing can be verified: refused before anything is deployed.
+        ("verify-full", "", True),
+        ("verify-ca", "", True),
+        # require verifies nothing: the explicit way back to the former behaviour.
+        ("require", "", False),
+        ("require", None, False),
+    ],
+)
+def test_verifying_sslmodes_are_refused_without_a_ca(
+    template: dict[str, Any], ssl_mode: str, ssl_root_cert: str | None, refused: bool
+) -> None:
+    # A secret login, so that the one rule a default stack breaks (no login given) holds.
+    parameters = {"SslMode": ssl_mode, "DatabaseSecretArn": "arn:aws:secretsmanager:x"}
+    if ssl_root_cert is not None:
+        parameters["SslRootCert"] = ssl_root_cert
+
+    assert _refused_by(template, **parameters) == (["VerifiedTlsNeedsCa"] if refused else [])
+
+
 def test_every_environment_variable_is_a_string(function: dict[str, Any]) -> None:
     for name, value in function["Environment"]["Variables"].items():
         for branch in _both_branches(value):
@@ -863,7 +930,9 @@ def test_throttles_alarm_fires_on_the_first_throttle(template: dict[str, Any]) -
         ("AlarmTargetName", "bad name", False),
         ("MetricsNamespace", "IdleReaper", True),
         ("MetricsNamespace", "AWS/Lambda", False),
+        ("SslRootCert", "/var/task/reaper/pg/certs/rds-ca-bundle.pem", True),
         ("SslRootCert", "/var/task/certs/rds-global-bundle.pem", True),
+        ("SslRootCert", "/opt/certs/our-ca.pem", True),
         ("SslRootCert", "certs/x.pem", False),
         ("IamAuthUser", "idle_reaper", True),
         ("IamAuthUser", "idle reaper", False),
