@@ -90,7 +90,7 @@ def parse_json(text: str | bytes, *, max_bytes: int | None = None) -> Any:
         path, key = _first_duplicate(document)
         where = f"in {path}" if path else "at the top level"
         raise JsonDocumentError(
-            f"duplicate key {_short_name(key)!r} {where}: JSON readers disagree on which value "
+            f"duplicate key {short_name(key)!r} {where}: JSON readers disagree on which value "
             "counts, so give each key once"
         )
     return document
@@ -126,7 +126,7 @@ def describe_validation_error(
             problems.append(message)
             continue
         shown = show_values and error["type"] != "missing" and str(location[0]) not in hidden_fields
-        value = f" (got {_short_repr(error['input'])})" if shown else ""
+        value = f" (got {short_repr(error['input'])})" if shown else ""
         problems.append(f"{json_path(location, field_label)}: {message}{value}")
     if len(errors) > MAX_PROBLEMS:
         problems.append(f"and {len(errors) - MAX_PROBLEMS:,} more problem(s)")
@@ -148,7 +148,7 @@ def require_unique_names(names: Iterable[str], *, what: str) -> None:
 def list_names(names: Iterable[str], *, most: int = MAX_PROBLEMS) -> str:
     """Names for a message: the first `most`, each cut short, then how many more."""
     names = list(names)
-    shown = ", ".join(_short_name(name) for name in names[:most])
+    shown = ", ".join(short_name(name) for name in names[:most])
     more = len(names) - most
     return f"{shown} and {more:,} more" if more > 0 else shown
 
@@ -162,7 +162,7 @@ def json_path(location: Iterable[int | str], field_label: Callable[[str], str] =
         if isinstance(part, int):
             text += f"[{part}]"
         else:
-            name = _short_name(part)
+            name = short_name(part)
             text += f".{name}" if text else field_label(name)
     return text
 
@@ -201,10 +201,12 @@ def _first_duplicate(document: Any) -> tuple[str, str]:
     raise AssertionError("a duplicate key was seen but is not in the document")
 
 
-def _short_name(name: str) -> str:
+def short_name(name: str) -> str:
+    """A name cut short for a message."""
     return name if len(name) <= MAX_NAME_CHARS else name[: MAX_NAME_CHARS - 3] + "..."
 
 
-def _short_repr(value: Any) -> str:
+def short_repr(value: Any) -> str:
+    """repr(value), cut short for a message."""
     text = repr(value)
     return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 3] + "..."
