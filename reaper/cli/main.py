@@ -342,11 +342,14 @@ def _policy_from_args(args: argparse.Namespace) -> Policy:
 
 def _target_from_args(args: argparse.Namespace) -> ConnInfo:
     from reaper.pg.conninfo import ConnInfo
-    from reaper.settings import LocalSettings
+    from reaper.settings import LocalSettings, unknown_variable_hint
 
     dsn = args.dsn or LocalSettings().database_url_value()
     if not dsn:
-        raise errors.SettingsError("no database given: pass --dsn or set REAPER_DATABASE_URL")
+        raise errors.SettingsError(
+            "no database given: pass --dsn or set REAPER_DATABASE_URL"
+            + unknown_variable_hint("REAPER_DATABASE_URL")
+        )
     return ConnInfo.from_dsn(dsn)
 
 
