@@ -14,7 +14,7 @@ import difflib
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     AliasChoices,
@@ -37,7 +37,8 @@ from reaper.core.validation import (
     short_name,
 )
 from reaper.errors import SettingsError
-from reaper.pg.timeouts import DEFAULT_TIMEOUTS
+from reaper.pg.conninfo import SslMode
+from reaper.pg.timeouts import DEFAULT_TIMEOUTS, MAX_CONNECT_SECONDS
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -47,7 +48,6 @@ DEFAULT_TARGET_NAME = "default"
 DEFAULT_PORT = 5432
 DEFAULT_DBNAME = "postgres"
 
-SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 # Modes that may skip TLS altogether: combined with a CA bundle they hide a misconfiguration.
 _UNVERIFIED_SSLMODES: tuple[SslMode, ...] = ("disable", "allow", "prefer")
 
@@ -225,7 +225,9 @@ class LambdaSettings(_DatabaseUrlSettings):
 
     sslmode: SslMode | None = None
     sslrootcert: Path | None = None
-    connect_timeout: int = Field(default=DEFAULT_TIMEOUTS.connect_seconds, ge=1, le=60)
+    connect_timeout: int = Field(
+        default=DEFAULT_TIMEOUTS.connect_seconds, ge=1, le=MAX_CONNECT_SECONDS
+    )
     deadline_margin_seconds: float = Field(default=5.0, ge=0, le=600)
 
     @field_validator("targets", mode="before")

@@ -25,7 +25,12 @@ from reaper.core.policy import (
     render_policy,
 )
 from reaper.errors import ExitCode
-from reaper.pg.timeouts import DEFAULT_TIMEOUTS, Timeouts
+from reaper.pg.timeouts import (
+    DEFAULT_TIMEOUTS,
+    MAX_CONNECT_SECONDS,
+    MAX_STATEMENT_MS,
+    Timeouts,
+)
 from reaper.settings import lambda_variables
 
 if TYPE_CHECKING:
@@ -354,6 +359,11 @@ def _target_from_args(args: argparse.Namespace) -> ConnInfo:
 
 
 def _timeouts_from_args(args: argparse.Namespace) -> Timeouts:
-    if args.connect_timeout < 1 or args.statement_timeout < 1:
-        raise errors.SettingsError("--connect-timeout and --statement-timeout must be positive")
+    limits = (
+        ("--connect-timeout", args.connect_timeout, MAX_CONNECT_SECONDS, "seconds"),
+        ("--statement-timeout", args.statement_timeout, MAX_STATEMENT_MS, "milliseconds"),
+    )
+    for flag, value, most, unit in limits:
+        if not 1 <= value <= most:
+            raise errors.SettingsError(f"{flag} must be from 1 to {most} {unit}; got {value}")
     return Timeouts(connect_seconds=args.connect_timeout, statement_ms=args.statement_timeout)

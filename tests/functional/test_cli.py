@@ -208,6 +208,61 @@ def test_short_idle_seconds_needs_the_explicit_flag() -> None:
     assert "--allow-short-thresholds" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        pytest.param(
+            ["--dsn", "postgresql://reaper:Pa55-3c9d@127.0.0.1:1/x?sslmode=bogus"],
+            "sslmode must be one of",
+            id="sslmode",
+        ),
+        pytest.param(
+            ["--dsn", "postgresql://reaper:Pa55-3c9d@127.0.0.1:1/x?foo=bar"],
+            "unknown parameter 'foo'",
+            id="unknown-parameter",
+        ),
+        pytest.param(
+            ["--dsn", "postgresql://reaper@127.0.0.1:Pa55-3c9d/x"],
+            "port is not a number from 1 to 65535",
+            id="port",
+        ),
+        pytest.param(
+            ["--dsn", "postgresql://127.0.0.1:1/x", "--statement-timeout", "99999999999"],
+            "--statement-timeout must be from 1 to 2147483647 milliseconds",
+            id="statement-timeout",
+        ),
+        pytest.param(
+            ["--dsn", "postgresql://127.0.0.1:1/x", "--connect-timeout", "0"],
+            "--connect-timeout must be from 1 to 60 seconds",
+            id="connect-timeout",
+        ),
+    ],
+)
+def test_bad_connection_parameters_exit_2_naming_the_parameter(arguments, named) -> None:
+    # given parameters libpq or the server would refuse only when connecting (exit 3 before)
+    done = reaper_cli("run", *arguments, "--application-name", "lambda:*")
+    # then nothing is tried: bad input, named, without the password
+    assert done.returncode == 2
+    assert named in done.stderr
+    assert "Pa55-3c9d" not in done.stderr + done.stdout
+
+
+def test_a_misspelt_database_url_variable_is_named() -> None:
+    env = {"REAPER_DATABSE_URL": "postgresql://127.0.0.1:1/x", "PATH": "/usr/bin:/bin"}
+    done = reaper_cli("report", env=env)
+    assert done.returncode == 2
+    assert "REAPER_DATABSE_URL is set: did you mean REAPER_DATABASE_URL?" in done.stderr
+
+
+def test_the_functions_variables_in_the_shell_do_not_stop_the_command_line() -> None:
+    # REAPER_POLICY_FILE is the function's, for `reaper invoke`; `reaper run` reads its flags.
+    env = {"REAPER_POLICY_FILE": "/nonexistent.json", "PATH": "/usr/bin:/bin"}
+    done = reaper_cli(
+        "run", "--dsn", "postgresql://127.0.0.1:1/x", "--application-name", "a", env=env
+    )
+    assert done.returncode == 3, done.stderr
+
+
 def test_run_without_a_selection_is_refused() -> None:
     done = reaper_cli("run", "--dsn", "postgresql://127.0.0.1:1/x")
     assert done.returncode == 2
