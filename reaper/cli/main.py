@@ -16,6 +16,7 @@ from reaper import __version__, errors
 from reaper.actions.policy_file import read_policy_file
 from reaper.cli._output import reader_may_leave
 from reaper.cli.invoke import DEFAULT_FUNCTION_NAME, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_SECONDS
+from reaper.cli.render import printable
 from reaper.core.policy import (
     DEFAULT_IDLE_SECONDS,
     DEFAULT_MAX_TERMINATIONS,
@@ -54,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return int(args.handler(args))
         except errors.ReaperError as exc:
-            print(f"reaper: error: {exc}", file=sys.stderr)
+            # The message may quote the server ('role "..." does not exist') or a name.
+            print(f"reaper: error: {printable(exc)}", file=sys.stderr)
             if getattr(args, "json", False):
                 print_json(error_document(exc))
             return exit_code_for(exc)
