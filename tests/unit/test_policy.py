@@ -201,7 +201,7 @@ LONG_NAME = "lambda:orders-service-production-eu-west-1-handler-v2-blue-green"
             {**MINIMAL, "exclude": {"application_names": [LONG_NAME]}},
             "exclude.application_names[0]",
             "cuts names to 63 bytes",
-            id="exclusion-copied-from-a-66-character-name",
+            id="exclusion-copied-from-a-64-byte-name",
         ),
         pytest.param(
             {"rules": [{"application_names": ["lambda:café-*"]}]},

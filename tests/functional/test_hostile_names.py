@@ -1,6 +1,7 @@
-"""Names from the server reach the terminal escaped: role, database and application names
-holding a newline, a screen-clearing escape, an OSC 8 hyperlink or a bidirectional override,
-through the real `reaper run`, `report` and `doctor` and their error lines."""
+"""Names as PostgreSQL keeps and shows them: application_name rewritten (what the policy's
+pattern rules rely on), and role, database and application names holding a newline, a
+screen-clearing escape, an OSC 8 hyperlink or a bidirectional override reaching the terminal
+escaped, through the real `reaper run`, `report` and `doctor` and their error lines."""
 
 from __future__ import annotations
 
@@ -87,6 +88,30 @@ def test_doctor_escapes_the_role_names_it_quotes(hostile) -> None:
     assert_nothing_raw(done.stdout + done.stderr)
     assert f"{printable(reaper)} is not a superuser" in done.stdout
     assert f"{hostile['prefix']}-orders" in done.stdout  # in the uncovered applications
+
+
+@pytest.mark.safety
+def test_the_server_shows_application_name_cut_and_rewritten_as_the_policy_expects(
+    pg_server, session_factory, admin_conn
+) -> None:
+    # given sessions whose application_name holds non-ASCII and control characters, or is
+    # longer than 63 bytes
+    sent = session_factory.app("café\t")
+    long_name = session_factory.app("x" * 70)
+    pids = [session_factory.pid_of(session_factory(name)) for name in (sent, long_name)]
+    # when pg_stat_activity shows them
+    shown = [
+        admin_conn.execute(
+            "SELECT application_name FROM pg_stat_activity WHERE pid = %s", [pid]
+        ).fetchone()[0]
+        for pid in pids
+    ]
+    # then each byte outside printable ASCII is rewritten ('?' up to 15, \xNN from 16), and
+    # the name is cut to 63 bytes: a pattern holding the name as sent could never match
+    rewritten = "caf\\xc3\\xa9\\x09" if pg_server.major >= 16 else "caf???"
+    assert shown[0] == session_factory.app(rewritten)
+    assert shown[1] == long_name[:63]
+    assert all(" " <= char <= "~" for char in shown[0])
 
 
 def test_an_error_line_quoting_the_server_is_escaped(pg_server, role_factory) -> None:
