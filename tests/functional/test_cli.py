@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import pytest
 
@@ -19,9 +19,6 @@ from tests.functional.reaping import (
     reaper_role,
     wait_past_threshold,
 )
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 def reaper_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
@@ -261,6 +258,17 @@ def test_the_functions_variables_in_the_shell_do_not_stop_the_command_line() -> 
         "run", "--dsn", "postgresql://127.0.0.1:1/x", "--application-name", "a", env=env
     )
     assert done.returncode == 3, done.stderr
+
+
+def test_a_bad_log_level_stops_the_function_naming_the_variable() -> None:
+    # Powertools alone failed with "Unknown level: 'LOUD'", naming no variable.
+    env = {"POWERTOOLS_LOG_LEVEL": "LOUD", "PATH": "/usr/bin:/bin"}
+    event = Path(__file__).resolve().parents[2] / "events" / "scheduled.json"
+    done = reaper_cli("invoke", str(event), env=env)
+    assert done.returncode == 1
+    error = json.loads(done.stdout.strip().splitlines()[-1])
+    assert error["errorType"] == "SettingsError"
+    assert "POWERTOOLS_LOG_LEVEL: not a log level; use one of DEBUG" in error["errorMessage"]
 
 
 def test_run_without_a_selection_is_refused() -> None:

@@ -5,6 +5,7 @@ escaped, through the real `reaper run`, `report` and `doctor` and their error li
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import TYPE_CHECKING
 
@@ -66,8 +67,12 @@ def test_run_and_report_escape_every_name_from_the_server(hostile) -> None:
         "run", "--dsn", hostile["dsn"], *selection, "--allow-short-thresholds", "--dry-run"
     )
     report = reaper_cli("report", "--dsn", hostile["dsn"])
+    as_json = reaper_cli("report", "--dsn", hostile["dsn"], "--json")
     # then each name is shown escaped, and nothing of it acts on the terminal
     reaper, app, database = hostile["names"]
+    assert_nothing_raw(as_json.stdout)
+    census = json.loads(as_json.stdout)
+    assert {(g["user"], g["database"]) for g in census["groups"]} >= {(app, database)}
     for done in (run, report):
         assert done.returncode == 0, done.stderr
         assert_nothing_raw(done.stdout + done.stderr)
