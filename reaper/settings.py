@@ -87,7 +87,8 @@ SERVICE_NAME = "idle-reaper"
 METRICS_NAMESPACE = "IdleReaper"
 
 
-# The level names Python's logging (and so Powertools' Logger) takes, in any case.
+# The levels an error suggests; Python's logging (and so Powertools' Logger) also takes WARN,
+# FATAL and NOTSET, in any case, and those are accepted too.
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 

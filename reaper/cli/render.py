@@ -80,8 +80,7 @@ def render_pass(result: PassResult, *, verbose: bool = False) -> str:
     if result.skipped:
         return (
             f"{printable(result.target)}: skipped, another reaper is running a pass on this "
-            "database "
-            "(advisory lock held); nothing was examined."
+            "database (advisory lock held); nothing was examined."
         )
     mode = "dry run" if result.dry_run else "pass"
     lines = [f"{printable(result.target)}: {mode} in {result.duration_seconds:.3f}s"]

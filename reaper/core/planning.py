@@ -191,11 +191,6 @@ class GlobMatchers:
             if patterns not in self._compiled:
                 self._compiled[patterns] = compile_globs(patterns)
 
-    @property
-    def compiled(self) -> int:
-        """How many distinct pattern lists were compiled."""
-        return len(self._compiled)
-
     def matches_any(self, value: str, patterns: tuple[str, ...]) -> bool:
         """Whether `value` matches one of `patterns` (a list of the policy)."""
         return self._compiled[patterns](value) is not None
