@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 MAX_PROBLEMS = 10
 MAX_NAME_CHARS = 40
 MAX_VALUE_CHARS = 80
+MAX_MESSAGE_CHARS = 2_000
 
 
 class JsonDocumentError(ValueError):
@@ -105,7 +106,8 @@ def describe_validation_error(
 ) -> str:
     """One readable clause per problem: the field's path, what is wrong, and the value given.
 
-    At most MAX_PROBLEMS clauses, then how many more; long names and values are cut short.
+    At most MAX_PROBLEMS clauses, then how many more; long names and values are cut short, and
+    the whole to MAX_MESSAGE_CHARS.
 
     Args:
         exc: the pydantic error.
@@ -130,7 +132,9 @@ def describe_validation_error(
         problems.append(f"{json_path(location, field_label)}: {message}{value}")
     if len(errors) > MAX_PROBLEMS:
         problems.append(f"and {len(errors) - MAX_PROBLEMS:,} more problem(s)")
-    return "; ".join(problems)
+    text = "; ".join(problems)
+    # A last bound, whatever pydantic's own messages hold.
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
 
 
 def require_unique_names(names: Iterable[str], *, what: str) -> None:
