@@ -33,6 +33,7 @@ def build_results(raw: dict[str, Any]) -> dict[str, Any]:
         "cold_start": {row["statement"]: row for row in rows if row["kind"] == "cold_import"},
         "lambda_invocations": [row for row in rows if row["kind"] == "lambda_invocation"],
         "fanout": [row for row in rows if row["kind"] == "fanout"],
+        "planner": [row for row in rows if row["kind"] == "plan"],
     }
     results["targets"] = evaluate_targets(results)
     return results
@@ -143,6 +144,11 @@ def format_report(results: dict[str, Any]) -> str:
             f"{_ms(run['invoke_seconds'])} (CPU {_ms(run['invoke_cpu_seconds'])}), INIT "
             f"{_ms(run['init_seconds'])}, peak RSS {run['peak_rss_kib'] / 1024:.1f} MiB, "
             f"{len(run['metrics'])} EMF metrics, log {run['audit_bytes'] + run['other_bytes']:,} B"
+        )
+    for row in results.get("planner", []):
+        lines.append(
+            f"plan() alone, {row['rules']} rules over {row['sessions']:,} sessions: "
+            f"{_ms(row['median'])} (median)"
         )
     lines.append("Targets")
     for target in results["targets"]:

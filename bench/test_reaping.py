@@ -3,6 +3,7 @@
 Per server and fleet size, dry and real: the reaper's pass against the bare statement in this
 process, `reaper run` against `psql -c` as processes; one Lambda invocation in a child. Once:
 cold imports, and the fan-out (one invocation over each of its servers alone, then over all).
+Without a server: the planner alone, over a policy of as many rules as a policy may have.
 Every run must act on exactly the fleet (`require_exactly`); a real run terminates it, so
 pytest-benchmark's untimed `setup` opens a new one before each round.
 """
@@ -36,8 +37,10 @@ from bench.fleet import BenchError, require_exactly
 from bench.report import read_handler_output
 from reaper.actions.run import run_pass
 from reaper.cli.invoke import emulated_environment, read_event
-from reaper.core.policy import one_rule_policy
+from reaper.core.planning import plan
+from reaper.core.policy import MAX_RULES, one_rule_policy, policy_from_mapping
 from reaper.pg.conninfo import ConnInfo
+from tests.unit.planning_data import session, snapshot
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -257,6 +260,34 @@ def test_fanout(
 
     site.measure(invoke, warm_up=True, kind="fanout", mode="real", targets=names)
     benchmark.extra_info["terminated"] = terminated
+
+
+PLAN_SESSIONS = 3_000
+
+
+def test_plan_many_rules(benchmark: BenchmarkFixture) -> None:
+    """plan() alone: MAX_RULES rules (per team: its applications and its role) over 3,000 idle
+    sessions, a fifth of them matching no rule, so every rule is tried on those."""
+    teams = MAX_RULES + MAX_RULES // 4
+    rules = [
+        {"name": f"team{i}", "application_names": ["lambda:*", f"batch:team{i}-*"],
+         "users": [f"team{i}"], "states": {"idle": 60}}
+        for i in range(MAX_RULES)
+    ]  # fmt: skip
+    policy = policy_from_mapping({"rules": rules, "max_terminations": 100_000}, source="bench")
+    sessions = [
+        session(10 + i, application_name=f"lambda:app{i}", user=f"team{i % teams}")
+        for i in range(PLAN_SESSIONS)
+    ]
+    picture = snapshot(*sessions)
+    expected = sum(1 for i in range(PLAN_SESSIONS) if i % teams < MAX_RULES)
+
+    def plan_once() -> None:
+        planned = len(plan(picture, policy).to_terminate)
+        require_exactly("the plan", planned, expected)
+
+    benchmark.pedantic(plan_once, rounds=5, warmup_rounds=1)  # type: ignore[no-untyped-call]
+    benchmark.extra_info.update(kind="plan", rules=MAX_RULES, sessions=PLAN_SESSIONS)
 
 
 @pytest.mark.parametrize("statement", list(IMPORTS))

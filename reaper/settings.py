@@ -10,9 +10,11 @@ variables the Logger and Metrics objects need when the module defining them is i
 
 from __future__ import annotations
 
-import json
+import difflib
+import logging
+import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     AliasChoices,
@@ -29,17 +31,26 @@ from pydantic_settings import SettingsError as PydanticSettingsError
 
 from reaper.core.budget import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, NameTemplate
 from reaper.core.tls import verifies_server
-from reaper.core.validation import describe_validation_error, require_unique_names
+from reaper.core.validation import (
+    JsonDocumentError,
+    describe_validation_error,
+    parse_json,
+    require_unique_names,
+    short_name,
+)
 from reaper.errors import SettingsError
-from reaper.pg.timeouts import DEFAULT_TIMEOUTS
+from reaper.pg.conninfo import SslMode
+from reaper.pg.timeouts import DEFAULT_TIMEOUTS, MAX_CONNECT_SECONDS
 from reaper.pg.tls import RDS_CA_BUNDLE
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
 
 ENV_PREFIX = "REAPER_"
 DEFAULT_TARGET_NAME = "default"
 DEFAULT_PORT = 5432
 DEFAULT_DBNAME = "postgres"
 
-SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 # Modes that may skip TLS altogether: combined with a CA bundle they hide a misconfiguration.
 _UNVERIFIED_SSLMODES: tuple[SslMode, ...] = ("disable", "allow", "prefer")
 
@@ -79,6 +90,11 @@ SERVICE_NAME = "idle-reaper"
 METRICS_NAMESPACE = "IdleReaper"
 
 
+# The levels an error suggests; Python's logging (and so Powertools' Logger) also takes WARN,
+# FATAL and NOTSET, in any case, and those are accepted too.
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 class ObservabilitySettings(BaseSettings):
     """The Powertools variables (no REAPER_ prefix) with the function's defaults."""
 
@@ -88,6 +104,35 @@ class ObservabilitySettings(BaseSettings):
     metrics_namespace: str = Field(
         default=METRICS_NAMESPACE, validation_alias="POWERTOOLS_METRICS_NAMESPACE"
     )
+    # Powertools reads POWERTOOLS_LOG_LEVEL, else the older LOG_LEVEL; a bad value made it
+    # fail at import with "Unknown level: 'LOUD'", naming no variable.
+    log_level: str | None = Field(default=None, validation_alias="POWERTOOLS_LOG_LEVEL")
+    legacy_log_level: str | None = Field(default=None, validation_alias="LOG_LEVEL")
+
+    @field_validator("log_level", "legacy_log_level")
+    @classmethod
+    def _known_level(cls, level: str | None) -> str | None:
+        if level is None:
+            return None
+        if level.upper() not in logging.getLevelNamesMapping():
+            raise ValueError(f"not a log level; use one of {', '.join(_LOG_LEVELS)}")
+        return level.upper()
+
+    def logger_level(self) -> str | None:
+        """The level the Logger is built with (None: Powertools' default, INFO)."""
+        return self.log_level or self.legacy_log_level
+
+
+def load_observability_settings() -> ObservabilitySettings:
+    """Read the Powertools variables.
+
+    Raises:
+        SettingsError: naming the variable and what is wrong with it.
+    """
+    try:
+        return ObservabilitySettings()
+    except ValidationError as exc:
+        raise SettingsError(f"invalid settings: {describe_validation_error(exc)}") from exc
 
 
 class AwsSettings(BaseSettings):
@@ -192,7 +237,9 @@ class LambdaSettings(_DatabaseUrlSettings):
 
     sslmode: SslMode | None = None
     sslrootcert: Path | None = None
-    connect_timeout: int = Field(default=DEFAULT_TIMEOUTS.connect_seconds, ge=1, le=60)
+    connect_timeout: int = Field(
+        default=DEFAULT_TIMEOUTS.connect_seconds, ge=1, le=MAX_CONNECT_SECONDS
+    )
     deadline_margin_seconds: float = Field(default=5.0, ge=0, le=600)
 
     @field_validator("targets", mode="before")
@@ -201,11 +248,12 @@ class LambdaSettings(_DatabaseUrlSettings):
         if not isinstance(value, str | bytes):
             return value
         try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            # The position only: the text may contain a DSN with a password.
+            return parse_json(value)
+        except JsonDocumentError as exc:
+            # parse_json's message names a position or a key, never a value: the text may
+            # contain a DSN with a password.
             raise ValueError(
-                f"not valid JSON (line {exc.lineno} column {exc.colno}); expected a list such as "
+                f"{exc}; expected a list such as "
                 '[{"name": "writer", "host": "..."}, {"name": "reader", "host": "..."}]'
             ) from None
 
@@ -352,9 +400,21 @@ def load_lambda_settings() -> LambdaSettings:
     """Read and validate the function's settings from the environment.
 
     Raises:
-        SettingsError: naming each bad variable and what is wrong; the value is repeated only
-            for variables that cannot hold a password.
+        SettingsError: naming each bad variable and what is wrong (the value is repeated only
+            for variables that cannot hold a password), or each REAPER_* variable the function
+            does not read, with the nearest name it does.
     """
+    known = lambda_variables()
+    unknown = _unknown_variables(known)
+    if unknown:
+        # A misspelt REAPER_POLICY_FIEL would otherwise leave the policy at the built-in
+        # default and run a live pass with it.
+        raise SettingsError(
+            f"unknown variable{'s' if len(unknown) > 1 else ''} "
+            f"{_with_nearest(unknown, known)}: the function reads only the REAPER_* variables "
+            "of docs/tuning.md, and a misspelt one would leave its setting at the default; "
+            "correct or unset it"
+        )
     try:
         return LambdaSettings()
     except ValidationError as exc:
@@ -367,6 +427,51 @@ def load_lambda_settings() -> LambdaSettings:
     except PydanticSettingsError as exc:
         # pydantic-settings' own message names the field and the source, never the value.
         raise SettingsError(f"invalid settings: {exc}") from exc
+
+
+def unknown_variable_hint(*meant: str) -> str:
+    """A clause naming each set REAPER_* variable the product does not know whose nearest
+    known name is one of `meant` ("; REAPER_DATABSE_URL is set: did you mean
+    REAPER_DATABASE_URL?"), or "" when there is none. For the command line, which reads only
+    REAPER_DATABASE_URL and so refuses nothing else (the function's variables, or a test
+    harness's, may be set in the same shell)."""
+    known = lambda_variables()
+    hints = [
+        f"; {short_name(name)} is set: did you mean {nearest}?"
+        for name in _unknown_variables(known)
+        if (nearest := _nearest(name, known)) in meant
+    ]
+    return "".join(hints[:3])
+
+
+def _unknown_variables(known: Collection[str]) -> list[str]:
+    """The REAPER_* variables set in the environment that are not in `known` (pydantic-settings
+    reads the names in any case, so they are compared upper-cased)."""
+    return sorted(
+        name
+        for name in os.environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+    )
+
+
+def _nearest(name: str, known: Collection[str]) -> str | None:
+    # Compared without the prefix every name shares, which would make any two look alike.
+    suffixes = {variable.removeprefix(ENV_PREFIX): variable for variable in known}
+    word = name.upper().removeprefix(ENV_PREFIX)
+    matches = difflib.get_close_matches(word, suffixes, n=1, cutoff=0.6)
+    return suffixes[matches[0]] if matches else None
+
+
+def _with_nearest(unknown: list[str], known: Collection[str], *, most: int = 10) -> str:
+    described = []
+    for name in unknown[:most]:
+        nearest = _nearest(name, known)
+        described.append(
+            f"{short_name(name)} (did you mean {nearest}?)" if nearest else short_name(name)
+        )
+    if len(unknown) > most:
+        described.append(f"and {len(unknown) - most} more")
+    return ", ".join(described)
 
 
 def _variable_name(field_name: str) -> str:

@@ -94,8 +94,11 @@ def _reset() -> None:
 
 @pytest.fixture
 def function_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """A monkeypatch with every REAPER_/Powertools variable of the function unset."""
-    for name in FUNCTION_VARIABLES:
+    """A monkeypatch with every REAPER_/Powertools variable of the function unset, and every
+    other REAPER_* one (REAPER_TEST_DSN, read before any test runs): the function refuses a
+    REAPER_* variable it does not know."""
+    others = [name for name in os.environ if name.upper().startswith("REAPER_")]
+    for name in (*FUNCTION_VARIABLES, *others):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 

@@ -519,3 +519,36 @@ def role_factory(admin_conn: Connection) -> Iterator[RoleFactory]:
         yield factory
     finally:
         factory.drop_all()
+
+
+class DatabaseFactory:
+    """Creates databases named as a test asks (any characters: the name goes in through
+    psycopg.sql.Identifier); see `__call__`."""
+
+    def __init__(self, admin_conn: Connection) -> None:
+        self._admin_conn = admin_conn
+        self._names: list[str] = []
+
+    def __call__(self, name_prefix: str) -> str:
+        """Create a database named `{name_prefix}_{random hex}`; dropped at teardown."""
+        name = f"{name_prefix}_{secrets.token_hex(4)}"
+        self._admin_conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self._names.append(name)
+        return name
+
+    def drop_all(self) -> None:
+        """Drop the databases, ending any session still in them (FORCE: PostgreSQL 13+)."""
+        for name in reversed(self._names):
+            self._admin_conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def database_factory(admin_conn: Connection) -> Iterator[DatabaseFactory]:
+    """A `DatabaseFactory` for this test; its databases are dropped at teardown."""
+    factory = DatabaseFactory(admin_conn)
+    try:
+        yield factory
+    finally:
+        factory.drop_all()

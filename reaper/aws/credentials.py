@@ -15,13 +15,13 @@ tokens end up only in `ConnInfo.params`; no message here ever contains one.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from reaper.aws import _clients
+from reaper.core.validation import JsonDocumentError, parse_json
 from reaper.errors import CredentialsError
 from reaper.pg.conninfo import ConnInfo
 from reaper.settings import DEFAULT_DBNAME, DEFAULT_PORT
@@ -152,11 +152,12 @@ def _params_from_secret(secret_id: str, *, max_age: int, refresh: bool) -> dict[
             f"secret {secret_id} is binary; expected JSON text in the RDS secret format"
         )
     try:
-        document = json.loads(raw) if isinstance(raw, str) else raw
-    except json.JSONDecodeError:
-        # No chaining: the decoder's error carries the document, which holds the password.
+        document = parse_json(raw) if isinstance(raw, str) else raw
+    except JsonDocumentError as exc:
+        # No chaining: a decoder's error may carry the document, which holds the password;
+        # parse_json's own message names a position or a key, never a value.
         raise CredentialsError(
-            f"secret {secret_id} is not JSON; expected the RDS secret format "
+            f"secret {secret_id} is not usable: {exc}; expected the RDS secret format "
             '{"username": ..., "password": ..., "host": ..., "port": ..., "dbname": ...}'
         ) from None
     if not isinstance(document, dict):

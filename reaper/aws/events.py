@@ -10,6 +10,13 @@
 Unknown or malformed fields are refused with EventError, never ignored, except inside the
 alarm's own `detail` sub-objects: AWS owns them and adds fields over time (a refused alarm event
 would be a missed pass, not a safer one), and the reaper reads only alarmName and state.value.
+An EventError never repeats a value of the event (an operator may paste anything into one, a
+connection string too) and stays one short line whatever the event holds.
+
+Duplicate keys: the Lambda runtime decodes the payload before the handler runs, keeping the last
+of two equal keys, so the handler cannot tell `{"action": "reap", "dry_run": true, "dry_run":
+false}` from a live pass. `reaper invoke` reads its event files with `parse_json`, which refuses
+them; events built by EventBridge and by the template's schedules have no duplicates.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
-from reaper.core.validation import describe_validation_error
+from reaper.core.validation import describe_validation_error, list_names, short_repr
 from reaper.errors import EventError
 from reaper.settings import TARGET_NAME_PATTERN
 
@@ -146,7 +153,7 @@ def parse_event(event: Any) -> Invocation:
                 description=f"alarm {detail.alarm_name} is {detail.state.value}",
             )
         raise EventError(
-            f"unsupported EventBridge detail-type {detail_type!r}; expected "
+            f"unsupported EventBridge detail-type {short_repr(detail_type)}; expected "
             f"{SCHEDULED_DETAIL_TYPE!r} or {ALARM_DETAIL_TYPE!r}"
         )
     if "action" in event:
@@ -165,7 +172,7 @@ def parse_event(event: Any) -> Invocation:
             targets=manual.targets,
             description=f"manual {manual.action}" + (" (dry run)" if manual.dry_run else ""),
         )
-    keys = ", ".join(sorted(str(key) for key in event)[:10]) or "none"
+    keys = list_names(sorted(str(key) for key in event)) or "none"
     raise EventError(
         "unrecognised event: expected an EventBridge event (with 'detail-type') or a manual "
         f"event (with 'action'); its keys: {keys}"
@@ -193,4 +200,7 @@ def _validate(model: type[_ModelT], event: dict[str, Any], kind: str) -> _ModelT
     try:
         return model.model_validate(event)
     except ValidationError as exc:
-        raise EventError(f"invalid {kind} event: {describe_validation_error(exc)}") from exc
+        # No value repeated: the message goes to the error log line and Lambda's error
+        # document, and a misplaced field may hold a password.
+        problems = describe_validation_error(exc, show_values=False)
+        raise EventError(f"invalid {kind} event: {problems}") from exc

@@ -22,7 +22,7 @@ from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import (
 from reaper.core.budget import Verdict
 from reaper.core.result import Outcome
 from reaper.errors import DatabaseFullError
-from reaper.settings import ObservabilitySettings
+from reaper.settings import load_observability_settings
 
 if TYPE_CHECKING:
     from reaper.core.budget import Budget
@@ -74,11 +74,14 @@ class _CurrentStdout(io.TextIOBase):
         sys.stdout.flush()
 
 
-_settings = ObservabilitySettings()
+# At import, as the Logger needs them: a bad variable fails the function's start, naming it.
+_settings = load_observability_settings()
 SERVICE_NAME = _settings.service_name
 NAMESPACE = _settings.metrics_namespace
 
-logger = Logger(service=SERVICE_NAME, stream=cast("IO[str]", _CurrentStdout()))
+logger = Logger(
+    service=SERVICE_NAME, level=_settings.logger_level(), stream=cast("IO[str]", _CurrentStdout())
+)
 # Invocation-level metrics (PolicyErrors), flushed by @metrics.log_metrics; each target's
 # metrics go out in a blob of their own (see record_result) so dimension sets never mix.
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE_NAME)

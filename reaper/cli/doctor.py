@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING
 
 from reaper.actions.doctor import run_doctor
+from reaper.cli.render import printable
 from reaper.core.checks import Status
 
 if TYPE_CHECKING:
@@ -34,11 +35,12 @@ def doctor_main(
 
 def render_report(report: DoctorReport) -> str:
     """One line per check: status, name, what it saw and, unless ok, the fix."""
-    lines = [f"reaper doctor: {report.target}"]
+    # Summaries and fixes quote role and application names, which may hold control characters.
+    lines = [f"reaper doctor: {printable(report.target)}"]
     for check in report.checks:
-        line = f"  {check.status.value:<4}  {check.name:<{_NAME_WIDTH}} {check.summary}"
+        line = f"  {check.status.value:<4}  {check.name:<{_NAME_WIDTH}} {printable(check.summary)}"
         if check.fix and check.status is not Status.OK:
-            line += f" -> fix: {check.fix}"
+            line += f" -> fix: {printable(check.fix)}"
         lines.append(line)
     counts = {status: sum(c.status is status for c in report.checks) for status in Status}
     verdict = {

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from reaper.actions.files import read_text
+from reaper.core.validation import JsonDocumentError, parse_json
 from reaper.errors import EventError
 from reaper.settings import METRICS_NAMESPACE, SERVICE_NAME, AwsSettings
 
@@ -89,15 +90,14 @@ def read_event(event_file: Path) -> Any:
     """The event document in `event_file`.
 
     Raises:
-        EventError: the file cannot be read or is not JSON.
+        EventError: the file cannot be read, is not JSON or repeats a key (the Lambda runtime
+            would keep the last value; see reaper.aws.events).
     """
     text = read_text(event_file, described_as=f"event file {event_file}", error=EventError)
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EventError(
-            f"event file {event_file} is not JSON: {exc.msg} (line {exc.lineno} column {exc.colno})"
-        ) from exc
+        return parse_json(text)
+    except JsonDocumentError as exc:
+        raise EventError(f"event file {event_file}: {exc}") from exc
 
 
 def _runtime_environment(context: LocalLambdaContext) -> dict[str, str]:

@@ -16,6 +16,7 @@ from reaper import __version__, errors
 from reaper.actions.policy_file import read_policy_file
 from reaper.cli._output import reader_may_leave
 from reaper.cli.invoke import DEFAULT_FUNCTION_NAME, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_SECONDS
+from reaper.cli.render import printable
 from reaper.core.budget import (
     DEFAULT_BUDGET_UTILIZATION,
     DEFAULT_NAME_TEMPLATE,
@@ -34,7 +35,12 @@ from reaper.core.policy import (
 )
 from reaper.core.tls import TLS_DOC
 from reaper.errors import ExitCode
-from reaper.pg.timeouts import DEFAULT_TIMEOUTS, Timeouts
+from reaper.pg.timeouts import (
+    DEFAULT_TIMEOUTS,
+    MAX_CONNECT_SECONDS,
+    MAX_STATEMENT_MS,
+    Timeouts,
+)
 from reaper.settings import lambda_variables
 
 if TYPE_CHECKING:
@@ -58,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return int(args.handler(args))
         except errors.ReaperError as exc:
-            print(f"reaper: error: {exc}", file=sys.stderr)
+            # The message may quote the server ('role "..." does not exist') or a name.
+            print(f"reaper: error: {printable(exc)}", file=sys.stderr)
             if getattr(args, "json", False):
                 print_json(error_document(exc))
             return exit_code_for(exc)
@@ -459,11 +466,14 @@ def _policy_from_args(args: argparse.Namespace) -> Policy:
 
 def _target_from_args(args: argparse.Namespace) -> ConnInfo:
     from reaper.pg.conninfo import ConnInfo
-    from reaper.settings import LocalSettings
+    from reaper.settings import LocalSettings, unknown_variable_hint
 
     dsn = args.dsn or LocalSettings().database_url_value()
     if not dsn:
-        raise errors.SettingsError("no database given: pass --dsn or set REAPER_DATABASE_URL")
+        raise errors.SettingsError(
+            "no database given: pass --dsn or set REAPER_DATABASE_URL"
+            + unknown_variable_hint("REAPER_DATABASE_URL")
+        )
     return ConnInfo.from_dsn(dsn)
 
 
@@ -481,6 +491,11 @@ def _warn_if_unverified(target: ConnInfo) -> None:
 
 
 def _timeouts_from_args(args: argparse.Namespace) -> Timeouts:
-    if args.connect_timeout < 1 or args.statement_timeout < 1:
-        raise errors.SettingsError("--connect-timeout and --statement-timeout must be positive")
+    limits = (
+        ("--connect-timeout", args.connect_timeout, MAX_CONNECT_SECONDS, "seconds"),
+        ("--statement-timeout", args.statement_timeout, MAX_STATEMENT_MS, "milliseconds"),
+    )
+    for flag, value, most, unit in limits:
+        if not 1 <= value <= most:
+            raise errors.SettingsError(f"{flag} must be from 1 to {most} {unit}; got {value}")
     return Timeouts(connect_seconds=args.connect_timeout, statement_ms=args.statement_timeout)

@@ -3,6 +3,9 @@
 Plain text on purpose, not a terminal library such as rich: the same output goes to pipes, cron
 mail and CI logs, where it must stay greppable and not wrap to a terminal's width, and aligned
 columns take one ten-line function here.
+
+Every value that comes from outside (a role, database or application name, a target's name, an
+error message quoting the server) goes through `printable` before it reaches the terminal.
 """
 
 from __future__ import annotations
@@ -18,13 +21,50 @@ if TYPE_CHECKING:
     from reaper.core.census import Census
     from reaper.core.result import PassResult
 
+
+def _escape(code: int) -> str:
+    named = {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+    if code in named:
+        return named[code]
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+# What a name must not send to a terminal raw: C0 controls (a newline forges a line, ESC starts
+# a sequence that clears the screen or, as OSC 8, hides a link), DEL, C1 controls (0x9b is a
+# one-byte CSI), the Unicode line and paragraph separators, and the bidirectional controls
+# that reorder what is shown. Role and database names may hold any of them: PostgreSQL keeps
+# names as created.
+_ESCAPES = {
+    code: _escape(code)
+    for code in (
+        *range(0x00, 0x20),
+        *range(0x7F, 0xA0),
+        0x061C,
+        0x200E,
+        0x200F,
+        0x2028,
+        0x2029,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    )
+}
+
+
+def printable(value: object) -> str:
+    """`str(value)` with every control character shown as its escape (`\\n`, `\\x1b`, `\\u202e`),
+    so that nothing in it acts on the terminal. A backslash is left as it is: PostgreSQL 16 and
+    later show non-ASCII bytes of application_name as `\\xNN` text, which must read the same
+    here as in pg_stat_activity."""
+    return str(value).translate(_ESCAPES)
+
+
 # Spared sessions with these reasons are the noise of every server; the table leaves them out
 # unless asked (they still count in "examined" and appear in --json).
 _QUIET_REASONS = frozenset({"own_backend", "not_client_backend", "no_rule_matches"})
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A left-aligned text table with a header rule."""
+    """A left-aligned text table with a header rule; every cell made `printable`."""
     cells = [[_cell(value) for value in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
@@ -39,11 +79,11 @@ def render_pass(result: PassResult, *, verbose: bool = False) -> str:
     """The pass as a headline, a table of sessions and the counts."""
     if result.skipped:
         return (
-            f"{result.target}: skipped, another reaper is running a pass on this database "
-            "(advisory lock held); nothing was examined."
+            f"{printable(result.target)}: skipped, another reaper is running a pass on this "
+            "database (advisory lock held); nothing was examined."
         )
     mode = "dry run" if result.dry_run else "pass"
-    lines = [f"{result.target}: {mode} in {result.duration_seconds:.3f}s"]
+    lines = [f"{printable(result.target)}: {mode} in {result.duration_seconds:.3f}s"]
     if result.connections is not None:
         c = result.connections
         lines.append(
@@ -97,7 +137,7 @@ def render_pass(result: PassResult, *, verbose: bool = False) -> str:
 def render_census(census: Census, target: str) -> str:
     """Groups of client connections and an idle-age histogram per application."""
     lines = [
-        f"{target}: {census.client_connections} client connections of "
+        f"{printable(target)}: {census.client_connections} client connections of "
         f"{census.usable_connections} usable (max_connections {census.max_connections}), "
         f"utilization {census.utilization:.0%}; {census.other_backends} other backends",
         "",
@@ -143,4 +183,4 @@ def _age(seconds: float | None) -> str:
 
 
 def _cell(value: object) -> str:
-    return "" if value is None else str(value)
+    return "" if value is None else printable(value)

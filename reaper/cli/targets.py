@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from reaper.aws.credentials import login_summary
 from reaper.aws.policy_source import describe_policy_source, parameter_source_name
 from reaper.aws.targets import resolve_targets
-from reaper.cli.render import table
+from reaper.cli.render import printable, table
 from reaper.pg.conninfo import ConnInfo
 from reaper.settings import DEFAULT_PORT, load_lambda_settings
 
@@ -81,10 +81,10 @@ def render_targets(document: dict[str, Any]) -> str:
         + (
             "off (REAPER_DISCOVERY_TAG unset)"
             if discovery is None
-            else f"tag {discovery['tag']}"
+            else f"tag {printable(discovery['tag'])}"
             + (f" in {discovery['vpc_id']}" if discovery["vpc_id"] else " in every VPC")
         ),
-        f"stack policy: {document['stack_policy']}",
+        f"stack policy: {printable(document['stack_policy'])}",
         "",
     ]
     targets = document["targets"]
@@ -107,7 +107,10 @@ def render_targets(document: dict[str, Any]) -> str:
             ],
         )
     )
-    reasons = [f"  {t['name']}: {t['reason']}" for t in targets if t["reason"]]
+    # Names and reasons come from RDS tags and instance data, the table's cells too.
+    reasons = [
+        f"  {printable(t['name'])}: {printable(t['reason'])}" for t in targets if t["reason"]
+    ]
     if reasons:
         lines.extend(["", "left alone or failing:", *reasons])
     return "\n".join(lines)

@@ -7,7 +7,6 @@ gate, the target and the cap applied, oldest idle first.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import math
 import re
@@ -20,7 +19,7 @@ from reaper.core.snapshot import CLIENT_BACKEND
 from reaper.errors import VisibilityError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Iterator
 
     from reaper.core.policy import Policy, Rule
     from reaper.core.snapshot import Session, Snapshot
@@ -110,16 +109,17 @@ def plan(snapshot: Snapshot, policy: Policy) -> Plan:
         `max_terminations` or the target's need, and go to the oldest idle sessions first.
     """
     now = snapshot.taken_at
+    globs = GlobMatchers(policy)
     decided: dict[int, Decision] = {}
     eligible: list[Decision] = []
     covered: dict[tuple[str, str], list[Session]] = {}
 
     for session in snapshot.sessions:
-        protection = _protection(session, snapshot, policy)
+        protection = _protection(session, snapshot, policy, globs)
         if protection is not None:
             decided[session.pid] = Decision(session, protection)
             continue
-        identity_rules = [rule for rule in policy.rules if _rule_matches(rule, session)]
+        identity_rules = [rule for rule in policy.rules if _rule_matches(rule, session, globs)]
         if not identity_rules:
             decided[session.pid] = Decision(session, Reason.NO_RULE_MATCHES)
             continue
@@ -178,15 +178,55 @@ def plan(snapshot: Snapshot, policy: Policy) -> Plan:
     return Plan(decisions, gate_open, target_need)
 
 
-def _protection(session: Session, snapshot: Snapshot, policy: Policy) -> Reason | None:
+class GlobMatchers:
+    """Every pattern list of one policy compiled once, for one plan over many sessions.
+
+    Built per plan() call, not cached per pattern list: a policy has as many lists as it has
+    rules (up to 200, three lists each), and a bounded cache of them (fnmatch's, or an
+    lru_cache) is refilled for every session once the lists outnumber it.
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self._compiled: dict[tuple[str, ...], Callable[[str], re.Match[str] | None]] = {}
+        for patterns in _pattern_lists(policy):
+            if patterns not in self._compiled:
+                self._compiled[patterns] = compile_globs(patterns)
+
+    def matches_any(self, value: str, patterns: tuple[str, ...]) -> bool:
+        """Whether `value` matches one of `patterns` (a list of the policy)."""
+        return self._compiled[patterns](value) is not None
+
+
+def compile_globs(patterns: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
+    """One compiled alternation for a list of globs: the same match as any(fnmatchcase(...)),
+    without a Python-level loop and cache lookup per pattern per session."""
+    if not patterns:
+        return lambda _value: None
+    return re.compile("|".join(f"(?:{translate(pattern)})" for pattern in patterns)).match
+
+
+def _pattern_lists(policy: Policy) -> Iterator[tuple[str, ...]]:
+    yield policy.exclude.users
+    yield policy.exclude.application_names
+    for rule in policy.rules:
+        yield rule.application_names
+        if rule.users is not None:
+            yield rule.users
+        if rule.databases is not None:
+            yield rule.databases
+
+
+def _protection(
+    session: Session, snapshot: Snapshot, policy: Policy, globs: GlobMatchers
+) -> Reason | None:
     """The reason a session may never be terminated by this policy, or None."""
     if session.pid == snapshot.own_pid:
         return Reason.OWN_BACKEND
     if session.backend_type != CLIENT_BACKEND:
         return Reason.NOT_CLIENT_BACKEND
-    if session.user is not None and _matches_any(session.user, policy.exclude.users):
+    if session.user is not None and globs.matches_any(session.user, policy.exclude.users):
         return Reason.EXCLUDED_USER
-    if _matches_any(session.application_name, policy.exclude.application_names):
+    if globs.matches_any(session.application_name, policy.exclude.application_names):
         return Reason.EXCLUDED_APPLICATION
     # A pooler's server connections carry the application_name of whichever client used them
     # last, so their address is what tells them apart. A Unix-socket session has no address and
@@ -200,16 +240,16 @@ def _protection(session: Session, snapshot: Snapshot, policy: Policy) -> Reason 
     return None
 
 
-def _rule_matches(rule: Rule, session: Session) -> bool:
+def _rule_matches(rule: Rule, session: Session, globs: GlobMatchers) -> bool:
     """Whether the session's identity (application, user, database, address) fits the rule."""
-    if not _matches_any(session.application_name, rule.application_names):
+    if not globs.matches_any(session.application_name, rule.application_names):
         return False
     if rule.users is not None and (
-        session.user is None or not _matches_any(session.user, rule.users)
+        session.user is None or not globs.matches_any(session.user, rule.users)
     ):
         return False
     if rule.databases is not None and (
-        session.database is None or not _matches_any(session.database, rule.databases)
+        session.database is None or not globs.matches_any(session.database, rule.databases)
     ):
         return False
     return rule.client_addresses is None or _address_in(session.client_addr, rule.client_addresses)
@@ -229,19 +269,6 @@ def _threshold(rule: Rule, state: str | None) -> float | None:
         if covered_state == state:
             return seconds
     return None
-
-
-def _matches_any(value: str, patterns: Iterable[str]) -> bool:
-    return _glob_matcher(tuple(patterns))(value) is not None
-
-
-@functools.lru_cache(maxsize=256)
-def _glob_matcher(patterns: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
-    # One compiled alternation per pattern tuple: the same match as any(fnmatchcase(...)),
-    # without a Python-level loop and cache lookup per pattern per session.
-    if not patterns:
-        return lambda _value: None
-    return re.compile("|".join(f"(?:{translate(pattern)})" for pattern in patterns)).match
 
 
 def _address_in(

@@ -2,6 +2,11 @@
 
 One JSON document, the same schema on the command line (`--policy FILE`), in SSM Parameter Store
 and in `reaper policy schema`. Pure validation, no I/O: callers read the text and hand it here.
+
+Read one way only: a duplicated key, a value of another type than the field's ("yes" or 1 for
+true, "900" for 900), a pattern PostgreSQL can never show, or a document beyond its limits is
+refused with the reason, never coerced: the reaper acts on production databases, and a policy
+that means one thing to its reviewer and another to the reaper terminates the wrong sessions.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -20,7 +26,12 @@ from pydantic import (
     model_validator,
 )
 
-from reaper.core.validation import describe_validation_error, require_unique_names
+from reaper.core.validation import (
+    JsonDocumentError,
+    describe_validation_error,
+    parse_json,
+    require_unique_names,
+)
 from reaper.errors import PolicyError
 
 if TYPE_CHECKING:
@@ -43,14 +54,71 @@ MAX_IDLE_SECONDS = 31 * 24 * 3600
 # Never terminated, whatever the document says: RDS's own management sessions.
 ALWAYS_EXCLUDED_USERS: tuple[str, ...] = ("rdsadmin",)
 
-Pattern = Annotated[str, Field(min_length=1, max_length=256)]
+# The longest name pg_stat_activity shows: the server cuts every name (application_name, role,
+# database) to NAMEDATALEN - 1 bytes.
+MAX_NAME_BYTES = 63
+
+# Limits on the document, which bound the work of every pass. 64 KiB is eight times the largest
+# SSM parameter (8 KB, advanced tier; 4 KB standard), so no policy SSM can hold is refused; the
+# costliest document within it (8,400 '*x*' patterns) planned 3,000 sessions in 2.3 s on two
+# cores. 200 rules and 100 patterns per list are far beyond a hand-written policy: a longer one
+# is generated, and its generator is better told than obeyed.
+MAX_POLICY_BYTES = 64 * 1024
+MAX_RULES = 200
+MAX_LIST_ITEMS = 100
+
+
+def _fits_a_name(pattern: str) -> str:
+    size = len(pattern.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        raise ValueError(
+            f"the pattern is {size} bytes, but PostgreSQL cuts names to {MAX_NAME_BYTES} bytes, "
+            "so no name in pg_stat_activity can match it; use its first "
+            f"{MAX_NAME_BYTES} bytes (the name as pg_stat_activity shows it)"
+        )
+    return pattern
+
+
+def _printable_ascii(pattern: str) -> str:
+    # application_name alone is rewritten by the server: every byte outside printable ASCII
+    # becomes '?' (PostgreSQL 15 and older) or a '\xNN' escape (16 and later). Role and
+    # database names are kept as created, so their patterns may hold any character.
+    rewritten = next((char for char in pattern if not " " <= char <= "~"), None)
+    if rewritten is not None:
+        raise ValueError(
+            f"the pattern holds {rewritten!r}, and PostgreSQL rewrites every character of "
+            "application_name outside printable ASCII ('?' up to 15, '\\xNN' from 16), so "
+            "it can never match; put '*' in its place"
+        )
+    return pattern
+
+
+# A glob (fnmatch, case-sensitive) on a role or database name, as pg_stat_activity shows it.
+NamePattern = Annotated[
+    str,
+    Field(min_length=1, json_schema_extra={"maxLength": MAX_NAME_BYTES}),
+    AfterValidator(_fits_a_name),
+]
+# A glob on application_name: printable ASCII only, as pg_stat_activity shows it.
+ApplicationPattern = Annotated[
+    str,
+    # The schema says what the validators check, for editors; the validators give the reason.
+    Field(min_length=1, json_schema_extra={"maxLength": MAX_NAME_BYTES, "pattern": "^[ -~]+$"}),
+    AfterValidator(_printable_ascii),
+    AfterValidator(_fits_a_name),
+]
 Seconds = Annotated[float, Field(gt=0, le=MAX_IDLE_SECONDS)]
 
 
 def _strict_network(value: Any) -> Any:
     # ip_network(strict=True) refuses "10.0.0.1/8": host bits set usually means a typo, and a
     # typo in a block that selects or spares sessions must not silently widen or narrow it.
-    return ipaddress.ip_network(value, strict=True) if isinstance(value, str) else value
+    # Only strings: ip_network(167772160) would read a number as 10.0.0.0/32.
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a CIDR block as a string, such as '10.0.0.0/8'")
+    return ipaddress.ip_network(value, strict=True)
 
 
 # A CIDR block, as rules and exclusions both take it.
@@ -63,8 +131,11 @@ def _default_states() -> dict[SessionState, float]:
 
 class _Document(BaseModel):
     # Unknown keys are refused: a misspelt "max_terminatons" must not silently fall back to a
-    # default on a production database.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # default on a production database. Strict: no value changes type ("yes" or 1 for true,
+    # true for 1, "900" for 900, a number for a network), except an integer where seconds or a
+    # fraction are asked for. Lists are declared strict=False for the container only (a JSON
+    # array becomes a tuple); their items stay strict.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Rule(_Document):
@@ -75,18 +146,31 @@ class Rule(_Document):
         max_length=100,
         description="Shown in results, logs and metrics; defaults to rule-<position>.",
     )
-    application_names: tuple[Pattern, ...] = Field(
+    application_names: tuple[ApplicationPattern, ...] = Field(
         min_length=1,
-        description="Glob patterns (fnmatch, case-sensitive) on application_name, e.g. 'lambda:*'.",
+        max_length=MAX_LIST_ITEMS,
+        strict=False,
+        description="Glob patterns (fnmatch, case-sensitive) on application_name, e.g. "
+        "'lambda:*'; printable ASCII, at most 63 bytes.",
     )
-    users: tuple[Pattern, ...] | None = Field(
-        default=None, description="Glob patterns on the session's user name; any user if absent."
+    users: tuple[NamePattern, ...] | None = Field(
+        default=None,
+        max_length=MAX_LIST_ITEMS,
+        strict=False,
+        description="Glob patterns on the session's user name (at most 63 bytes in UTF-8); "
+        "any user if absent.",
     )
-    databases: tuple[Pattern, ...] | None = Field(
-        default=None, description="Glob patterns on the database name; any database if absent."
+    databases: tuple[NamePattern, ...] | None = Field(
+        default=None,
+        max_length=MAX_LIST_ITEMS,
+        strict=False,
+        description="Glob patterns on the database name (at most 63 bytes in UTF-8); any "
+        "database if absent.",
     )
     client_addresses: tuple[Network, ...] | None = Field(
         default=None,
+        max_length=MAX_LIST_ITEMS,
+        strict=False,
         description="CIDR blocks the client address must fall in; absent means any address, "
         "including Unix-socket sessions (which have none).",
     )
@@ -108,15 +192,23 @@ class Rule(_Document):
 class Exclusions(_Document):
     """Sessions never terminated, whatever rule matches them."""
 
-    users: tuple[Pattern, ...] = Field(
+    users: tuple[NamePattern, ...] = Field(
         default=ALWAYS_EXCLUDED_USERS,
-        description="Glob patterns on user names; 'rdsadmin' is always included.",
+        max_length=MAX_LIST_ITEMS,
+        strict=False,
+        description="Glob patterns on user names (at most 63 bytes in UTF-8); 'rdsadmin' is "
+        "always included.",
     )
-    application_names: tuple[Pattern, ...] = Field(
-        default=(), description="Glob patterns on application_name."
+    application_names: tuple[ApplicationPattern, ...] = Field(
+        default=(),
+        max_length=MAX_LIST_ITEMS,
+        strict=False,
+        description="Glob patterns on application_name; printable ASCII, at most 63 bytes.",
     )
     client_addresses: tuple[Network, ...] = Field(
         default=(),
+        max_length=MAX_LIST_ITEMS,
+        strict=False,
         description="CIDR blocks, e.g. a connection pooler's address: sessions whose client "
         "address falls in one are never terminated. Unix-socket sessions have no address and "
         "are not covered.",
@@ -133,8 +225,10 @@ class Policy(_Document):
 
     version: Literal[1] = Field(default=1, description="Schema version of this document.")
     rules: tuple[Rule, ...] = Field(
+        max_length=MAX_RULES,
+        strict=False,
         description="Checked in order; a session is governed by the first rule that matches "
-        "its application, user, database and address and covers its state."
+        "its application, user, database and address and covers its state.",
     )
     exclude: Exclusions = Field(default_factory=Exclusions)
     terminate_superuser_sessions: bool = Field(
@@ -172,6 +266,14 @@ class Policy(_Document):
         description=f"Accept thresholds below {THRESHOLD_FLOOR_SECONDS:g} seconds.",
     )
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_a_number(cls, value: Any) -> Any:
+        # Literal[1] alone takes true, which equals 1 in Python.
+        if isinstance(value, bool):
+            raise ValueError("Input should be the number 1")
+        return value
+
     @field_validator("rules")
     @classmethod
     def _name_rules(cls, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
@@ -208,12 +310,14 @@ def parse_policy(text: str | bytes, *, source: str) -> Policy:
         source: where it came from (a file path, an SSM parameter name), for the error message.
 
     Raises:
-        PolicyError: naming the source, each bad field and its value.
+        PolicyError: naming the source, each bad field and its value, a duplicated key and its
+            path, or the size limit (MAX_POLICY_BYTES).
     """
     try:
-        return Policy.model_validate_json(text)
-    except ValidationError as exc:
-        raise PolicyError(f"invalid policy in {source}: {describe_validation_error(exc)}") from exc
+        document = parse_json(text, max_bytes=MAX_POLICY_BYTES)
+    except JsonDocumentError as exc:
+        raise PolicyError(f"invalid policy in {source}: {exc}") from exc
+    return policy_from_mapping(document, source=source)
 
 
 def policy_from_mapping(document: Any, *, source: str) -> Policy:

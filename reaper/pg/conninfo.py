@@ -13,8 +13,10 @@ default, since local servers rarely have TLS.
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 import psycopg
 from psycopg import pq
@@ -28,6 +30,16 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 _SECRET_KEYS = ("password",)
+
+# libpq's sslmode values; it checks them only when it connects, which would make a typo an
+# unreachable database (exit 3) instead of bad input.
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+SSLMODES: tuple[SslMode, ...] = get_args(SslMode)
+MAX_PORT = 65_535
+
+# The two libpq parse errors that name an unknown keyword, and only it. Its other messages
+# may quote the text around a mistake, a password too, and are never repeated.
+_UNKNOWN_KEYWORD = re.compile(r'invalid (?:connection option|URI query parameter:) "(.*)"')
 
 
 @dataclass(frozen=True)
@@ -47,16 +59,18 @@ class ConnInfo:
         the module docstring).
 
         Raises:
-            SettingsError: when the string is not a connection string; the message does not
-                repeat it, since it may hold a password.
+            SettingsError: when the string is not a connection string, names an unknown
+                parameter, or gives a port or sslmode libpq would refuse when connecting;
+                the message names the parameter but does not repeat the string, since it
+                may hold a password.
         """
         try:
             params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
         except psycopg.ProgrammingError as exc:
-            raise SettingsError(
-                "the database URL is not a valid PostgreSQL connection string "
-                "(expected postgresql://user@host:port/dbname or key=value pairs)"
-            ) from exc
+            raise SettingsError(_parse_failure(str(exc))) from exc
+        _check_port(params.get("port"))
+        if params.get("sslmode", "prefer") not in SSLMODES:
+            raise SettingsError(f"the database URL's sslmode must be one of {', '.join(SSLMODES)}")
         params.update(overrides or {})
         params.update(_verified_tls_by_default(params))
         return cls(name=name or _describe_endpoint(params), params=params)
@@ -127,6 +141,33 @@ def _verified_tls_by_default(params: Mapping[str, str]) -> dict[str, str]:
     if "sslrootcert" not in effective:
         defaults["sslrootcert"] = str(RDS_CA_BUNDLE)
     return defaults
+
+
+def _parse_failure(libpq_message: str) -> str:
+    unknown = _UNKNOWN_KEYWORD.search(libpq_message)
+    if unknown is None:
+        return (
+            "the database URL is not a valid PostgreSQL connection string "
+            "(expected postgresql://user@host:port/dbname or key=value pairs)"
+        )
+    keyword = unknown.group(1)
+    known = sorted(option.keyword.decode() for option in pq.Conninfo.get_defaults())
+    nearest = difflib.get_close_matches(keyword, known, n=1)
+    hint = f"; did you mean {nearest[0]}?" if nearest else ""
+    return f"the database URL has an unknown parameter {keyword[:40]!r}{hint}"
+
+
+def _check_port(port: str | None) -> None:
+    # libpq takes one port per host, comma-separated; an empty one means the default. Its
+    # own error comes only when connecting ("Servname not supported for ai_socktype").
+    for part in (port or "").split(","):
+        if part and not (part.isdigit() and 1 <= int(part) <= MAX_PORT):
+            # The value is repeated only when it is a number: text in the port's place is
+            # often a password typed there by mistake.
+            shown = f" {part}" if part.isdigit() and len(part) <= 10 else ""
+            raise SettingsError(
+                f"the database URL's port{shown} is not a number from 1 to {MAX_PORT}"
+            )
 
 
 def _describe_endpoint(params: Mapping[str, str]) -> str:

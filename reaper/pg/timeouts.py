@@ -20,3 +20,9 @@ class Timeouts:
 
 
 DEFAULT_TIMEOUTS = Timeouts()
+
+# The longest limits a user may set. PostgreSQL takes statement_timeout up to INT_MAX
+# milliseconds (about 24.9 days); beyond that the server refuses the whole connection. A login
+# that has not answered in a minute will not: the limit per host libpq tries.
+MAX_STATEMENT_MS = 2_147_483_647
+MAX_CONNECT_SECONDS = 60

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import pytest
 
@@ -18,9 +18,6 @@ from tests.functional.reaping import (
     policy_document,
     wait_past_threshold,
 )
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 def reaper_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
@@ -234,6 +231,72 @@ def test_short_idle_seconds_needs_the_explicit_flag() -> None:
     )
     assert done.returncode == 2
     assert "--allow-short-thresholds" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        pytest.param(
+            ["--dsn", "postgresql://reaper:Pa55-3c9d@127.0.0.1:1/x?sslmode=bogus"],
+            "sslmode must be one of",
+            id="sslmode",
+        ),
+        pytest.param(
+            ["--dsn", "postgresql://reaper:Pa55-3c9d@127.0.0.1:1/x?foo=bar"],
+            "unknown parameter 'foo'",
+            id="unknown-parameter",
+        ),
+        pytest.param(
+            ["--dsn", "postgresql://reaper@127.0.0.1:Pa55-3c9d/x"],
+            "port is not a number from 1 to 65535",
+            id="port",
+        ),
+        pytest.param(
+            ["--dsn", "postgresql://127.0.0.1:1/x", "--statement-timeout", "99999999999"],
+            "--statement-timeout must be from 1 to 2147483647 milliseconds",
+            id="statement-timeout",
+        ),
+        pytest.param(
+            ["--dsn", "postgresql://127.0.0.1:1/x", "--connect-timeout", "0"],
+            "--connect-timeout must be from 1 to 60 seconds",
+            id="connect-timeout",
+        ),
+    ],
+)
+def test_bad_connection_parameters_exit_2_naming_the_parameter(arguments, named) -> None:
+    # given parameters libpq or the server would refuse only when connecting (exit 3 before)
+    done = reaper_cli("run", *arguments, "--application-name", "lambda:*")
+    # then nothing is tried: bad input, named, without the password
+    assert done.returncode == 2
+    assert named in done.stderr
+    assert "Pa55-3c9d" not in done.stderr + done.stdout
+
+
+def test_a_misspelt_database_url_variable_is_named() -> None:
+    env = {"REAPER_DATABSE_URL": "postgresql://127.0.0.1:1/x", "PATH": "/usr/bin:/bin"}
+    done = reaper_cli("report", env=env)
+    assert done.returncode == 2
+    assert "REAPER_DATABSE_URL is set: did you mean REAPER_DATABASE_URL?" in done.stderr
+
+
+def test_the_functions_variables_in_the_shell_do_not_stop_the_command_line() -> None:
+    # REAPER_POLICY_FILE is the function's, for `reaper invoke`; `reaper run` reads its flags.
+    env = {"REAPER_POLICY_FILE": "/nonexistent.json", "PATH": "/usr/bin:/bin"}
+    done = reaper_cli(
+        "run", "--dsn", "postgresql://127.0.0.1:1/x", "--application-name", "a", env=env
+    )
+    assert done.returncode == 3, done.stderr
+
+
+def test_a_bad_log_level_stops_the_function_naming_the_variable() -> None:
+    # Powertools alone failed with "Unknown level: 'LOUD'", naming no variable.
+    env = {"POWERTOOLS_LOG_LEVEL": "LOUD", "PATH": "/usr/bin:/bin"}
+    event = Path(__file__).resolve().parents[2] / "events" / "scheduled.json"
+    done = reaper_cli("invoke", str(event), env=env)
+    assert done.returncode == 1
+    error = json.loads(done.stdout.strip().splitlines()[-1])
+    assert error["errorType"] == "SettingsError"
+    assert "POWERTOOLS_LOG_LEVEL: not a log level; use one of DEBUG" in error["errorMessage"]
 
 
 def test_run_without_a_selection_is_refused() -> None:

@@ -132,10 +132,24 @@ def test_secret_that_is_not_json_is_a_credentials_error_without_its_text(rds_sec
     settings = load_lambda_settings()
 
     # when the target is built, then the error says what is wrong without the text
-    with pytest.raises(CredentialsError, match="not JSON") as raised:
+    with pytest.raises(CredentialsError, match="not valid JSON") as raised:
         build_target(settings, TargetSpec(name="default"))
     assert "plain-password-4f2a" not in str(raised.value)
     assert raised.value.__cause__ is None
+
+
+def test_secret_that_repeats_a_key_is_refused_naming_the_key_not_its_values(
+    rds_secret,
+) -> None:
+    # given a secret whose two "password" keys would each log in to a different server
+    rds_secret.put('{"username": "reaper", "password": "first-4f2a", "password": "second-9b1c"}')
+    settings = load_lambda_settings()
+
+    # when the target is built, then the error names the key, and neither value
+    with pytest.raises(CredentialsError, match="duplicate key 'password'") as raised:
+        build_target(settings, TargetSpec(name="default"))
+    assert "first-4f2a" not in str(raised.value)
+    assert "second-9b1c" not in str(raised.value)
 
 
 @pytest.mark.usefixtures("policy_file", "server_checks_passwords")

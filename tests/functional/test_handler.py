@@ -200,6 +200,16 @@ BAD_POLICIES = [
         "rules[0].states",
         id="invalid-value",
     ),
+    pytest.param(
+        '{"rules": [{"application_names": ["lambda:*"]}], "dry_run": true, "dry_run": false}',
+        "duplicate key 'dry_run'",
+        id="duplicate-key",
+    ),
+    pytest.param(
+        {"rules": [{"application_names": ["lambda:*"]}], "dry_run": "false"},
+        "dry_run: Input should be a valid boolean",
+        id="string-for-boolean",
+    ),
 ]
 
 

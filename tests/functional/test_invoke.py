@@ -129,8 +129,65 @@ def test_event_file_that_is_not_json_is_a_clear_error(tmp_path, function_env) ->
     event_file.write_text("action: reap\n")
 
     # when it is invoked, then nothing runs and the error names the file
-    with pytest.raises(EventError, match=r"event\.json is not JSON"):
+    with pytest.raises(EventError, match=r"event\.json: not valid JSON"):
         invoke_main(event_file)
+
+
+def test_event_file_that_repeats_a_key_is_refused_before_the_handler_runs(
+    local_function, apps, tmp_path
+) -> None:
+    # given a manual event that reads as a dry run to its reviewer, a live pass to the runtime
+    pid = apps.open_stale("orders", threshold=THRESHOLD)
+    event_file = tmp_path / "event.json"
+    event_file.write_text('{"action": "reap", "dry_run": true, "dry_run": false}')
+
+    # when it is invoked, then nothing runs and the error names the key
+    with pytest.raises(EventError, match="duplicate key 'dry_run' at the top level"):
+        invoke_main(event_file)
+    assert apps.alive(pid)
+
+
+def test_an_event_holding_a_password_fails_without_repeating_it(
+    local_function, tmp_path, capsys
+) -> None:
+    # given a manual event with a connection string pasted into a field it does not have
+    event_file = tmp_path / "event.json"
+    event_file.write_text(
+        json.dumps({"action": "reap", "dsn": "postgresql://ops:Pa55-8e1f@db.internal/app"})
+    )
+
+    # when it is invoked
+    exit_code = invoke_main(event_file)
+
+    # then the error line and Lambda's error document name the field, never the password
+    out = capsys.readouterr().out
+    assert exit_code == 1
+    error = response_of(out)
+    assert error["errorType"] == "EventError"
+    assert "dsn: Extra inputs are not permitted" in error["errorMessage"]
+    assert any(r.get("error_type") == "EventError" for r in log_records(out))
+    assert "Pa55-8e1f" not in out
+
+
+# Nothing is measured before the settings are known: Powertools warns that no metric was
+# published, which is expected here.
+@pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
+def test_a_misspelt_variable_stops_the_invocation_before_any_pass(
+    local_function, function_env, apps, capsys
+) -> None:
+    # given the policy file's variable misspelt (the built-in default would apply), and a
+    # session idle past the file's threshold
+    function_env.setenv("REAPER_POLICY_FIEL", os.environ["REAPER_POLICY_FILE"])
+    function_env.delenv("REAPER_POLICY_FILE")
+    pid = apps.open_stale("orders", threshold=THRESHOLD)
+
+    # when an event is invoked, then it fails naming the variable and the one it resembles
+    exit_code = invoke_main(EVENTS_DIR / "scheduled.json")
+    error = response_of(capsys.readouterr().out)
+    assert exit_code == 1
+    assert error["errorType"] == "SettingsError"
+    assert "REAPER_POLICY_FIEL (did you mean REAPER_POLICY_FILE?)" in error["errorMessage"]
+    assert apps.alive(pid)
 
 
 def test_missing_event_file_is_a_clear_error(tmp_path, function_env) -> None:

@@ -145,3 +145,45 @@ def test_targets_are_selected_by_name_in_configuration_order(wanted, expected) -
 def test_selecting_an_unconfigured_target_names_it_and_the_configured_ones() -> None:
     with pytest.raises(EventError, match=r"'replica' not configured; configured targets: writer"):
         select_targets(("writer",), ("replica",))
+
+
+SECRET = "s3cret-Pa55"
+DSN_WITH_PASSWORD = f"postgresql://reaper:{SECRET}@db.internal/postgres"
+
+
+@pytest.mark.parametrize(
+    ("document", "named"),
+    [
+        pytest.param({"action": "reap", "dsn": DSN_WITH_PASSWORD}, "dsn", id="unknown-field"),
+        pytest.param({"action": "reap", "dry_run": DSN_WITH_PASSWORD}, "dry_run", id="bad-type"),
+        pytest.param({"action": "reap", "targets": [DSN_WITH_PASSWORD]}, "targets[0]", id="name"),
+        pytest.param({"action": DSN_WITH_PASSWORD}, "action", id="action"),
+        pytest.param(
+            _with("scheduled.json", ("detail", "password"), SECRET), "detail.password", id="detail"
+        ),
+    ],
+)
+def test_an_event_error_names_the_field_but_never_repeats_its_value(document, named) -> None:
+    # given an event with a password in a field it should not have, or in the wrong shape
+    # when it is parsed, then the error names the field, and the password is nowhere in it
+    with pytest.raises(EventError) as raised:
+        parse_event(document)
+    assert named in str(raised.value)
+    assert SECRET not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [pytest.param({}, id="no-shape"), pytest.param({"action": "reap"}, id="manual")],
+)
+def test_an_event_with_200_000_unknown_keys_gives_a_short_message(extra) -> None:
+    # given an event with 200,000 unknown keys, each 100 characters long
+    document = {f"{i:06}{'k' * 94}": i for i in range(200_000)} | extra
+    # when it is parsed, then the message names the first ten and counts the rest
+    with pytest.raises(EventError) as raised:
+        parse_event(document)
+    message = str(raised.value)
+    assert "000000kkk" in message
+    assert "000010kkk" not in message
+    assert "199,990 more" in message
+    assert len(message) < 1_500

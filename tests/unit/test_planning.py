@@ -8,6 +8,7 @@ from ipaddress import ip_address
 import pytest
 from hypothesis import given, settings
 
+from reaper.core import planning
 from reaper.core.planning import KEEPABLE_STATE, Reason, check_visibility, plan
 from reaper.core.snapshot import CLIENT_BACKEND
 from reaper.errors import VisibilityError
@@ -237,6 +238,40 @@ def test_target_already_met_plans_nothing() -> None:
     decisions = plan(snapshot(session(10)), policy(target_utilization=0.9))
     assert decisions.target_need == 0
     assert reasons(decisions)[10] is Reason.OVER_TARGET
+
+
+def test_each_pattern_list_is_compiled_once_per_plan_whatever_the_number_of_sessions(
+    monkeypatch,
+) -> None:
+    # given 150 rules, each with its own application and user lists (300 lists: more than a
+    # 256-entry cache holds), and the exclusions' two lists
+    rules = [
+        {"name": f"r{i}", "application_names": [f"lambda:app{i}-*"], "users": [f"user{i}"]}
+        for i in range(150)
+    ]
+    big_policy = policy(rules=rules, allow_short_thresholds=True)
+    compiled: list[tuple[str, ...]] = []
+    real_compile = planning.compile_globs
+
+    def counting_compile(patterns: tuple[str, ...]) -> object:
+        compiled.append(patterns)
+        return real_compile(patterns)
+
+    monkeypatch.setattr(planning, "compile_globs", counting_compile)
+    # when it plans over 10 sessions, then over 1,000 matching ones
+    counts = []
+    for size in (10, 1_000):
+        sessions = [
+            session(10 + i, application_name=f"lambda:app{i % 150}-x", user=f"user{i % 150}")
+            for i in range(size)
+        ]
+        compiled.clear()
+        decided = plan(snapshot(*sessions), big_policy)
+        assert len(decided.to_terminate) == min(size, 50)
+        counts.append(len(compiled))
+    # then every list was compiled exactly once, however many sessions were matched
+    assert counts == [302, 302]
+    assert len(set(compiled)) == 302
 
 
 def test_role_that_cannot_see_other_sessions_is_refused_before_planning() -> None:

@@ -12,6 +12,10 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from reaper.core.policy import (
+    MAX_LIST_ITEMS,
+    MAX_NAME_BYTES,
+    MAX_POLICY_BYTES,
+    MAX_RULES,
     THRESHOLD_FLOOR_SECONDS,
     Policy,
     parse_policy,
@@ -116,6 +120,248 @@ def test_threshold_below_the_floor_is_refused_unless_the_policy_says_it_knows() 
     assert THRESHOLD_FLOOR_SECONDS == 60
 
 
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        pytest.param(
+            '{"rules": [{"application_names": ["a"]}], "dry_run": true, "dry_run": false}',
+            "duplicate key 'dry_run' at the top level",
+            id="top-level",
+        ),
+        pytest.param(
+            '{"rules": [{"application_names": ["a"], "states": {"idle": 900, "idle": 60}}]}',
+            "duplicate key 'idle' in rules[0].states",
+            id="nested",
+        ),
+        pytest.param(
+            '{"rules": [{"application_names": ["a"]}], "exclude": {"users": ["etl"], "users": []}}',
+            "duplicate key 'users' in exclude",
+            id="exclusions",
+        ),
+    ],
+)
+def test_a_duplicated_key_is_refused_naming_the_key_and_its_path(text, named) -> None:
+    # given a document whose reviewer and reaper could read different values
+    # when it is parsed, then it is refused, naming the key and where it is
+    with pytest.raises(PolicyError) as refused:
+        parse_policy(text, source="ssm:/reaper/policy")
+    assert named in str(refused.value)
+    assert str(refused.value).startswith("invalid policy in ssm:/reaper/policy: ")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("dry_run", "yes"),
+        ("dry_run", 1),
+        ("dry_run", "true"),
+        ("terminate_superuser_sessions", "false"),
+        ("spare_listeners", 0),
+        ("max_terminations", True),
+        ("max_terminations", "20"),
+        ("max_terminations", 20.0),
+        ("min_utilization", "0.5"),
+        ("min_utilization", True),
+        ("allow_short_thresholds", "no"),
+        ("version", True),
+        ("version", "1"),
+    ],
+)
+def test_a_value_of_another_type_is_refused_not_coerced(field, value) -> None:
+    text = json.dumps({**MINIMAL, field: value})
+    with pytest.raises(PolicyError, match=rf"{field}: .*\(got {re.escape(repr(value))}\)"):
+        parse_policy(text, source="policy.json")
+
+
+@pytest.mark.parametrize(
+    ("rule_field", "value", "named"),
+    [
+        ("states", {"idle": "900"}, "rules[0].states.idle"),
+        ("states", {"idle": True}, "rules[0].states.idle"),
+        ("keep_newest", "2", "rules[0].keep_newest"),
+        ("keep_newest", False, "rules[0].keep_newest"),
+        ("client_addresses", [167772160], "rules[0].client_addresses"),
+        ("users", [1], "rules[0].users[0]"),
+        ("application_names", "lambda:*", "rules[0].application_names"),
+        ("name", 7, "rules[0].name"),
+    ],
+)
+def test_a_rule_field_of_another_type_is_refused(rule_field, value, named) -> None:
+    document = {"rules": [{"application_names": ["lambda:*"], rule_field: value}]}
+    with pytest.raises(PolicyError, match=re.escape(named)):
+        parse_policy(json.dumps(document), source="policy.json")
+
+
+def test_integers_are_taken_where_seconds_or_a_fraction_are_asked_for() -> None:
+    document = {
+        "rules": [{"application_names": ["a"], "states": {"idle": 900}}],
+        "min_utilization": 0,
+        "target_utilization": 1,
+    }
+    policy = parse_policy(json.dumps(document), source="t")
+    assert policy.rules[0].states["idle"] == 900.0
+    assert (policy.min_utilization, policy.target_utilization) == (0.0, 1.0)
+
+
+def _rule_with(field: str, pattern: str) -> dict[str, object]:
+    return {"rules": [{"application_names": ["lambda:*"], field: [pattern]}]}
+
+
+LONG_NAME = "lambda:orders-service-production-eu-west-1-handler-v2-blue-green"
+
+
+@pytest.mark.parametrize(
+    ("document", "path", "reason"),
+    [
+        pytest.param(
+            {**MINIMAL, "exclude": {"application_names": [LONG_NAME]}},
+            "exclude.application_names[0]",
+            "cuts names to 63 bytes",
+            id="exclusion-copied-from-a-64-byte-name",
+        ),
+        pytest.param(
+            {"rules": [{"application_names": ["lambda:café-*"]}]},
+            "rules[0].application_names[0]",
+            "outside printable ASCII",
+            id="non-ascii-application",
+        ),
+        pytest.param(
+            {**MINIMAL, "exclude": {"application_names": ["lambda:café-*"]}},
+            "exclude.application_names[0]",
+            "'é'",
+            id="non-ascii-exclusion",
+        ),
+        pytest.param(
+            {"rules": [{"application_names": ["lambda:\tjobs"]}]},
+            "rules[0].application_names[0]",
+            "'\\t'",
+            id="control-character-application",
+        ),
+        pytest.param(
+            _rule_with("users", "é" * 32), "rules[0].users[0]", "64 bytes", id="user-64-bytes"
+        ),
+        pytest.param(
+            _rule_with("databases", "d" * 64),
+            "rules[0].databases[0]",
+            "64 bytes",
+            id="database-64-bytes",
+        ),
+        pytest.param(
+            {**MINIMAL, "exclude": {"users": ["u" * 70]}},
+            "exclude.users[0]",
+            "70 bytes",
+            id="excluded-user",
+        ),
+    ],
+)
+def test_a_pattern_postgresql_can_never_show_is_refused_with_the_reason(
+    document, path, reason
+) -> None:
+    # given a pattern that pg_stat_activity can never show (cut to 63 bytes, or rewritten)
+    # when it is validated, then it is refused: the session it was meant for would be missed
+    with pytest.raises(PolicyError) as refused:
+        parse_policy(json.dumps(document), source="policy.json")
+    message = str(refused.value)
+    assert f"{path}: " in message
+    assert reason in message
+    # one problem, one clause: no "too short" echo of the list that held it
+    assert "at least 1 item" not in message
+
+
+def test_names_up_to_63_bytes_are_taken_and_non_ascii_only_for_users_and_databases() -> None:
+    # Role and database names are kept as created (only application_name is rewritten), so
+    # non-ASCII patterns on them can match.
+    document = {
+        "rules": [
+            {
+                "application_names": [LONG_NAME[:MAX_NAME_BYTES]],
+                "users": ["é" * 31],
+                "databases": ["données*"],
+            }
+        ]
+    }
+    rule = parse_policy(json.dumps(document), source="t").rules[0]
+    assert rule.application_names == (LONG_NAME[:63],)
+    assert rule.users == ("é" * 31,)
+    assert rule.databases == ("données*",)
+
+
+@pytest.mark.parametrize(
+    ("document", "named"),
+    [
+        pytest.param(
+            {"rules": [{"application_names": [f"a{i}"]} for i in range(MAX_RULES + 1)]},
+            ["rules: ", f"at most {MAX_RULES} items", f"not {MAX_RULES + 1}"],
+            id="rules",
+        ),
+        pytest.param(
+            {"rules": [{"application_names": [f"a{i}" for i in range(MAX_LIST_ITEMS + 1)]}]},
+            ["rules[0].application_names: ", f"at most {MAX_LIST_ITEMS} items"],
+            id="application-names",
+        ),
+        pytest.param(
+            {**MINIMAL, "exclude": {"users": [f"u{i}" for i in range(MAX_LIST_ITEMS + 1)]}},
+            ["exclude.users: ", f"at most {MAX_LIST_ITEMS} items"],
+            id="excluded-users",
+        ),
+        pytest.param(
+            {
+                "rules": [
+                    {
+                        "application_names": ["a"],
+                        "client_addresses": [f"10.0.{i}.0/24" for i in range(MAX_LIST_ITEMS + 1)],
+                    }
+                ]
+            },
+            ["rules[0].client_addresses: ", f"at most {MAX_LIST_ITEMS} items"],
+            id="client-addresses",
+        ),
+    ],
+)
+def test_lists_beyond_their_limit_are_refused_naming_the_limit(document, named) -> None:
+    with pytest.raises(PolicyError) as refused:
+        parse_policy(json.dumps(document), source="policy.json")
+    for text in named:
+        assert text in str(refused.value)
+
+
+def test_a_document_beyond_the_size_limit_is_refused_before_it_is_read() -> None:
+    # given a valid document padded with whitespace to exactly the limit, and one byte more
+    text = json.dumps(MINIMAL)
+    at_limit = text + " " * (MAX_POLICY_BYTES - len(text))
+    assert parse_policy(at_limit, source="t") == policy_from_mapping(MINIMAL, source="t")
+    # when the longer one is parsed, then it is refused, naming its size and the limit
+    with pytest.raises(PolicyError, match=f"65,537 bytes, over the limit of {MAX_POLICY_BYTES:,}"):
+        parse_policy(at_limit + " ", source="t")
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('{"rules": [{"application_names": ["a"]}], "min_utilization": NaN}', "NaN"),
+        ('{"rules": [{"application_names": ["a"]}], "max_terminations": Infinity}', "Infinity"),
+        ("[" * 50_000, "nested too deeply"),
+        (b'{"rules": "\xff"}', "not UTF-8"),
+    ],
+)
+def test_what_is_not_plain_json_is_refused(text, named) -> None:
+    with pytest.raises(PolicyError, match=named):
+        parse_policy(text, source="t")
+
+
+def test_a_message_names_the_first_problems_and_counts_the_rest() -> None:
+    # given a document with 500 unknown keys, each with a long name
+    document = {**MINIMAL, **{f"unknown_{i:03}_{'x' * 200}": i for i in range(500)}}
+    # when it is validated, then the message is one short line naming the first ten
+    with pytest.raises(PolicyError) as refused:
+        policy_from_mapping(document, source="t")
+    message = str(refused.value)
+    assert "unknown_000_" in message
+    assert "unknown_010_" not in message
+    assert "and 490 more problem(s)" in message
+    assert len(message) < 3_000
+
+
 def test_not_json_is_a_policy_error_naming_the_source() -> None:
     with pytest.raises(PolicyError, match=r"ssm:/reaper/policy.*not valid JSON"):
         parse_policy("{rules: ", source="ssm:/reaper/policy")
@@ -131,6 +377,26 @@ def test_schema_describes_every_top_level_field() -> None:
     assert set(schema["properties"]) == set(Policy.model_fields)
     assert schema["required"] == ["rules"]
     json.dumps(schema)
+
+
+def test_schema_states_the_types_and_limits_the_validation_enforces() -> None:
+    schema = policy_schema()
+    properties, rule = schema["properties"], schema["$defs"]["Rule"]["properties"]
+    assert properties["dry_run"]["type"] == "boolean"
+    assert properties["max_terminations"]["type"] == "integer"
+    assert properties["version"]["const"] == 1
+    assert properties["rules"]["maxItems"] == MAX_RULES
+    applications = rule["application_names"]
+    assert applications["maxItems"] == MAX_LIST_ITEMS
+    assert applications["items"] == {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_NAME_BYTES,
+        "pattern": "^[ -~]+$",
+    }
+    users = rule["users"]["anyOf"][0]
+    assert users["items"]["maxLength"] == MAX_NAME_BYTES
+    assert "pattern" not in users["items"]
 
 
 @settings(max_examples=200, deadline=None)

@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 
 from reaper.errors import SettingsError
 from reaper.pg.tls import RDS_CA_BUNDLE
-from reaper.settings import LambdaSettings, LocalSettings, TargetSpec, load_lambda_settings
+from reaper.settings import (
+    LambdaSettings,
+    LocalSettings,
+    TargetSpec,
+    lambda_variables,
+    load_lambda_settings,
+    load_observability_settings,
+    unknown_variable_hint,
+)
 
 DSN = "postgresql://reaper:s3cret-pw@db.internal:5432/postgres"
 
@@ -88,6 +96,11 @@ BAD_CONFIGURATIONS = [
     ),
     pytest.param(
         {"database_url": DSN, "targets": "[]"}, ["REAPER_TARGETS", "empty"], id="targets-empty"
+    ),
+    pytest.param(
+        {"database_url": DSN, "targets": '[{"name": "w", "host": "a", "host": "b"}]'},
+        ["REAPER_TARGETS", "duplicate key 'host' in [0]"],
+        id="targets-duplicate-key",
     ),
     pytest.param(
         {"targets": '[{"name": "writer", "host": "db.internal"}]'},
@@ -205,3 +218,81 @@ def test_several_targets_share_one_secret_with_their_own_endpoints(function_env)
 def test_policy_file_setting_is_a_path(function_env) -> None:
     settings = load(function_env, database_url=DSN, policy_file="conf/policy.json")
     assert settings.policy_file == Path("conf/policy.json")
+
+
+@pytest.mark.parametrize(
+    ("variable", "nearest"),
+    [
+        ("REAPER_POLICY_FIEL", "REAPER_POLICY_FILE"),
+        ("REAPER_DRY_RUN", None),
+        ("reaper_max_concurency", "REAPER_MAX_CONCURRENCY"),
+        ("REAPER_SSL_MODE", "REAPER_SSLMODE"),
+    ],
+)
+def test_an_unknown_reaper_variable_is_refused_with_the_nearest_name(
+    function_env, variable, nearest
+) -> None:
+    # given a complete configuration and a variable the function does not read
+    function_env.setenv(variable, "policy.json")
+    # when the settings are loaded, then nothing runs: the variable and its nearest name are said
+    with pytest.raises(SettingsError) as raised:
+        load(function_env, database_url=DSN)
+    message = str(raised.value)
+    assert f"unknown variable {variable}" in message
+    if nearest:
+        assert f"(did you mean {nearest}?)" in message
+    else:
+        assert "did you mean" not in message
+    assert "s3cret-pw" not in message
+
+
+def test_many_unknown_variables_give_a_short_message(function_env) -> None:
+    for index in range(40):
+        function_env.setenv(f"REAPER_UNKNOWN_{index:02}_{'X' * 200}", "1")
+    with pytest.raises(SettingsError) as raised:
+        load(function_env, database_url=DSN)
+    assert "and 30 more" in str(raised.value)
+    assert len(str(raised.value)) < 1_500
+
+
+def test_every_variable_the_function_reads_is_known(function_env) -> None:
+    # Each with a value that makes it set: none of them is refused as unknown.
+    for name in lambda_variables():
+        function_env.setenv(name, "")
+    assert load(function_env, database_url=DSN).database_url_value() == DSN
+
+
+def test_the_command_lines_hint_names_a_misspelt_database_url_only(function_env) -> None:
+    function_env.setenv("REAPER_DATABSE_URL", DSN)
+    function_env.setenv("REAPER_POLICY_FIEL", "policy.json")
+    function_env.setenv("REAPER_POLICY_FILE", "policy.json")
+    assert unknown_variable_hint("REAPER_DATABASE_URL") == (
+        "; REAPER_DATABSE_URL is set: did you mean REAPER_DATABASE_URL?"
+    )
+    assert LocalSettings().database_url_value() is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("POWERTOOLS_LOG_LEVEL", "debug", "DEBUG"),
+        ("POWERTOOLS_LOG_LEVEL", "WARNING", "WARNING"),
+        ("LOG_LEVEL", "error", "ERROR"),
+        (None, None, None),
+    ],
+)
+def test_log_levels_are_taken_in_any_case(monkeypatch, variable, value, expected) -> None:
+    for name in ("POWERTOOLS_LOG_LEVEL", "LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+    if variable:
+        monkeypatch.setenv(variable, value)
+    assert load_observability_settings().logger_level() == expected
+
+
+@pytest.mark.parametrize("variable", ["POWERTOOLS_LOG_LEVEL", "LOG_LEVEL"])
+def test_a_bad_log_level_is_refused_naming_the_variable(monkeypatch, variable) -> None:
+    for name in ("POWERTOOLS_LOG_LEVEL", "LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, "LOUD")
+    with pytest.raises(SettingsError, match=rf"{variable}: not a log level; use one of DEBUG"):
+        load_observability_settings()
