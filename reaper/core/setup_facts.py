@@ -6,8 +6,12 @@ A plain value, read by the gateway (`gateway.read_setup_facts`) and judged by `c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from reaper.core.versions import major_of
+
+if TYPE_CHECKING:
+    from reaper.core.pass_lock import PassLock
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,8 @@ class SetupFacts:
     # The libpq sslmode of the connection, and the TLS version in use (None: no TLS).
     sslmode: str
     tls_version: str | None
+    # Who holds the pass lock now (another pass, or a squatter); None when not read.
+    pass_lock: PassLock | None = None
 
     @property
     def major(self) -> int:
