@@ -1,4 +1,5 @@
-"""Fixtures the functional tests share: the simulated Lambda functions and their sessions."""
+"""Fixtures the functional tests share: the reaper's target, the simulated Lambda functions and
+their sessions."""
 
 from __future__ import annotations
 
@@ -7,12 +8,20 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.functional.reaping import alive, ended, wait_past_threshold
+from reaper.core.pass_lock import PASS_LOCK_KEY
+from tests.functional.reaping import alive, ended, reaper_role, target_for, wait_past_threshold
 
 if TYPE_CHECKING:
     from psycopg import Connection
 
-    from tests.fix_db import Role, RoleFactory, SessionFactory
+    from reaper.pg.conninfo import ConnInfo
+    from tests.fix_db import PgServer, Role, RoleFactory, SessionFactory
+
+
+@pytest.fixture
+def reaper(pg_server: PgServer, role_factory: RoleFactory) -> ConnInfo:
+    """A target that connects as a least-privilege reaper role."""
+    return target_for(pg_server, reaper_role(role_factory))
 
 
 @pytest.fixture
@@ -48,6 +57,13 @@ class Apps:
         pid = self.open(suffix)
         wait_past_threshold(threshold)
         return pid
+
+    def hold_pass_lock(self, suffix: str = "squatter") -> Connection[Any]:
+        """Open a session of application `suffix` that takes the reaper's pass lock, as any
+        role that can connect may; its connection."""
+        conn = self.connect(suffix)
+        conn.execute("SELECT pg_advisory_lock(%s)", [PASS_LOCK_KEY])
+        return conn
 
     def alive(self, pid: int) -> bool:
         """True while backend `pid` exists."""
