@@ -84,8 +84,10 @@ def render_pass(result: PassResult, *, verbose: bool = False) -> str:
         acted = f"would terminate {n.would_terminate}, would refuse {n.would_refuse}"
     else:
         acted = f"terminated {n.terminated}, refused {n.refused}"
-    if n.stopped or n.unconfirmed:
-        acted += f", stopped {n.stopped}, unconfirmed {n.unconfirmed}"
+    if result.stopped_before_terminating is not None:
+        acted += (
+            f", stopped {n.stopped}, unconfirmed {n.unconfirmed}, would refuse {n.would_refuse}"
+        )
     lines.append("")
     lines.append(
         f"examined {n.examined}, matched {n.matched}, planned {n.planned}, {acted}"
