@@ -19,13 +19,16 @@ The class tree, with the exit code of `reaper` when the error stops a command (t
         │   └── DatabaseFullError      6  every connection slot is taken (SQLSTATE 53300)
         ├── VisibilityError            5  the pass could not run safely: nothing (more)
         ├── PassAbortedError           5  was terminated
+        ├── PassLockSquattedError      8  a session that is not a reaper holds the pass lock
         ├── LocalPostgresError         1
         ├── DeadlineExceededError      1  (Lambda only: reported per target)
         └── TargetsFailedError         1  (Lambda only: fails the invocation)
 
-Exit code 0 is a pass done (also a dry run or a pass skipped for the lock), 4 a pass that ran
-but had terminations refused (a result, not an exception), 7 a `reaper doctor` with a failed
-check (a report, not an exception), 130 an interrupt.
+Exit code 0 is a pass done (also a dry run, or a pass skipped because another pass of the
+reaper's role holds the lock), 4 a pass that ran but had terminations it wanted refused (a
+result, not an exception), 5 also a pass that stopped before it had terminated what it planned
+(a result: its sessions say what became of them), 7 a `reaper doctor` with a failed check (a
+report, not an exception), 130 an interrupt.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class ExitCode(IntEnum):
     UNSAFE = 5
     DATABASE_FULL = 6
     CHECKS_FAILED = 7
+    LOCK_SQUATTED = 8
     INTERRUPTED = 130
 
 
@@ -112,12 +116,24 @@ class PassAbortedError(ReaperError):
     exit_code = ExitCode.UNSAFE
 
 
+class PassLockSquattedError(ReaperError):
+    """Raised when the pass lock is held by a session that is not a pass of the reaper's role."""
+
+    exit_code = ExitCode.LOCK_SQUATTED
+
+    def __init__(self, message: str, *, holder_pids: tuple[int, ...]) -> None:
+        super().__init__(message)
+        # The backends holding the lock, for the log line an operator acts on.
+        self.holder_pids = holder_pids
+
+
 class LocalPostgresError(ReaperError):
     """Raised when a throwaway local PostgreSQL cluster cannot be started or stopped."""
 
 
 class DeadlineExceededError(ReaperError):
-    """Reported when a target's pass cannot start or finish within its share of the time left."""
+    """Reported when a target's pass cannot start, or stops before terminating, within its share
+    of the time left."""
 
 
 class TargetsFailedError(ReaperError):

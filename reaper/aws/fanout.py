@@ -3,11 +3,16 @@
 A bounded pool (REAPER_MAX_CONCURRENCY workers) runs the passes; each pass gets its budget when
 it starts: REAPER_TARGET_TIMEOUT_SECONDS, cut to what is left of the invocation's (the Lambda's
 remaining time minus a margin), turned into the reaper connection's connect and statement
-timeouts. So a slow target holds one worker for at most its own budget, and a target waiting
-for a worker starts with a full one while time remains. A target that fails (unreachable,
-refused login, visibility, aborted) or overruns is reported as an error of its own (a full
-database as DatabaseFullError); the others are not affected. Each worker calls `run_pass`, the
-one path, with the target's own policy. The doctor event visits the targets with `run_doctor`.
+timeouts and into the pass's deadline (`PassDeadline`). So a slow target holds one worker for
+at most its own budget, and a target waiting for a worker starts with a full one while time
+remains. A pass that runs out of its budget stops before terminating and is reported as out of
+time; one still running when the invocation's budget is spent is given up: it can never signal
+afterwards, not even in a later thaw of the sandbox, unless it had already sent its terminate
+statement, whose answer is then awaited so that its terminations are audited. A target that
+fails (unreachable, refused login, visibility, aborted, the pass lock taken by a stranger) or
+overruns is reported as an error of its own (a full database as DatabaseFullError); the others
+are not affected. Each worker calls `run_pass`, the one path, with the target's own policy. The
+doctor event visits the targets with `run_doctor`.
 A target that cannot run (`FleetTarget.action == "error"`) gets its error as its outcome or its
 report, here and nowhere else.
 """
@@ -20,10 +25,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from reaper.actions.doctor import run_doctor
-from reaper.actions.run import run_pass
+from reaper.actions.run import PassDeadline, run_pass
 from reaper.aws.credentials import build_target, uses_secret
 from reaper.core.checks import DoctorReport
-from reaper.errors import AuthenticationError, DeadlineExceededError, ReaperError
+from reaper.errors import (
+    AuthenticationError,
+    DeadlineExceededError,
+    PassAbortedError,
+    ReaperError,
+)
 from reaper.pg.timeouts import DEFAULT_TIMEOUTS, Timeouts
 
 if TYPE_CHECKING:
@@ -37,13 +47,18 @@ if TYPE_CHECKING:
 
 # Below this a pass cannot even connect and look: do not start one.
 MIN_PASS_SECONDS = 2.0
+# How long past the invocation's deadline a pass that has sent its terminate statement is waited
+# for: the statement's own statement_timeout ends it by the deadline, so only its answer's way
+# back is left (the handler's deadline margin leaves room for it).
+ANSWER_GRACE_SECONDS = 2.0
 
 TargetStatus = Literal["ok", "skipped", "error"]
 
 
 @dataclass(frozen=True, slots=True)
 class TargetOutcome:
-    """What happened on one target: a pass result, or the error that stopped (or prevented) it."""
+    """What happened on one target: a pass result, or the error that stopped (or prevented) it,
+    or both for a pass that stopped before it had terminated what it planned."""
 
     name: str
     result: PassResult | None = None
@@ -96,6 +111,7 @@ def _pass_on_target(
     policy: Policy,
     *,
     deadline: float,
+    pass_deadline: PassDeadline,
     force_dry_run: bool = False,
 ) -> TargetOutcome:
     """Build the target's credentials and run one pass; re-read a rotated secret once.
@@ -103,26 +119,49 @@ def _pass_on_target(
     Args:
         deadline: `time.monotonic()` value by which the invocation's passes must be over; this
             one also ends within REAPER_TARGET_TIMEOUT_SECONDS of its start.
+        pass_deadline: the pass's deadline, narrowed here to its own budget, which the caller
+            gives up when the invocation's budget is spent.
 
     Raises:
         ReaperError: whatever stopped the pass (see run_pass and build_target).
     """
     own_deadline = _own_deadline(settings, deadline)
+    pass_deadline.narrow(own_deadline)
 
-    def attempt(*, refresh_secret: bool) -> PassResult:
+    def attempt(*, refresh_secret: bool) -> TargetOutcome:
         target = build_target(settings, spec, refresh_secret=refresh_secret)
         timeouts = timeouts_within(
             own_deadline - time.monotonic(), connect_timeout=settings.connect_timeout
         )
-        return run_pass(target, policy, timeouts=timeouts, force_dry_run=force_dry_run)
+        result = run_pass(
+            target, policy, timeouts=timeouts, force_dry_run=force_dry_run, deadline=pass_deadline
+        )
+        return TargetOutcome(
+            spec.name,
+            result=result,
+            error=_stopped_error(spec.name, result, own_deadline),
+            secret_reread=refresh_secret,
+        )
 
     try:
-        return TargetOutcome(spec.name, result=attempt(refresh_secret=False))
+        return attempt(refresh_secret=False)
     except AuthenticationError:
         if not uses_secret(settings, spec):
             raise
     # The cached secret may predate a rotation: read it again, bypassing the cache, once.
-    return TargetOutcome(spec.name, result=attempt(refresh_secret=True), secret_reread=True)
+    return attempt(refresh_secret=True)
+
+
+def _stopped_error(name: str, result: PassResult, own_deadline: float) -> ReaperError | None:
+    """The target's error when its pass stopped before terminating what it planned: out of time
+    (DeadlineExceededError) if its deadline had come, else the database failed mid-statement."""
+    reason = result.stopped_before_terminating
+    if reason is None:
+        return None
+    message = f"the pass on target {name} stopped before terminating: {reason}"
+    if time.monotonic() >= own_deadline or not result.counts.unconfirmed:
+        return DeadlineExceededError(message)
+    return PassAbortedError(message)
 
 
 def run_on_targets(
@@ -136,8 +175,10 @@ def run_on_targets(
     TargetOutcome per target, in order (a target that cannot run gets its error).
 
     A target whose pass has not ended when the invocation's budget is spent (or that never got
-    a worker) is reported with DeadlineExceededError and not waited for: its statements are
-    cut off by the statement_timeout derived from its budget.
+    a worker) is reported with DeadlineExceededError: its pass is given up (it can signal
+    nothing from then on, and its running statement is cancelled) and not waited for, unless it
+    had already sent its terminate statement: that one is waited for (ANSWER_GRACE_SECONDS at
+    most), so that what it terminated is reported.
 
     Raises:
         BaseException: only what is not an Exception (KeyboardInterrupt...); every other
@@ -149,6 +190,7 @@ def run_on_targets(
         return [TargetOutcome(t.name, error=late.get(t.name) or t.failure()) for t in targets]
     deadline = time.monotonic() + budget_seconds
     futures: dict[str, concurrent.futures.Future[TargetOutcome]] = {}
+    pass_deadlines = {spec.name: PassDeadline(deadline) for spec, _ in runnable}
     if runnable:
         executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=min(len(runnable), settings.max_concurrency),
@@ -162,20 +204,36 @@ def run_on_targets(
                     spec,
                     policy,
                     deadline=deadline,
+                    pass_deadline=pass_deadlines[spec.name],
                     force_dry_run=force_dry_run,
                 )
             concurrent.futures.wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()))
+            _give_up_late_passes(futures, pass_deadlines)
         finally:
-            # Never block on a stuck worker: in Lambda it is frozen with the sandbox and its
-            # connection is cut by the server's statement_timeout. Passes still queued are
-            # dropped.
+            # Never block on a stuck worker: in Lambda it is frozen with the sandbox; given up,
+            # it cannot signal when it thaws. Passes still queued are dropped.
             executor.shutdown(wait=False, cancel_futures=True)
     return [
-        _collect(target.name, futures[target.name], budget_seconds)
+        _collect(target.name, futures[target.name], pass_deadlines[target.name], budget_seconds)
         if target.name in futures
         else TargetOutcome(target.name, error=target.failure())
         for target in targets
     ]
+
+
+def _give_up_late_passes(
+    futures: dict[str, concurrent.futures.Future[TargetOutcome]],
+    pass_deadlines: dict[str, PassDeadline],
+) -> None:
+    """Give up every pass still running at the deadline; wait a little for those it is too late
+    to give up (they have sent their terminate statement)."""
+    terminating = [
+        future
+        for name, future in futures.items()
+        if not future.done() and not pass_deadlines[name].give_up()
+    ]
+    if terminating:
+        concurrent.futures.wait(terminating, timeout=ANSWER_GRACE_SECONDS)
 
 
 def _runnable(target: FleetTarget) -> tuple[TargetSpec, Policy]:
@@ -185,7 +243,10 @@ def _runnable(target: FleetTarget) -> tuple[TargetSpec, Policy]:
 
 
 def _collect(
-    name: str, future: concurrent.futures.Future[TargetOutcome], budget_seconds: float
+    name: str,
+    future: concurrent.futures.Future[TargetOutcome],
+    pass_deadline: PassDeadline,
+    budget_seconds: float,
 ) -> TargetOutcome:
     if future.cancelled():
         return TargetOutcome(
@@ -195,12 +256,23 @@ def _collect(
                 "budget; raise REAPER_MAX_CONCURRENCY or the function's timeout"
             ),
         )
+    if not future.done() and pass_deadline.terminating:
+        return TargetOutcome(
+            name,
+            error=DeadlineExceededError(
+                f"the pass on target {name} sent its terminate statement before the end of its "
+                f"{budget_seconds:.1f} s budget, and no answer came within "
+                f"{ANSWER_GRACE_SECONDS:.0f} s more: the sessions it planned may have been "
+                "terminated (the server logs each as terminating connection due to "
+                "administrator command)"
+            ),
+        )
     if not future.done():
         return TargetOutcome(
             name,
             error=DeadlineExceededError(
-                f"the pass on target {name} did not finish within its "
-                f"{budget_seconds:.1f} s budget; it was not waited for"
+                f"the pass on target {name} did not finish within its {budget_seconds:.1f} s "
+                "budget; it was given up before its terminate step, so it terminated nothing"
             ),
         )
     error = future.exception()

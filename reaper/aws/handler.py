@@ -14,7 +14,12 @@ Failure semantics (docs/alarms-and-metrics.md):
 - a failed target (also: its own policy is bad, its tags make no target): TargetErrors=1 and an
   error line for it, the other targets still run, and the invocation raises at the end
   (TargetsFailedError) so the Errors alarm fires too; a target whose database is full also
-  gets ConnectionSlotsExhausted=1 and a "database_full" line;
+  gets ConnectionSlotsExhausted=1 and a "database_full" line, one whose pass lock a stranger
+  holds PassLockSquatted=1 and a "pass_lock_squatted" line, one out of time
+  DeadlineExceeded=1 (and, when its pass stopped before terminating, the audit lines of that
+  pass: every session it may have terminated has one);
+- a pass skipped because another pass of the reaper holds the lock: PassSkipped=1 (0 for a pass
+  that ran), a success;
 - a doctor event: the checks of each target are returned (and logged), failed ones included;
 - with REAPER_BUDGET_NAME_TEMPLATE, each examined target's connection budget after the passes
   (and as a doctor check): WorstCaseConnections, ConnectionBudgetUtilization and a line; what
@@ -221,6 +226,9 @@ def _report(outcome: TargetOutcome) -> None:
             extra={"target": outcome.name},
         )
     if outcome.error is not None:
+        if outcome.result is not None:
+            # A pass that stopped before terminating: what became of each session it planned.
+            audit(logger, outcome.result)
         log_target_error(logger, outcome.name, outcome.error)
         if not isinstance(outcome.error, ReaperError):
             # Not a known failure mode: keep the traceback for whoever fixes it.
@@ -276,6 +284,7 @@ def _target_summary(outcome: TargetOutcome) -> dict[str, Any]:
             None if result is None or result.connections is None else result.connections.to_dict()
         ),
         "oldest_idle_seconds": None if result is None else result.oldest_idle_seconds,
+        "stopped_before_terminating": None if result is None else result.stopped_before_terminating,
         "terminated_by_application": (
             None if result is None else result.terminated_by_application()
         ),

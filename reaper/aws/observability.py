@@ -21,7 +21,7 @@ from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import (
 
 from reaper.core.budget import Verdict
 from reaper.core.result import Outcome
-from reaper.errors import DatabaseFullError
+from reaper.errors import DatabaseFullError, DeadlineExceededError, PassLockSquattedError
 from reaper.settings import load_observability_settings
 
 if TYPE_CHECKING:
@@ -48,6 +48,12 @@ SESSIONS_TERMINATED_BY_APPLICATION = "SessionsTerminatedByApplication"
 # The connection budget (docs/budget.md): the functions' worst case against the usable slots.
 WORST_CASE_CONNECTIONS = "WorstCaseConnections"
 CONNECTION_BUDGET_UTILIZATION = "ConnectionBudgetUtilization"
+# 1 for a pass skipped because another pass of the reaper held the lock, 0 for one that ran:
+# the alarm fires when every pass of several periods in a row was skipped (a stuck reaper).
+PASS_SKIPPED = "PassSkipped"
+# Emitted (1) only when it happens: a stranger holds the pass lock; a pass ran out of time.
+PASS_LOCK_SQUATTED = "PassLockSquatted"
+DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 TARGET_DIMENSION = "Target"
 APPLICATION_DIMENSION = "Application"
@@ -55,9 +61,17 @@ SERVICE_DIMENSION = "service"
 # CloudWatch refuses an empty dimension value; a session may have no application_name.
 NO_APPLICATION = "(none)"
 
-# Outcomes that get an audit line of their own: what was done, what would have been done, and
-# what the database refused.
-AUDITED_OUTCOMES = (Outcome.TERMINATED, Outcome.WOULD_TERMINATE, Outcome.REFUSED)
+# Outcomes that get an audit line of their own: what was done or may have been done, what would
+# have been done, and what was or would be refused.
+AUDITED_OUTCOMES = (
+    Outcome.TERMINATED,
+    Outcome.UNCONFIRMED,
+    Outcome.WOULD_TERMINATE,
+    Outcome.REFUSED,
+    Outcome.WOULD_REFUSE,
+)
+# Of those, the ones an operator must act on or look into: WARNING lines.
+_WARNING_OUTCOMES = (Outcome.UNCONFIRMED, Outcome.REFUSED, Outcome.WOULD_REFUSE)
 
 
 class _CurrentStdout(io.TextIOBase):
@@ -117,6 +131,9 @@ def record_result(result: PassResult) -> None:
     that had sessions terminated (dimensions Target and Application)."""
     target_metrics = _target_metrics(result.target)
     target_metrics.add_metric(name=TARGET_ERRORS, unit=MetricUnit.Count, value=0)
+    target_metrics.add_metric(
+        name=PASS_SKIPPED, unit=MetricUnit.Count, value=1 if result.skipped else 0
+    )
     if not result.skipped:
         counts = result.counts
         for name, value in (
@@ -161,36 +178,58 @@ def record_result(result: PassResult) -> None:
             pass
 
 
+# The metric of each error that has one of its own besides TargetErrors; emitted only when it
+# happens (a metric without data points costs nothing).
+_ERROR_METRICS: tuple[tuple[type[BaseException], str], ...] = (
+    (DatabaseFullError, CONNECTION_SLOTS_EXHAUSTED),
+    (PassLockSquattedError, PASS_LOCK_SQUATTED),
+    (DeadlineExceededError, DEADLINE_EXCEEDED),
+)
+
+
 def record_target_error(target: str, error: BaseException | None = None) -> None:
-    """Print one EMF blob with TargetErrors=1 for a target whose pass failed, and
-    ConnectionSlotsExhausted=1 when it failed because the database was full."""
+    """Print one EMF blob with TargetErrors=1 for a target whose pass failed, and the error's
+    own metric: ConnectionSlotsExhausted=1 (the database was full), PassLockSquatted=1 (a
+    stranger holds the pass lock), DeadlineExceeded=1 (out of time)."""
     target_metrics = _target_metrics(target)
     target_metrics.add_metric(name=TARGET_ERRORS, unit=MetricUnit.Count, value=1)
-    if isinstance(error, DatabaseFullError):
-        # Emitted only when it happens: a metric without data points costs nothing.
-        target_metrics.add_metric(name=CONNECTION_SLOTS_EXHAUSTED, unit=MetricUnit.Count, value=1)
+    for error_type, metric_name in _ERROR_METRICS:
+        if isinstance(error, error_type):
+            target_metrics.add_metric(name=metric_name, unit=MetricUnit.Count, value=1)
     target_metrics.flush_metrics()
 
 
 def audit(logger: Logger, result: PassResult) -> None:
-    """One log line per terminated, would-be-terminated or refused session, then a summary
-    line for the target."""
+    """One log line per session terminated or maybe terminated (a terminate statement cut off),
+    would-be-terminated, refused or would-be-refused, a warning line per warning of the pass
+    (a superuser reaper), then a summary line for the target."""
     for record in result.sessions:
         if record.outcome in AUDITED_OUTCOMES:
-            log = logger.warning if record.outcome is Outcome.REFUSED else logger.info
+            log = logger.warning if record.outcome in _WARNING_OUTCOMES else logger.info
             outcome = record.outcome.value.replace("_", " ")
             log(
                 f"session {record.pid} {outcome} on target {result.target}",
                 extra=_session_fields(result, record),
             )
+    for warning in result.warnings:
+        logger.warning(
+            f"target {result.target}: {warning}",
+            extra={"audit": "warning", "target": result.target, "warning": warning},
+        )
     connections = result.connections
+    if result.skipped:
+        status, said = "skipped", "skipped: another pass of the reaper holds the lock"
+    elif result.stopped_before_terminating is not None:
+        status, said = "stopped", f"stopped before terminating: {result.stopped_before_terminating}"
+    else:
+        status, said = "ok", "finished"
     logger.info(
-        f"pass on target {result.target} "
-        + ("skipped: another reaper holds the lock" if result.skipped else "finished"),
+        f"pass on target {result.target} {said}",
         extra={
             "audit": "summary",
             "target": result.target,
-            "status": "skipped" if result.skipped else "ok",
+            "status": status,
+            "stopped_before_terminating": result.stopped_before_terminating,
             "dry_run": result.dry_run,
             "duration_seconds": round(result.duration_seconds, 3),
             "counts": asdict(result.counts),
@@ -221,6 +260,8 @@ def log_target_error(logger: Logger, target: str, error: BaseException) -> None:
     }
     if isinstance(error, DatabaseFullError):
         fields.update(audit="database_full", cause=error.cause)
+    elif isinstance(error, PassLockSquattedError):
+        fields.update(audit="pass_lock_squatted", holder_pids=list(error.holder_pids))
     logger.error(f"pass on target {target} failed: {error}", extra=fields)
 
 

@@ -33,6 +33,7 @@ from reaper.core.policy import (
     policy_schema,
     render_policy,
 )
+from reaper.core.result import refusal_fixes
 from reaper.core.tls import TLS_DOC
 from reaper.errors import ExitCode
 from reaper.pg.timeouts import (
@@ -96,8 +97,30 @@ def print_json(document: Any) -> None:
 
 
 def _exit_code_for_result(result: PassResult) -> int:
-    """0 for a clean pass, ExitCode.REFUSED when any planned termination was refused."""
+    """0 for a clean pass; ExitCode.UNSAFE when it stopped before terminating what it planned;
+    ExitCode.REFUSED when a termination it wanted was refused."""
+    if result.stopped_before_terminating is not None:
+        return ExitCode.UNSAFE
     return ExitCode.REFUSED if result.counts.refused else ExitCode.OK
+
+
+def _warn_about(result: PassResult) -> None:
+    """What the reader must act on, on stderr (also with --json): the pass's warnings, why it
+    stopped, and what fixes its refusals."""
+    for warning in result.warnings:
+        print(f"reaper: warning: {warning}", file=sys.stderr)
+    if result.stopped_before_terminating is not None:
+        print(
+            f"reaper: error: the pass stopped before terminating: "
+            f"{result.stopped_before_terminating}",
+            file=sys.stderr,
+        )
+    fixes = refusal_fixes(result)
+    if fixes:
+        print(
+            f"reaper: {result.counts.refused} termination(s) refused; fix: " + "; ".join(fixes),
+            file=sys.stderr,
+        )
 
 
 def _function_command(
@@ -122,7 +145,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="reaper",
         description="Terminate idle PostgreSQL sessions left behind by serverless functions.",
         epilog="Exit codes: 0 done, 2 bad input, 3 target unreachable, 4 some terminations "
-        "refused, 5 pass could not run safely, 6 database full, 7 a doctor check failed, "
+        "refused, 5 pass could not run safely or stopped before terminating, 6 database full, "
+        "7 a doctor check failed, 8 the pass lock is held by a session that is not a reaper, "
         "1 internal error, 130 interrupted (Ctrl-C).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -339,6 +363,7 @@ def _command_run(args: argparse.Namespace) -> int:
         print_json(result.to_dict())
     else:
         print(render_pass(result, verbose=args.verbose))
+    _warn_about(result)
     return _exit_code_for_result(result)
 
 

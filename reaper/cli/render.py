@@ -79,8 +79,8 @@ def render_pass(result: PassResult, *, verbose: bool = False) -> str:
     """The pass as a headline, a table of sessions and the counts."""
     if result.skipped:
         return (
-            f"{printable(result.target)}: skipped, another reaper is running a pass on this "
-            "database (advisory lock held); nothing was examined."
+            f"{printable(result.target)}: skipped, another pass of the reaper is running on "
+            "this database (advisory lock held); nothing was examined."
         )
     mode = "dry run" if result.dry_run else "pass"
     lines = [f"{printable(result.target)}: {mode} in {result.duration_seconds:.3f}s"]
@@ -121,16 +121,23 @@ def render_pass(result: PassResult, *, verbose: bool = False) -> str:
             )
         )
     n = result.counts
-    acted = (
-        f"would terminate {n.would_terminate}" if result.dry_run else f"terminated {n.terminated}"
-    )
+    if result.dry_run:
+        acted = f"would terminate {n.would_terminate}, would refuse {n.would_refuse}"
+    else:
+        acted = f"terminated {n.terminated}, refused {n.refused}"
+    if result.stopped_before_terminating is not None:
+        acted += (
+            f", stopped {n.stopped}, unconfirmed {n.unconfirmed}, would refuse {n.would_refuse}"
+        )
     lines.append("")
     lines.append(
         f"examined {n.examined}, matched {n.matched}, planned {n.planned}, {acted}"
-        f", refused {n.refused}, vanished {n.vanished}, changed {n.changed}, "
+        f", vanished {n.vanished}, changed {n.changed}, "
         f"over cap {n.skipped_by_cap}, over target {n.skipped_by_target}, "
         f"kept as newest {n.kept_as_newest}, gate closed {n.gate_closed}"
     )
+    if result.stopped_before_terminating is not None:
+        lines.append(f"stopped before terminating: {result.stopped_before_terminating}")
     return "\n".join(lines)
 
 

@@ -111,6 +111,7 @@ def setup_checks(facts: SetupFacts) -> tuple[Check, ...]:
         _not_superuser(facts),
         _statement_timeout(facts),
         _connection_limit(facts),
+        _pass_lock(facts),
     )
 
 
@@ -299,15 +300,30 @@ def _connection_limits(facts: SetupFacts) -> Check:
     )
 
 
+LEAST_PRIVILEGE_FIX = "create the least-privilege role of docs/database-role.md and use it"
+
+
+def least_privilege_warning(role: str, kind: str) -> str:
+    """What is wrong with a reaper whose role is `kind` (a superuser...), and the fix: what
+    `reaper run` and the function say at every pass, as `reaper doctor` does."""
+    return f"{_more_than_needed(role, kind)}; {LEAST_PRIVILEGE_FIX}"
+
+
+def _more_than_needed(role: str, kind: str) -> str:
+    return (
+        f"{role} is {kind}: it needs only pg_monitor and pg_signal_backend (and "
+        "pg_use_reserved_connections)"
+    )
+
+
 def _not_superuser(facts: SetupFacts) -> Check:
     if facts.is_superuser or facts.is_rds_superuser:
         kind = "a superuser" if facts.is_superuser else "a member of rds_superuser"
         return Check(
             "least privilege",
             Status.WARN,
-            f"{facts.role} is {kind}: it needs only pg_monitor and pg_signal_backend (and "
-            "pg_use_reserved_connections)",
-            "create the least-privilege role of docs/database-role.md and use it",
+            _more_than_needed(facts.role, kind),
+            LEAST_PRIVILEGE_FIX,
         )
     return Check("least privilege", Status.OK, f"{facts.role} is not a superuser")
 
@@ -349,6 +365,25 @@ def _connection_limit(facts: SetupFacts) -> Check:
             fix,
         )
     return Check("connection limit", Status.OK, f"CONNECTION LIMIT {limit} on {facts.role}")
+
+
+def _pass_lock(facts: SetupFacts) -> Check:
+    lock = facts.pass_lock
+    if lock is None or not lock.holders:
+        return Check("pass lock", Status.OK, "free: no pass is running on this database")
+    if not lock.squatters:
+        running = ", ".join(str(holder.pid) for holder in lock.holders)
+        return Check(
+            "pass lock",
+            Status.OK,
+            f"held by a pass of the reaper as {lock.own_role}, or one ending (pid {running})",
+        )
+    return Check(
+        "pass lock",
+        Status.FAIL,
+        f"held by {lock.describe_squatters()}: every pass fails until it lets go",
+        lock.fix(),
+    )
 
 
 def _unnamed_sessions(count: int) -> Check:

@@ -2,7 +2,9 @@
 
 Protections are checked first and in a fixed order, so a protected session can never be planned
 for termination whatever the rules say; only then are rules, thresholds, keep_newest, the pressure
-gate, the target and the cap applied, oldest idle first.
+gate, the target and the cap applied, oldest idle first. A session the reaper's role may not
+signal is marked so (a refusal) only when it passed all of those: refused means that the pass
+wanted the termination, not that the session merely matched.
 """
 
 from __future__ import annotations
@@ -45,10 +47,16 @@ class Reason(StrEnum):
     LISTENER = "listener"
     YOUNGER_THAN_THRESHOLD = "younger_than_threshold"
     NOT_SIGNALLABLE = "not_signallable"
+    # A superuser's session the policy would terminate: only a superuser may signal it.
+    SUPERUSER_NOT_SIGNALLABLE = "superuser_not_signallable"
     KEPT_AS_NEWEST = "kept_as_newest"
     GATE_CLOSED = "gate_closed"
     OVER_TARGET = "over_target"
     OVER_CAP = "over_cap"
+
+
+# The reasons of a termination the pass wanted but the reaper's role may not perform.
+REFUSAL_REASONS = frozenset({Reason.NOT_SIGNALLABLE, Reason.SUPERUSER_NOT_SIGNALLABLE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +148,6 @@ def plan(snapshot: Snapshot, policy: Policy) -> Plan:
                 session, Reason.YOUNGER_THAN_THRESHOLD, rule.name, idle_seconds, threshold
             )
             continue
-        if not session.may_signal:
-            decided[session.pid] = Decision(
-                session, Reason.NOT_SIGNALLABLE, rule.name, idle_seconds, threshold
-            )
-            continue
         eligible.append(Decision(session, Reason.IDLE_TOO_LONG, rule.name, idle_seconds, threshold))
 
     kept = _newest_to_keep(covered, {rule.name: rule.keep_newest for rule in policy.rules})
@@ -170,6 +173,10 @@ def plan(snapshot: Snapshot, policy: Policy) -> Plan:
             decided[pid] = _with_reason(decision, Reason.GATE_CLOSED)
         elif granted >= budget:
             decided[pid] = _with_reason(decision, over_budget)
+        elif not decision.session.may_signal:
+            # Wanted but not allowed: a refusal, which takes no place under the cap or the
+            # target (it frees no connection), so the next session is still considered.
+            decided[pid] = _with_reason(decision, _refusal(decision.session))
         else:
             decided[pid] = decision
             granted += 1
@@ -238,6 +245,10 @@ def _protection(
     if session.is_superuser and not policy.terminate_superuser_sessions:
         return Reason.SUPERUSER
     return None
+
+
+def _refusal(session: Session) -> Reason:
+    return Reason.SUPERUSER_NOT_SIGNALLABLE if session.is_superuser else Reason.NOT_SIGNALLABLE
 
 
 def _rule_matches(rule: Rule, session: Session, globs: GlobMatchers) -> bool:

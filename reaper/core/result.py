@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from reaper.core.planning import Reason
+from reaper.core.checks import least_privilege_warning
+from reaper.core.planning import REFUSAL_REASONS, Reason
 from reaper.core.snapshot import SessionIdentity
 
 if TYPE_CHECKING:
@@ -24,9 +25,17 @@ class Outcome(StrEnum):
 
     TERMINATED = "terminated"
     WOULD_TERMINATE = "would_terminate"  # planned, but the pass was a dry run
-    REFUSED = "refused"  # planned, but the reaper's role may not signal it
+    # Wanted, but the reaper's role may not signal it (no pg_signal_backend, or a superuser's).
+    REFUSED = "refused"
+    # What a real pass would have refused: a dry run, or a pass stopped before terminating.
+    WOULD_REFUSE = "would_refuse"
     VANISHED = "vanished"  # planned, but gone or replaced before the signal
     CHANGED = "changed"  # planned, but it ran something since the snapshot: spared
+    # Planned, but the pass stopped before its terminate statement: not signalled.
+    STOPPED = "stopped"
+    # Planned and sent in a terminate statement that failed part way: it may have been
+    # terminated (the statement's answer, which would say, never came).
+    UNCONFIRMED = "unconfirmed"
     SPARED = "spared"
 
 
@@ -50,8 +59,11 @@ class Counts:
     terminated: int = 0
     would_terminate: int = 0
     refused: int = 0
+    would_refuse: int = 0
     vanished: int = 0
     changed: int = 0
+    stopped: int = 0
+    unconfirmed: int = 0
     skipped_by_cap: int = 0
     skipped_by_target: int = 0
     kept_as_newest: int = 0
@@ -73,6 +85,12 @@ class PassResult:
     oldest_idle_seconds: float | None = None
     counts: Counts = field(default_factory=Counts)
     sessions: tuple[SessionRecord, ...] = ()
+    # The reaper's role on this target, from the snapshot.
+    role: str | None = None
+    # Why the pass stopped before it had terminated what it planned; None when it did not.
+    stopped_before_terminating: str | None = None
+    # What the operator should know about how the pass ran (a superuser reaper).
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (enums as their values)."""
@@ -90,11 +108,37 @@ class PassResult:
         return totals
 
 
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Why a pass stopped before it had terminated what it planned."""
+
+    reason: str
+    # The terminate statement had been sent when the pass stopped: what it signalled is unknown.
+    signals_sent: bool = False
+
+
 def skipped_result(target: str, *, dry_run: bool, duration_seconds: float) -> PassResult:
     """The result of a pass that found another reaper holding the lock."""
     return PassResult(
         target=target, dry_run=dry_run, skipped=True, duration_seconds=duration_seconds
     )
+
+
+def refusal_fixes(result: PassResult) -> tuple[str, ...]:
+    """What makes the refused terminations of `result` possible, or unwanted: one line per
+    kind of refusal, none when nothing was refused."""
+    refused = [r for r in result.sessions if r.outcome is Outcome.REFUSED]
+    superuser_sessions = sum(1 for r in refused if r.reason is Reason.SUPERUSER_NOT_SIGNALLABLE)
+    fixes = []
+    if len(refused) > superuser_sessions:
+        fixes.append(f"GRANT pg_signal_backend TO {result.role}")
+    if superuser_sessions:
+        fixes.append(
+            f"{superuser_sessions} refused session(s) belong to a superuser: only a superuser "
+            "may terminate them; exclude them in the policy (exclude.users, or "
+            "terminate_superuser_sessions: false)"
+        )
+    return tuple(fixes)
 
 
 def summarize(
@@ -105,15 +149,23 @@ def summarize(
     *,
     dry_run: bool,
     duration_seconds: float,
+    stop: Stop | None = None,
 ) -> PassResult:
-    """Combine the plan and the signal outcomes into the pass result."""
+    """Combine the plan and the signal outcomes into the pass result.
+
+    Args:
+        signals: the outcome of each planned session the terminate statement answered for.
+        stop: why the pass stopped before terminating what it planned; its planned sessions
+            are then stopped (not signalled) or unconfirmed (sent in a statement that failed).
+    """
     records = []
     for decision in plan.decisions:
         session = decision.session
         if decision.terminate:
-            outcome = Outcome.WOULD_TERMINATE if dry_run else signals[session.pid]
-        elif decision.reason is Reason.NOT_SIGNALLABLE:
-            outcome = Outcome.REFUSED
+            outcome = _planned_outcome(signals.get(session.pid), dry_run=dry_run, stop=stop)
+        elif decision.reason in REFUSAL_REASONS:
+            # Only a pass that went on to terminate was refused; the others would have been.
+            outcome = Outcome.WOULD_REFUSE if dry_run or stop else Outcome.REFUSED
         else:
             outcome = Outcome.SPARED
         records.append(
@@ -137,8 +189,11 @@ def summarize(
         terminated=outcomes[Outcome.TERMINATED],
         would_terminate=outcomes[Outcome.WOULD_TERMINATE],
         refused=outcomes[Outcome.REFUSED],
+        would_refuse=outcomes[Outcome.WOULD_REFUSE],
         vanished=outcomes[Outcome.VANISHED],
         changed=outcomes[Outcome.CHANGED],
+        stopped=outcomes[Outcome.STOPPED],
+        unconfirmed=outcomes[Outcome.UNCONFIRMED],
         skipped_by_cap=reasons[Reason.OVER_CAP],
         skipped_by_target=reasons[Reason.OVER_TARGET],
         kept_as_newest=reasons[Reason.KEPT_AS_NEWEST],
@@ -160,4 +215,21 @@ def summarize(
         oldest_idle_seconds=max(idle_ages, default=None),
         counts=counts,
         sessions=tuple(records),
+        role=snapshot.role,
+        stopped_before_terminating=None if stop is None else stop.reason,
+        warnings=(
+            (least_privilege_warning(snapshot.role, "a superuser"),)
+            if snapshot.role_is_superuser
+            else ()
+        ),
     )
+
+
+def _planned_outcome(signalled: Outcome | None, *, dry_run: bool, stop: Stop | None) -> Outcome:
+    if dry_run:
+        return Outcome.WOULD_TERMINATE
+    if signalled is not None:
+        return signalled
+    # The terminate statement never answered for this session: it was not sent, or failed.
+    assert stop is not None, "a planned session of a pass that did not stop has an outcome"
+    return Outcome.UNCONFIRMED if stop.signals_sent else Outcome.STOPPED

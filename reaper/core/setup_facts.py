@@ -6,8 +6,12 @@ A plain value, read by the gateway (`gateway.read_setup_facts`) and judged by `c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from reaper.core.versions import major_of
+
+if TYPE_CHECKING:
+    from reaper.core.pass_lock import PassLock
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,8 @@ class SetupFacts:
     # The server as libpq names it (the host the connection went to; a directory for a Unix
     # socket): whether an unverified connection leaves the machine.
     host: str
+    # Who holds the pass lock now (another pass, or a squatter); None when not read.
+    pass_lock: PassLock | None = None
 
     @property
     def major(self) -> int:

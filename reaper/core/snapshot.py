@@ -117,6 +117,8 @@ class Snapshot:
     server_version_num: int
     connections: Connections
     sessions: tuple[Session, ...]
+    # The reaper's own role is a superuser (it needs far less: docs/database-role.md).
+    role_is_superuser: bool = False
 
     @property
     def hidden_sessions(self) -> tuple[Session, ...]:

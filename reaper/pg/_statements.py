@@ -48,6 +48,7 @@ SELECT a.pid,
        statement_timestamp() AS taken_at,
        pg_backend_pid() AS own_pid,
        current_user::text AS role,
+       me.rolsuper AS role_is_superuser,
        current_setting('server_version_num')::int AS server_version_num,
        current_setting('max_connections')::int AS max_connections,
        current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
@@ -115,11 +116,46 @@ WHERE a.pid = %(pid)s
   AND a.state_change = %(state_change)s
 """
 
-# A session-level advisory lock: two reapers on one database never act at once, and the lock is
-# released by the server if the reaper's connection dies. The key is fixed; it spells "idlereap".
-PASS_LOCK_KEY: Final = 0x69646C6572656170
+# The terminate statement's own limit, set on the reaper's autocommit connection just before it
+# (the value is a validated number of milliseconds, passed as text as set_config wants it).
+SET_STATEMENT_TIMEOUT: Final[LiteralString] = (
+    "SELECT set_config('statement_timeout', %(milliseconds)s, false)"
+)
+
+# A session-level advisory lock (core.pass_lock.PASS_LOCK_KEY): two reapers on one database
+# never act at once, and the lock is released by the server if the reaper's connection dies.
 # Released when the connection closes, at the end of the pass: there is no unlock statement.
 TRY_PASS_LOCK: Final[LiteralString] = "SELECT pg_try_advisory_lock(%(key)s)"
+# Who holds it, beside the role asking (session_user: the login, as pg_stat_activity's usename
+# shows every session's): pg_locks shows a bigint advisory key as its high and low 32 bits
+# (classid and objid) with objsubid 1, on this database only. One row without a holder (`held`
+# NULL) when the lock is free; several when it is held in shared mode. A prepared transaction
+# holds it with a NULL pid.
+PASS_LOCK_HOLDERS: Final[LiteralString] = """
+SELECT session_user::text AS own_role,
+       h.held,
+       h.pid,
+       h.role,
+       h.application_name,
+       h.listed
+FROM (SELECT 1) AS one
+LEFT JOIN (
+    SELECT true AS held,
+           l.pid,
+           a.usename::text AS role,
+           a.application_name,
+           a.pid IS NOT NULL AS listed
+    FROM pg_locks AS l
+    LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory'
+      AND l.granted
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.classid = (%(key)s::bigint >> 32)::oid
+      AND l.objid = (%(key)s::bigint & 4294967295)::oid
+      AND l.objsubid = 1
+) AS h ON true
+ORDER BY h.pid
+"""
 # What `reaper doctor` needs to know about the reaper's role and the server, in one statement.
 # pg_has_role() on an OID from to_regrole() is NULL where the role does not exist
 # (pg_use_reserved_connections before 16, rds_superuser outside RDS) instead of an error.

@@ -6,7 +6,7 @@ reads a fresh pg_stat_activity (the view is cached per transaction).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from reaper.core.full_database import (
     refusal_cause,
     reserve_major,
 )
+from reaper.core.pass_lock import PASS_LOCK_KEY, REAPER_APPLICATION_NAME, LockHolder, PassLock
 from reaper.core.result import Outcome
 from reaper.core.setup_facts import SetupFacts
 from reaper.core.snapshot import CLIENT_BACKEND, Connections, Session, Snapshot
@@ -39,7 +40,10 @@ if TYPE_CHECKING:
 
     from reaper.pg.conninfo import ConnInfo
 
-APPLICATION_NAME = "idle-reaper"
+APPLICATION_NAME = REAPER_APPLICATION_NAME
+# How long a cancel request from another thread may take to reach the server: short, because
+# the fan-out sends one per pass it gives up, one after the other, inside the deadline margin.
+_CANCEL_TIMEOUT_SECONDS = 1.0
 
 # SQLSTATE class 28 is "invalid authorization specification": a wrong or rotated password, an
 # expired IAM token, a role that may not log in.
@@ -57,11 +61,12 @@ _TLS_REFUSALS = (
 )
 
 _SESSION_FIELDS = tuple(field.name for field in fields(Session))
-# What libpq knows of the connection, not the server: the sslmode and the host.
-_LIBPQ_FACTS = ("sslmode", "host")
+# What libpq knows of the connection, not the server: the sslmode and the host; and the pass
+# lock's holders, which a statement of their own reads.
+_NOT_IN_STATEMENT = ("sslmode", "host", "pass_lock")
 # The columns of _statements.SETUP_FACTS: every other fact.
 _SETUP_FACT_COLUMNS = tuple(
-    field.name for field in fields(SetupFacts) if field.name not in _LIBPQ_FACTS
+    field.name for field in fields(SetupFacts) if field.name not in _NOT_IN_STATEMENT
 )
 # What a planned session must still be at signal time (pids are reused): the query parameters
 # of _statements.TERMINATE and TERMINATE_ONE.
@@ -146,13 +151,38 @@ def read_setup_facts(conn: psycopg.Connection[Any]) -> SetupFacts:
     )
     facts = {name: row[name] for name in _SETUP_FACT_COLUMNS}
     facts["uncapped_login_roles"] = tuple(facts["uncapped_login_roles"])  # an array comes as a list
-    return SetupFacts(**facts, sslmode=sslmode, host=conn.info.host)
+    return SetupFacts(**facts, sslmode=sslmode, host=conn.info.host, pass_lock=read_pass_lock(conn))
 
 
 def try_pass_lock(conn: psycopg.Connection[Any]) -> bool:
-    """Take the session-level pass lock; False if another reaper holds it on this database."""
-    row = _fetch_one(conn, _statements.TRY_PASS_LOCK, {"key": _statements.PASS_LOCK_KEY})
+    """Take the session-level pass lock; False if another session holds it on this database."""
+    row = _fetch_one(conn, _statements.TRY_PASS_LOCK, {"key": PASS_LOCK_KEY})
     return bool(row[0])
+
+
+def read_pass_lock(conn: psycopg.Connection[Any]) -> PassLock:
+    """Who holds the pass lock on this database (nobody: it is free), and who is asking."""
+    with _database_errors(), conn.cursor() as cursor:
+        rows = cursor.execute(_statements.PASS_LOCK_HOLDERS, {"key": PASS_LOCK_KEY}).fetchall()
+    # One row at least: a free lock is one row without a holder.
+    return PassLock(
+        own_role=rows[0][0],
+        holders=tuple(
+            LockHolder(pid, role, application_name, listed)
+            for _own_role, held, pid, role, application_name, listed in rows
+            if held
+        ),
+    )
+
+
+def cancel(conn: psycopg.Connection[Any]) -> None:
+    """Ask the server to cancel whatever statement `conn` is running; safe from another thread.
+
+    Best effort: a cancel that cannot be delivered is ignored, because its caller has already
+    made sure that the pass on `conn` can signal nothing more (see actions.run.PassDeadline).
+    """
+    with suppress(psycopg.Error):
+        conn.cancel_safe(timeout=_CANCEL_TIMEOUT_SECONDS)
 
 
 def take_snapshot(conn: psycopg.Connection[Any]) -> Snapshot:
@@ -167,6 +197,7 @@ def take_snapshot(conn: psycopg.Connection[Any]) -> Snapshot:
         taken_at=first["taken_at"],
         own_pid=own_pid,
         role=first["role"],
+        role_is_superuser=first["role_is_superuser"],
         server_version_num=first["server_version_num"],
         connections=Connections(
             client_connections=sum(
@@ -180,11 +211,20 @@ def take_snapshot(conn: psycopg.Connection[Any]) -> Snapshot:
     )
 
 
-def terminate(conn: psycopg.Connection[Any], planned: Sequence[Session]) -> dict[int, Outcome]:
+def terminate(
+    conn: psycopg.Connection[Any],
+    planned: Sequence[Session],
+    *,
+    timeout_ms: int | None = None,
+) -> dict[int, Outcome]:
     """Signal exactly the planned sessions that are provably unchanged; report each one.
 
     A session is signalled only if its backend still has the identity the snapshot recorded
     (pid, backend_start, state, state_change): see _statements.TERMINATE.
+
+    Args:
+        timeout_ms: the statement_timeout of the terminate statement (at least 1); None keeps
+            the connection's.
 
     Returns:
         The outcome per planned pid. A refusal is an outcome, never an exception.
@@ -194,6 +234,10 @@ def terminate(conn: psycopg.Connection[Any], planned: Sequence[Session]) -> dict
     """
     if not planned:
         return {}
+    if timeout_ms is not None:
+        # 0 would mean no limit at all.
+        milliseconds = max(1, int(timeout_ms))
+        _fetch_one(conn, _statements.SET_STATEMENT_TIMEOUT, {"milliseconds": str(milliseconds)})
     params = {name: [getattr(session, name) for session in planned] for name in _IDENTITY}
     try:
         with _database_errors(pg_errors.InsufficientPrivilege), conn.cursor() as cursor:

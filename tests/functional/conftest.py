@@ -1,4 +1,4 @@
-"""Fixtures the functional tests share: the reaper's role and login, the simulated Lambda
+"""Fixtures the functional tests share: the reaper's role, login and target, the simulated Lambda
 functions and their sessions."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from reaper.core.pass_lock import PASS_LOCK_KEY
 from tests.fix_db import dsn_for
 from tests.functional.reaping import alive, ended, target_for, wait_past_threshold
 
@@ -76,6 +77,13 @@ class Apps:
         pid = self.open(suffix)
         wait_past_threshold(threshold)
         return pid
+
+    def hold_pass_lock(self, suffix: str = "squatter") -> Connection[Any]:
+        """Open a session of application `suffix` that takes the reaper's pass lock, as any
+        role that can connect may; its connection."""
+        conn = self.connect(suffix)
+        conn.execute("SELECT pg_advisory_lock(%s)", [PASS_LOCK_KEY])
+        return conn
 
     def alive(self, pid: int) -> bool:
         """True while backend `pid` exists."""

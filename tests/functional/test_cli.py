@@ -125,6 +125,50 @@ def test_a_reaper_role_lacking_a_privilege_exits_non_zero_and_terminates_nothing
     assert apps.alive(pid)
 
 
+@pytest.mark.safety
+def test_refusals_exit_4_naming_the_grant_and_a_dry_run_only_says_what_it_would_refuse(
+    pg_server, apps, role_factory
+) -> None:
+    # given a stale session and a reaper role that may not signal another role's sessions
+    pid = apps.open_stale("orders", threshold=THRESHOLD)
+    role = role_factory("reaper", grants=("pg_monitor",))
+    dsn = dsn_for(pg_server, role.name, role.password)
+    # when it runs a dry run, then it reports what a real pass would refuse, and exits 0
+    dry = reaper_cli("run", "--dsn", dsn, *selection(apps.factory), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would refuse 1" in dry.stdout
+    # when it runs for real, then it exits 4 and prints the GRANT that fixes it
+    done = reaper_cli("run", "--dsn", dsn, *selection(apps.factory))
+    assert done.returncode == 4
+    assert f"1 termination(s) refused; fix: GRANT pg_signal_backend TO {role.name}" in done.stderr
+    assert apps.alive(pid)
+
+
+def test_a_superuser_reaper_is_warned_about_on_stderr(pg_server, session_factory) -> None:
+    done = reaper_cli("run", "--dsn", pg_server.admin_dsn, *selection(session_factory), "--json")
+    assert done.returncode == 0, done.stderr
+    assert f"reaper: warning: {pg_server.admin_user} is a superuser" in done.stderr
+    assert "least-privilege role of docs/database-role.md" in done.stderr
+    # stdout stays one JSON document, which carries the warning too
+    assert json.loads(done.stdout)["warnings"] == [done.stderr.split("warning: ", 1)[1].strip()]
+
+
+@pytest.mark.safety
+def test_a_pass_lock_held_by_a_stranger_exits_8_naming_the_holder(
+    apps, session_factory, reaper_dsn
+) -> None:
+    # given a stale session, and an application session holding the reaper's advisory lock
+    pid = apps.open_stale("orders", threshold=THRESHOLD)
+    squatter = apps.hold_pass_lock()
+    # when a pass runs, then it fails with its own exit code, naming the holder
+    done = reaper_cli("run", "--dsn", reaper_dsn, *selection(session_factory))
+    assert done.returncode == 8
+    holder = session_factory.pid_of(squatter)
+    assert f"pid {holder} (role {apps.role.name}" in done.stderr
+    assert f"pg_terminate_backend ({holder})" in done.stderr
+    assert apps.alive(pid)
+
+
 def test_unreachable_database_exits_3_naming_host_and_port_not_password() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -108,6 +108,27 @@ def test_doctor_warns_about_a_superuser(pg_server, capsys) -> None:
         assert pg_server.admin_password not in output
 
 
+def test_doctor_names_a_session_squatting_on_the_pass_lock(
+    pg_server, role_factory, apps, capsys
+) -> None:
+    # given an application session holding the reaper's advisory lock
+    squatter = apps.hold_pass_lock()
+    role = role_factory("reaper")
+
+    # when the doctor checks the reaper's role
+    exit_code, output = doctor(capsys, "--dsn", dsn_for(pg_server, role.name, role.password))
+
+    # then the pass lock check fails, naming the holder and how to end it
+    holder = squatter.info.backend_pid
+    assert exit_code == ExitCode.CHECKS_FAILED
+    line = lines_by_check(output)["pass lock"]
+    assert line.startswith("  fail")
+    assert (
+        f"pid {holder} (role {apps.role.name}, application_name '{apps.name('squatter')}')" in line
+    )
+    assert f"pg_terminate_backend ({holder})" in line
+
+
 def test_doctor_with_a_policy_reports_a_live_mix_and_terminates_nothing(
     pg_server, role_factory, admin_conn, session_factory, capsys
 ) -> None:

@@ -14,7 +14,7 @@ from reaper.actions.run import run_pass
 from reaper.core.planning import Reason, plan
 from reaper.core.policy import IDLE_STATES, one_rule_policy
 from reaper.core.result import Outcome
-from reaper.errors import AuthenticationError, VisibilityError
+from reaper.errors import AuthenticationError, PassLockSquattedError, VisibilityError
 from reaper.pg import gateway
 from tests.fix_db import wait_until
 from tests.functional.reaping import (
@@ -108,7 +108,7 @@ def test_superuser_session_survives_a_non_superuser_reaper(session_factory, reap
     result = run_pass(reaper, policy_for(session_factory, terminate_superuser_sessions=True))
     # then it is reported refused, never signalled, and still alive
     record = outcome_of(result, su)
-    assert (record.reason, record.outcome) == (Reason.NOT_SIGNALLABLE, Outcome.REFUSED)
+    assert (record.reason, record.outcome) == (Reason.SUPERUSER_NOT_SIGNALLABLE, Outcome.REFUSED)
     assert result.counts.refused == 1
     assert alive(session_factory, su)
 
@@ -339,6 +339,24 @@ def test_second_concurrent_pass_skips(session_factory, apps, reaper) -> None:
     assert run_pass(reaper, policy_for(session_factory)).counts.terminated == 1
 
 
+def test_a_pass_lock_held_by_a_stranger_fails_the_pass_naming_the_holder(
+    session_factory, apps, reaper
+) -> None:
+    # given a stale session, and an application session that took the reaper's advisory lock
+    pid = apps.open_stale("orders", threshold=THRESHOLD)
+    squatter = apps.hold_pass_lock()
+    # when a pass runs, then it fails naming the holder, instead of skipping quietly
+    with pytest.raises(PassLockSquattedError) as caught:
+        run_pass(reaper, policy_for(session_factory))
+    holder = session_factory.pid_of(squatter)
+    assert (
+        f"pid {holder} (role {apps.role.name}, application_name '{apps.name('squatter')}')"
+        in str(caught.value)
+    )
+    assert caught.value.holder_pids == (holder,)
+    assert alive(session_factory, pid)
+
+
 def test_two_passes_at_once_terminate_each_session_once(session_factory, apps, reaper) -> None:
     pids = [apps.open("orders") for _ in range(6)]
     wait_past_threshold()
@@ -381,6 +399,22 @@ def test_role_without_pg_signal_backend_reports_refusals(
     result = run_pass(weak, policy_for(session_factory))
     assert outcome_of(result, stale_orders).outcome is Outcome.REFUSED
     assert result.counts.refused == 1
+    assert alive(session_factory, stale_orders)
+
+
+def test_a_session_the_role_may_not_signal_is_refused_only_when_a_real_pass_wanted_it(
+    pg_server, session_factory, role_factory, stale_orders
+) -> None:
+    # given a reaper role that may signal none of another role's sessions
+    weak = target_for(pg_server, role_factory("reaper", grants=("pg_monitor",)))
+    # when the pressure gate is closed, nothing was wanted: nothing is refused
+    closed = run_pass(weak, policy_for(session_factory, min_utilization=1.0))
+    assert outcome_of(closed, stale_orders).reason is Reason.GATE_CLOSED
+    assert closed.counts.refused == 0
+    # and a dry run says what a real pass would refuse, under its own name
+    dry = run_pass(weak, policy_for(session_factory, dry_run=True))
+    assert outcome_of(dry, stale_orders).outcome is Outcome.WOULD_REFUSE
+    assert (dry.counts.refused, dry.counts.would_refuse) == (0, 1)
     assert alive(session_factory, stale_orders)
 
 

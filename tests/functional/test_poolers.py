@@ -25,7 +25,6 @@ from tests.functional.reaping import (
     THRESHOLD,
     ended,
     policy_for,
-    reaper_role,
     target_for,
     wait_past_threshold,
 )
@@ -118,7 +117,7 @@ def pooler(pg_server, apps, admin_conn) -> Iterator[Pooler]:
 @pytest.fixture
 def reaper(pg_server, role_factory):
     """A target that connects to the server directly, as a least-privilege reaper role."""
-    return target_for(pg_server, reaper_role(role_factory))
+    return target_for(pg_server, role_factory("reaper"))
 
 
 def record_of(result, pid: int):

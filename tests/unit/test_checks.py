@@ -10,6 +10,7 @@ import pytest
 from reaper.cli.doctor import render_report
 from reaper.core.checks import MAX_LISTED, Check, DoctorReport, Status, policy_checks, setup_checks
 from reaper.core.full_database import FullCause, full_database_fix, refusal_cause, reserve_major
+from reaper.core.pass_lock import LockHolder, PassLock
 from reaper.core.setup_facts import SetupFacts
 from tests.unit.planning_data import policy, session, snapshot
 
@@ -107,6 +108,29 @@ def test_a_superuser_or_rds_superuser_reaper_is_warned_about(
 ) -> None:
     facts = dataclasses.replace(COMPLETE_18, is_superuser=superuser, is_rds_superuser=rds_superuser)
     assert check(facts, "least privilege").status is status
+
+
+@pytest.mark.parametrize(
+    ("holders", "status", "words"),
+    [
+        ((), Status.OK, "free"),
+        ((LockHolder(4001, "idle_reaper", "idle-reaper"),), Status.OK, "pid 4001"),
+        (
+            (LockHolder(4003, "app", "psql"),),
+            Status.FAIL,
+            "pid 4003 (role app, application_name 'psql'), which is not a pass of the reaper",
+        ),
+    ],
+    ids=["free", "another-pass", "squatted"],
+)
+def test_the_pass_lock_check_names_a_holder_that_is_not_a_reaper(holders, status, words) -> None:
+    facts = dataclasses.replace(COMPLETE_18, pass_lock=PassLock("idle_reaper", holders))
+    found = check(facts, "pass lock")
+    assert found.status is status
+    assert words in found.summary
+    if status is Status.FAIL:
+        assert found.fix is not None
+        assert "pg_terminate_backend (4003)" in found.fix
 
 
 @pytest.mark.parametrize(

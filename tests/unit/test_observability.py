@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from reaper.aws import observability
 from reaper.core.planning import Reason
 from reaper.core.result import Counts, Outcome, PassResult, SessionRecord
 from reaper.core.snapshot import Connections
+from reaper.errors import DatabaseFullError, DeadlineExceededError, PassLockSquattedError
 from tests.fix_aws import emf_blobs, emf_metrics, log_records, metric
 
 
@@ -19,7 +22,11 @@ def session(pid: int, outcome: Outcome, application_name: str = "lambda:orders")
         state="idle",
         idle_seconds=1234.56,
         rule="lambda",
-        reason=Reason.NOT_SIGNALLABLE if outcome is Outcome.REFUSED else Reason.IDLE_TOO_LONG,
+        reason=(
+            Reason.NOT_SIGNALLABLE
+            if outcome in (Outcome.REFUSED, Outcome.WOULD_REFUSE)
+            else Reason.IDLE_TOO_LONG
+        ),
         outcome=outcome,
     )
 
@@ -87,12 +94,18 @@ def test_terminations_are_counted_per_application_in_blobs_of_their_own(capsys) 
     }
 
 
-def test_a_skipped_pass_reports_no_session_metrics(capsys) -> None:
+def test_a_skipped_pass_reports_no_session_metrics_and_pass_skipped_1(capsys) -> None:
     skipped = PassResult(target="writer", dry_run=False, skipped=True, duration_seconds=0.01)
     observability.record_result(skipped)
     out = capsys.readouterr().out
-    assert [m.name for m in emf_metrics(out)] == ["TargetErrors"]
+    assert [m.name for m in emf_metrics(out)] == ["TargetErrors", "PassSkipped"]
     assert metric(out, "TargetErrors", Target="writer").value == 0
+    assert metric(out, "PassSkipped", Target="writer").value == 1
+
+
+def test_a_pass_that_ran_reports_pass_skipped_0_so_the_skip_alarm_has_data(capsys) -> None:
+    observability.record_result(RESULT)
+    assert metric(capsys.readouterr().out, "PassSkipped", Target="writer").value == 0
 
 
 def test_a_failed_target_reports_target_errors_1(capsys) -> None:
@@ -100,6 +113,37 @@ def test_a_failed_target_reports_target_errors_1(capsys) -> None:
     out = capsys.readouterr().out
     found = metric(out, "TargetErrors", Target="reader")
     assert (found.value, found.dimensions) == (1, {"Target": "reader", "service": "idle-reaper"})
+    assert [m.name for m in emf_metrics(out)] == ["TargetErrors"]
+
+
+@pytest.mark.parametrize(
+    ("error", "metric_name"),
+    [
+        (PassLockSquattedError("held", holder_pids=(4242,)), "PassLockSquatted"),
+        (DeadlineExceededError("late"), "DeadlineExceeded"),
+        (DatabaseFullError("full", cause="server"), "ConnectionSlotsExhausted"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_an_error_with_a_metric_of_its_own_emits_it_beside_target_errors(
+    error, metric_name, capsys
+) -> None:
+    observability.record_target_error("reader", error)
+    out = capsys.readouterr().out
+    assert [m.name for m in emf_metrics(out)] == ["TargetErrors", metric_name]
+    assert metric(out, metric_name, Target="reader").value == 1
+
+
+def test_a_squatted_pass_lock_has_an_error_line_of_its_own_naming_the_holder(capsys) -> None:
+    error = PassLockSquattedError("the pass lock is held by pid 4242", holder_pids=(4242,))
+    observability.log_target_error(observability.logger, "writer", error)
+    (line,) = log_records(capsys.readouterr().out)
+    assert (line["level"], line["audit"], line["holder_pids"]) == (
+        "ERROR",
+        "pass_lock_squatted",
+        [4242],
+    )
+    assert line["error_type"] == "PassLockSquattedError"
 
 
 def test_policy_errors_are_invocation_metrics_without_a_target(capsys) -> None:
@@ -139,14 +183,65 @@ def test_audit_logs_each_terminated_and_refused_session_then_a_summary(capsys) -
     assert summary["duration_seconds"] == 0.042
 
 
-def test_dry_run_sessions_are_audited_as_would_terminate(capsys) -> None:
+@pytest.mark.parametrize(
+    ("outcome", "level"),
+    [(Outcome.WOULD_TERMINATE, "INFO"), (Outcome.WOULD_REFUSE, "WARNING")],
+    ids=lambda value: getattr(value, "value", value),
+)
+def test_dry_run_sessions_are_audited_as_would_terminate_or_would_refuse(
+    outcome, level, capsys
+) -> None:
+    # a dry run never reports a session refused: what a real pass would refuse has its own name
     dry = PassResult(
         target="writer",
         dry_run=True,
         skipped=False,
         duration_seconds=0.01,
-        sessions=(session(201, Outcome.WOULD_TERMINATE),),
+        sessions=(session(201, outcome),),
     )
     observability.audit(observability.logger, dry)
     (line,) = [r for r in log_records(capsys.readouterr().out) if r.get("audit") == "session"]
-    assert (line["outcome"], line["dry_run"]) == ("would_terminate", True)
+    assert (line["outcome"], line["level"], line["dry_run"]) == (outcome.value, level, True)
+
+
+def test_a_pass_stopped_mid_terminate_audits_every_session_it_may_have_ended(capsys) -> None:
+    # given a pass whose terminate statement failed part way
+    stopped = PassResult(
+        target="writer",
+        dry_run=False,
+        skipped=False,
+        duration_seconds=3.2,
+        counts=Counts(examined=3, planned=2, unconfirmed=2),
+        sessions=(
+            session(301, Outcome.UNCONFIRMED),
+            session(302, Outcome.UNCONFIRMED),
+            session(303, Outcome.SPARED),
+        ),
+        stopped_before_terminating="the terminate statement failed part way: timeout",
+    )
+    # when it is audited
+    observability.audit(observability.logger, stopped)
+    records = log_records(capsys.readouterr().out)
+    # then each planned session has a WARNING line, and the summary says why it stopped
+    sessions = [r for r in records if r.get("audit") == "session"]
+    assert [(r["pid"], r["outcome"], r["level"]) for r in sessions] == [
+        (301, "unconfirmed", "WARNING"),
+        (302, "unconfirmed", "WARNING"),
+    ]
+    (summary,) = [r for r in records if r.get("audit") == "summary"]
+    assert summary["status"] == "stopped"
+    assert summary["stopped_before_terminating"].endswith("part way: timeout")
+
+
+def test_a_superuser_reaper_is_warned_about_at_every_pass(capsys) -> None:
+    warned = PassResult(
+        target="writer",
+        dry_run=False,
+        skipped=False,
+        duration_seconds=0.01,
+        warnings=("postgres is a superuser: it needs only pg_monitor",),
+    )
+    observability.audit(observability.logger, warned)
+    (line,) = [r for r in log_records(capsys.readouterr().out) if r.get("audit") == "warning"]
+    assert (line["level"], line["target"]) == ("WARNING", "writer")
+    assert line["warning"].startswith("postgres is a superuser")

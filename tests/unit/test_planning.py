@@ -274,6 +274,60 @@ def test_each_pattern_list_is_compiled_once_per_plan_whatever_the_number_of_sess
     assert len(set(compiled)) == 302
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {
+                "rules": [
+                    {"application_names": ["lambda:*"], "states": {"idle": 60}, "keep_newest": 1}
+                ]
+            },
+            Reason.KEPT_AS_NEWEST,
+        ),
+        ({"min_utilization": 0.5}, Reason.GATE_CLOSED),
+        ({"target_utilization": 0.9}, Reason.OVER_TARGET),
+    ],
+    ids=lambda value: getattr(value, "value", None) or "",
+)
+def test_a_session_the_role_may_not_signal_is_not_refused_when_no_termination_was_wanted(
+    overrides, expected
+) -> None:
+    # given a session the reaper's role may not signal, which the policy would keep anyway
+    decisions = plan(snapshot(session(10, may_signal=False)), policy(**overrides))
+    # then it is spared for that reason, not refused
+    assert reasons(decisions)[10] is expected
+
+
+def test_a_session_over_the_cap_is_not_refused() -> None:
+    # given two signallable sessions older than one the role may not signal, and a cap of 2
+    sessions = [
+        session(10, idle_seconds=500),
+        session(11, idle_seconds=400),
+        session(12, idle_seconds=300, may_signal=False),
+    ]
+    decisions = plan(snapshot(*sessions), policy(max_terminations=2))
+    # then the cap was reached before it: it is over the cap, not refused
+    assert reasons(decisions)[12] is Reason.OVER_CAP
+    assert [d.session.pid for d in decisions.to_terminate] == [10, 11]
+
+
+def test_a_refusal_takes_no_place_under_the_cap() -> None:
+    # given the oldest session is one the role may not signal, and a cap of 1
+    sessions = [session(10, idle_seconds=500, may_signal=False), session(11, idle_seconds=400)]
+    decisions = plan(snapshot(*sessions), policy(max_terminations=1))
+    # then it is refused (the pass wanted it) and the next one is still terminated
+    assert reasons(decisions)[10] is Reason.NOT_SIGNALLABLE
+    assert [d.session.pid for d in decisions.to_terminate] == [11]
+
+
+def test_a_superuser_session_the_policy_would_terminate_is_refused_as_a_superusers() -> None:
+    su = session(10, is_superuser=True, may_signal=False)
+    decisions = plan(snapshot(su), policy(terminate_superuser_sessions=True))
+    assert reasons(decisions)[10] is Reason.SUPERUSER_NOT_SIGNALLABLE
+    assert decisions.to_terminate == ()
+
+
 def test_role_that_cannot_see_other_sessions_is_refused_before_planning() -> None:
     hidden = session(10, state=None, backend_type=None, client_addr=None)
     with pytest.raises(VisibilityError, match="pg_monitor"):
@@ -351,6 +405,7 @@ def test_keep_newest_sessions_of_each_application_survive(snap, pol) -> None:
             Reason.IDLE_TOO_LONG,
             Reason.YOUNGER_THAN_THRESHOLD,
             Reason.NOT_SIGNALLABLE,
+            Reason.SUPERUSER_NOT_SIGNALLABLE,
             Reason.KEPT_AS_NEWEST,
             Reason.GATE_CLOSED,
             Reason.OVER_CAP,

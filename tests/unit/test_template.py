@@ -49,6 +49,9 @@ METRIC_NAMES = (
     "PolicyErrors",
     "SessionsTerminatedByApplication",
     "ConnectionBudgetUtilization",
+    "PassSkipped",
+    "PassLockSquatted",
+    "DeadlineExceeded",
 )
 
 _RATE = re.compile(r"rate\((\d+) (minute|minutes|hour|hours|day|days)\)")
@@ -580,6 +583,7 @@ def test_environment_names_the_service_and_namespace_the_alarms_watch(
         "TargetErrors",
         "ConnectionSlotsExhausted",
         "ConnectionBudgetUtilization",
+        "PassSkipped",
     ):
         alarm = _alarm(template, metric_name)
         dimensions = {d["Name"]: d["Value"] for d in alarm["Dimensions"]}
@@ -639,6 +643,23 @@ def test_full_database_alarm_fires_on_the_first_refused_login(template: dict[str
     }
 
 
+def test_skip_alarm_fires_when_every_pass_of_three_schedule_periods_was_skipped(
+    template: dict[str, Any],
+) -> None:
+    alarm = _alarm(template, "PassSkipped")
+
+    # each pass emits 1 or 0: a period's minimum is 1 only when no pass in it ran
+    assert alarm["Statistic"] == "Minimum"
+    assert alarm["Period"] == {
+        "Fn::FindInMap": ["Schedule", {"Ref": "ScheduleMinutes"}, "PeriodSeconds"]
+    }
+    assert alarm["EvaluationPeriods"] == alarm["DatapointsToAlarm"] == 3
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    # no pass in a period is what the target-errors and missed-schedule alarms report
+    assert alarm["TreatMissingData"] == "notBreaching"
+
+
 def test_alarms_notify_the_topic_only_when_one_is_given(template: dict[str, Any]) -> None:
     alarms = [
         resource["Properties"]
@@ -653,7 +674,7 @@ def test_alarms_notify_the_topic_only_when_one_is_given(template: dict[str, Any]
         ]
     }
 
-    assert len(alarms) >= 7
+    assert len(alarms) >= 8
     for alarm in alarms:
         assert alarm["AlarmActions"] == notify, alarm["MetricName"]
         assert alarm["OKActions"] == notify, alarm["MetricName"]
