@@ -172,9 +172,9 @@ def busy_planner(seconds: float) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def slow_function(apps, function_env, tmp_path, monkeypatch) -> list[int]:
-    """The function with a policy in a file, a planner that takes PLAN_SECONDS, and SESSIONS
-    stale 'orders' sessions: their pids."""
+def slow_function(database_url, apps, function_env, tmp_path, monkeypatch) -> list[int]:
+    """The function (REAPER_DATABASE_URL: `database_url`) with a policy in a file, a planner
+    that takes PLAN_SECONDS, and SESSIONS stale 'orders' sessions: their pids."""
     policy = tmp_path / "policy.json"
     policy.write_text(policy_document([apps.name("orders")], THRESHOLD))
     function_env.setenv("REAPER_POLICY_FILE", str(policy))
