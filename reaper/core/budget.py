@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from reaper.core.checks import MAX_LISTED, Check, Status
 from reaper.core.planning import Reason
+from reaper.core.sql_text import quote_ident
 from reaper.errors import SettingsError
 
 if TYPE_CHECKING:
@@ -484,7 +485,7 @@ def snapshot_budget_check(
             BUDGET_CHECK,
             Status.WARN,
             f"not evaluated: role {snapshot.role} cannot see {len(hidden)} session(s)",
-            f"GRANT pg_monitor TO {snapshot.role}",
+            f"GRANT pg_monitor TO {quote_ident(snapshot.role)}",
         )
     return budget_check(budget_for(snapshot.connections, sessions_by_application(snapshot)))
 

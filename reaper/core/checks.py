@@ -20,6 +20,7 @@ from reaper.core.full_database import (
 )
 from reaper.core.planning import Reason, plan
 from reaper.core.snapshot import CLIENT_BACKEND
+from reaper.core.sql_text import quote_ident
 from reaper.core.tls import TLS_DOC, is_local_host, verifies_server
 from reaper.core.versions import NEWEST_MAJOR, OLDEST_MAJOR
 
@@ -125,7 +126,7 @@ def policy_checks(snapshot: Snapshot, policy: Policy) -> tuple[Check, ...]:
                 Status.FAIL,
                 f"not evaluated: role {snapshot.role} cannot see the state of {len(hidden)} "
                 "session(s)",
-                f"GRANT pg_monitor TO {snapshot.role}",
+                f"GRANT pg_monitor TO {quote_ident(snapshot.role)}",
             ),
         )
     decided = plan(snapshot, policy)
@@ -208,7 +209,7 @@ def _sees_sessions(facts: SetupFacts) -> Check:
         Status.FAIL,
         f"{facts.role} lacks pg_monitor: other roles' sessions show no state, so the reaper "
         "refuses to act",
-        f"GRANT pg_monitor TO {facts.role}",
+        f"GRANT pg_monitor TO {quote_ident(facts.role)}",
     )
 
 
@@ -222,7 +223,7 @@ def _signals_others(facts: SetupFacts) -> Check:
         Status.FAIL,
         f"{facts.role} lacks pg_signal_backend: terminations of other roles' sessions would be "
         "refused",
-        f"GRANT pg_signal_backend TO {facts.role}",
+        f"GRANT pg_signal_backend TO {quote_ident(facts.role)}",
     )
 
 
@@ -251,7 +252,7 @@ def _reserved_way_in(facts: SetupFacts) -> Check:
             Status.FAIL,
             f"{reserved} reserved slot(s), but {role} lacks pg_use_reserved_connections: a full "
             "database refuses its login",
-            f"GRANT pg_use_reserved_connections TO {role}",
+            f"GRANT pg_use_reserved_connections TO {quote_ident(role)}",
         )
     if facts.may_use_reserved_connections:
         return Check(
@@ -266,7 +267,7 @@ def _reserved_way_in(facts: SetupFacts) -> Check:
         Status.WARN,
         "no reserved slots (reserved_connections = 0) and no pg_use_reserved_connections: a "
         f"full database refuses {role}'s login",
-        reserved_slots_fix(role) + "; " + RESERVED_WAY_IN_DOC,
+        reserved_slots_fix(quote_ident(role)) + "; " + RESERVED_WAY_IN_DOC,
     )
 
 
@@ -340,13 +341,15 @@ def _statement_timeout(facts: SetupFacts) -> Check:
         Status.WARN,
         f"no statement_timeout on {facts.role}: the reaper sets its own per connection, but "
         "nothing bounds another client logging in as it",
-        f"ALTER ROLE {facts.role} SET statement_timeout = '30s'",
+        f"ALTER ROLE {quote_ident(facts.role)} SET statement_timeout = '30s'",
     )
 
 
 def _connection_limit(facts: SetupFacts) -> Check:
     limit = facts.role_connection_limit
-    fix = f"ALTER ROLE {facts.role} CONNECTION LIMIT {RECOMMENDED_ROLE_CONNECTION_LIMIT}"
+    fix = (
+        f"ALTER ROLE {quote_ident(facts.role)} CONNECTION LIMIT {RECOMMENDED_ROLE_CONNECTION_LIMIT}"
+    )
     if facts.is_superuser:
         return Check("connection limit", Status.OK, "superusers are not held to a limit")
     if limit < 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from reaper.core.sql_text import quote_ident
 from reaper.core.versions import RESERVED_CONNECTIONS_MAJOR
 
 # too_many_connections: every slot the role may use is taken, or a role's or database's own
@@ -83,11 +84,12 @@ def full_database_fix(
     told (16 when it named the 16+ reserve, 15 when only a superuser reserve exists), else None,
     and a full server then gets both remedies.
     """
-    who = role or "the reaper's role"
+    who = "the reaper's role" if role is None else quote_ident(role)
     if cause is FullCause.ROLE:
+        literal = "the role" if role is None else "'" + role.replace("'", "''") + "'"
         return (
             f"{who} is at its own CONNECTION LIMIT: another reaper or a stuck pass holds its "
-            f"connections (look for usename = '{who}' in pg_stat_activity), or raise it: "
+            f"connections (look for usename = {literal} in pg_stat_activity), or raise it: "
             f"ALTER ROLE {who} CONNECTION LIMIT {RECOMMENDED_ROLE_CONNECTION_LIMIT}"
         )
     if cause is FullCause.DATABASE:
@@ -111,7 +113,7 @@ def full_database_fix(
 
 
 def reserved_slots_fix(role: str) -> str:
-    """The 16+ remedy: a reserve the reaper's role may use."""
+    """The 16+ remedy: a reserve the reaper's role may use (`role` as SQL names it)."""
     return (
         "on PostgreSQL 16 and later, set reserved_connections (for example 3; it needs a "
         f"restart) and GRANT pg_use_reserved_connections TO {role}"

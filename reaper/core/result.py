@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from reaper.core.checks import least_privilege_warning
 from reaper.core.planning import REFUSAL_REASONS, Reason
 from reaper.core.snapshot import SessionIdentity
+from reaper.core.sql_text import quote_ident
 
 if TYPE_CHECKING:
     from reaper.core.planning import Plan
@@ -131,7 +132,8 @@ def refusal_fixes(result: PassResult) -> tuple[str, ...]:
     superuser_sessions = sum(1 for r in refused if r.reason is Reason.SUPERUSER_NOT_SIGNALLABLE)
     fixes = []
     if len(refused) > superuser_sessions:
-        fixes.append(f"GRANT pg_signal_backend TO {result.role}")
+        role = "<the reaper's role>" if result.role is None else quote_ident(result.role)
+        fixes.append(f"GRANT pg_signal_backend TO {role}")
     if superuser_sessions:
         fixes.append(
             f"{superuser_sessions} refused session(s) belong to a superuser: only a superuser "
