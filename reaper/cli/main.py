@@ -28,6 +28,9 @@ from reaper.errors import ExitCode
 from reaper.pg.timeouts import DEFAULT_TIMEOUTS, Timeouts
 from reaper.settings import lambda_variables
 
+# `reaper observe`: a snapshot a minute sees most reuses of sessions idle a minute or more.
+DEFAULT_OBSERVE_INTERVAL = 60.0
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -112,6 +115,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--verbose", action="store_true", help="list every session, also the uninteresting ones"
     )
+    run.add_argument(
+        "--history",
+        type=Path,
+        metavar="FILE",
+        help="learn how idle sessions are reused between runs, in FILE (created if missing); "
+        "rules with `learned` use it",
+    )
     run.set_defaults(handler=_command_run)
 
     doctor = commands.add_parser(
@@ -122,6 +132,45 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--policy", type=Path, metavar="FILE", help="a policy document (JSON)")
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
     doctor.set_defaults(handler=_command_doctor)
+
+    observe = commands.add_parser(
+        "observe",
+        help="learn how each application's idle sessions are reused; terminates nothing",
+    )
+    _add_connection_flags(observe)
+    observe.add_argument(
+        "--history", type=Path, required=True, metavar="FILE", help="the history (created)"
+    )
+    observe.add_argument(
+        "--interval",
+        type=float,
+        default=DEFAULT_OBSERVE_INTERVAL,
+        metavar="S",
+        help=f"seconds between snapshots (default {DEFAULT_OBSERVE_INTERVAL:g})",
+    )
+    observe.add_argument(
+        "--duration",
+        type=float,
+        required=True,
+        metavar="D",
+        help="seconds to observe for (one snapshot at least)",
+    )
+    observe.add_argument("--json", action="store_true", help="print the history's advice as JSON")
+    observe.set_defaults(handler=_command_observe)
+
+    advise = commands.add_parser(
+        "advise",
+        help="per application: reuses seen, idle gaps before reuse, and thresholds to use",
+    )
+    advise.add_argument(
+        "--history", type=Path, required=True, metavar="FILE", help="a history file"
+    )
+    _add_selection_flags(advise)
+    advise.add_argument(
+        "--policy", type=Path, metavar="FILE", help="the policy to compare with (JSON)"
+    )
+    advise.add_argument("--json", action="store_true", help="print the advice as JSON")
+    advise.set_defaults(handler=_command_advise)
 
     report = commands.add_parser("report", help="census of connections by application")
     _add_connection_flags(report)
@@ -246,16 +295,23 @@ def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_run(args: argparse.Namespace) -> int:
-    from reaper.actions.run import run_pass
+    from reaper.actions.run import run_observed_pass, run_pass
     from reaper.cli.render import render_pass
 
     policy = _policy_from_args(args)
-    result = run_pass(
-        _target_from_args(args),
-        policy,
-        timeouts=_timeouts_from_args(args),
-        force_dry_run=args.dry_run,
-    )
+    target = _target_from_args(args)
+    timeouts = _timeouts_from_args(args)
+    if args.history is None:
+        result = run_pass(target, policy, timeouts=timeouts, force_dry_run=args.dry_run)
+    else:
+        from reaper.actions.observe import read_history_file, write_history_file
+
+        history = read_history_file(args.history, target=target.name)
+        observed = run_observed_pass(
+            target, policy, history, timeouts=timeouts, force_dry_run=args.dry_run
+        )
+        write_history_file(args.history, observed.history, target=target.name)
+        result = observed.result
     if args.json:
         print_json(result.to_dict())
     else:
@@ -282,6 +338,30 @@ def _command_report(args: argparse.Namespace) -> int:
         print_json(report.to_dict())
     else:
         print(render_census(report.census, report.target))
+    return ExitCode.OK
+
+
+def _command_observe(args: argparse.Namespace) -> int:
+    from reaper.cli.learning import observe_main
+
+    if not (args.interval > 0 and args.duration > 0):
+        raise errors.SettingsError("--interval and --duration must be positive")
+    observe_main(
+        _target_from_args(args),
+        args.history,
+        interval_seconds=args.interval,
+        duration_seconds=args.duration,
+        timeouts=_timeouts_from_args(args),
+        as_json=args.json,
+    )
+    return ExitCode.OK
+
+
+def _command_advise(args: argparse.Namespace) -> int:
+    from reaper.cli.learning import advise_main
+
+    policy = _policy_from_args(args) if args.policy or args.application_name else None
+    advise_main(args.history, policy, as_json=args.json)
     return ExitCode.OK
 
 

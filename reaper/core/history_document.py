@@ -8,6 +8,7 @@ was learned on, so one target's history is never applied to another.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
@@ -84,13 +85,22 @@ def render_history(history: History, *, target: str) -> str:
     return json.dumps(document, separators=(",", ":")) + "\n"
 
 
-def parse_history(text: str | bytes, *, source: str, target: str) -> History:
+@dataclass(frozen=True, slots=True)
+class HistoryFile:
+    """A history file's content: the target it was learned on, and the history."""
+
+    target: str
+    history: History
+
+
+def parse_history(text: str | bytes, *, source: str, target: str | None) -> HistoryFile:
     """The history in a history file's text.
 
     Args:
         text: the document.
         source: how messages name the file.
-        target: the printable name of the target it is used on; it must be the one it names.
+        target: the printable name of the target it is used on, which must be the one the
+            document names; None accepts any target's history.
 
     Raises:
         HistoryError: not a history document (the field at fault named), or another target's.
@@ -102,12 +112,12 @@ def parse_history(text: str | bytes, *, source: str, target: str) -> History:
             f"invalid history in {source}: {describe_validation_error(exc)}; remove the file to "
             "start learning again"
         ) from exc
-    if document.target != target:
+    if target is not None and document.target != target:
         raise HistoryError(
             f"{source} holds the history of {document.target}, not of {target}; give each "
             "target a history file of its own"
         )
-    return History(
+    history = History(
         observed_at=document.observed_at,
         sessions={
             (s.pid, s.backend_start): Sighting(s.application, s.state, s.state_change)
@@ -122,6 +132,7 @@ def parse_history(text: str | bytes, *, source: str, target: str) -> History:
         sessions_seen=dict(document.sessions_seen),
         terminated=frozenset(document.terminated),
     )
+    return HistoryFile(document.target, history)
 
 
 def _time(value: datetime | None) -> str | None:

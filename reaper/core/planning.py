@@ -366,3 +366,14 @@ class _Learning:
             else decision
             for decision in decisions
         )
+
+
+def rule_for_application(policy: Policy, application: str, state: str) -> tuple[Rule, float] | None:
+    """The first rule whose application patterns match and that covers `state`, with its static
+    threshold; None if no rule does. Rules that also name users, databases or addresses are
+    taken as matching: a history knows sessions by application only (`reaper advise`)."""
+    rules = [rule for rule in policy.rules if _matches_any(application, rule.application_names)]
+    if not rules:
+        return None
+    rule, threshold = _first_covering(rules, state)
+    return None if threshold is None else (rule, threshold)

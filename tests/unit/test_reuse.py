@@ -336,7 +336,9 @@ def test_a_history_file_gives_back_the_same_history(models, times) -> None:
         history = observe(history, at(time, *sessions)).history
     history = remember_terminations(history, [s for m in models if (s := m.at(200)) is not None])
     text = render_history(history, target="app@db:5432/postgres")
-    assert parse_history(text, source="f", target="app@db:5432/postgres") == history
+    parsed = parse_history(text, source="f", target="app@db:5432/postgres")
+    assert parsed.history == history
+    assert parse_history(text, source="f", target=None).target == "app@db:5432/postgres"
 
 
 @pytest.mark.parametrize(
