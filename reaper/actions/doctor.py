@@ -9,20 +9,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from reaper.core.checks import DoctorReport, policy_checks, setup_checks
+from reaper.core.reuse import observe, statistics
 from reaper.errors import TargetUnreachableError
 from reaper.pg import gateway
 from reaper.pg.timeouts import DEFAULT_TIMEOUTS
 
 if TYPE_CHECKING:
     from reaper.core.policy import Policy
+    from reaper.core.reuse import History
     from reaper.pg.conninfo import ConnInfo
     from reaper.pg.timeouts import Timeouts
 
 
 def run_doctor(
-    target: ConnInfo, policy: Policy | None = None, *, timeouts: Timeouts = DEFAULT_TIMEOUTS
+    target: ConnInfo,
+    policy: Policy | None = None,
+    *,
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
+    history: History | None = None,
 ) -> DoctorReport:
-    """Check one target's setup, and with a policy what it would do now.
+    """Check one target's setup, and with a policy what it would do now (with rules that learn,
+    by what `history` and this snapshot say; the history itself is left as it was).
 
     A target that cannot be reached, or refuses the login (a full database too), is a failed
     `connection` check, not an exception: the report is the answer either way.
@@ -39,5 +46,8 @@ def run_doctor(
         snapshot = gateway.take_snapshot(conn) if policy is not None else None
     checks = setup_checks(facts)
     if snapshot is not None and policy is not None:
-        checks += policy_checks(snapshot, policy)
+        reuse = None
+        if history is not None and policy.learns and not snapshot.hidden_sessions:
+            reuse = statistics(observe(history, snapshot).history)
+        checks += policy_checks(snapshot, policy, reuse)
     return DoctorReport(target.name, checks)

@@ -10,6 +10,11 @@ database as DatabaseFullError); the others are not affected. Each worker calls `
 one path, with the target's own policy. The doctor event visits the targets with `run_doctor`.
 A target that cannot run (`FleetTarget.action == "error"`) gets its error as its outcome or its
 report, here and nowhere else.
+
+A target whose policy has a rule with learned thresholds keeps its reuse history in this
+module's memory, which a warm Lambda environment keeps between invocations: each pass learns
+from its snapshot and plans with what was learned. A cold start begins again with the static
+thresholds (see docs/precision.md).
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from reaper.actions.doctor import run_doctor
-from reaper.actions.run import run_pass
+from reaper.actions.run import run_observed_pass, run_pass
 from reaper.aws.credentials import build_target, uses_secret
 from reaper.core.checks import DoctorReport
+from reaper.core.reuse import History
 from reaper.errors import AuthenticationError, DeadlineExceededError, ReaperError
 from reaper.pg.timeouts import DEFAULT_TIMEOUTS, Timeouts
 
@@ -39,6 +45,21 @@ MIN_PASS_SECONDS = 2.0
 
 TargetStatus = Literal["ok", "skipped", "error"]
 
+# The reuse history of each target whose policy learns, by target name: module memory lives as
+# long as the warm environment. Each target's pass runs on one worker at a time, so two threads
+# never write one key.
+_histories: dict[str, History] = {}
+
+
+def remembered_history(target: str) -> History:
+    """What this environment remembers of `target` (empty after a cold start)."""
+    return _histories.get(target, History())
+
+
+def forget_histories() -> None:
+    """Forget every target's history, as a cold start does."""
+    _histories.clear()
+
 
 @dataclass(frozen=True, slots=True)
 class TargetOutcome:
@@ -49,6 +70,9 @@ class TargetOutcome:
     error: Exception | None = None
     # The login was refused with the cached secret, which was then read again (rotation).
     secret_reread: bool = False
+    # With learned thresholds: per application, the idle ages seen before each reuse the pass's
+    # snapshot found (the IdleGapBeforeReuse metric).
+    reuse_gaps: dict[str, list[float]] | None = None
 
     @property
     def status(self) -> TargetStatus:
@@ -108,20 +132,34 @@ def _pass_on_target(
     """
     own_deadline = _own_deadline(settings, deadline)
 
-    def attempt(*, refresh_secret: bool) -> PassResult:
+    def attempt(*, refresh_secret: bool) -> TargetOutcome:
         target = build_target(settings, spec, refresh_secret=refresh_secret)
         timeouts = timeouts_within(
             own_deadline - time.monotonic(), connect_timeout=settings.connect_timeout
         )
-        return run_pass(target, policy, timeouts=timeouts, force_dry_run=force_dry_run)
+        if not policy.learns:
+            result = run_pass(target, policy, timeouts=timeouts, force_dry_run=force_dry_run)
+            return TargetOutcome(spec.name, result=result, secret_reread=refresh_secret)
+        observed = run_observed_pass(
+            target,
+            policy,
+            remembered_history(spec.name),
+            timeouts=timeouts,
+            force_dry_run=force_dry_run,
+        )
+        _histories[spec.name] = observed.history
+        gaps = None if observed.observation is None else observed.observation.reuse_gaps()
+        return TargetOutcome(
+            spec.name, result=observed.result, secret_reread=refresh_secret, reuse_gaps=gaps
+        )
 
     try:
-        return TargetOutcome(spec.name, result=attempt(refresh_secret=False))
+        return attempt(refresh_secret=False)
     except AuthenticationError:
         if not uses_secret(settings, spec):
             raise
     # The cached secret may predate a rotation: read it again, bypassing the cache, once.
-    return TargetOutcome(spec.name, result=attempt(refresh_secret=True), secret_reread=True)
+    return attempt(refresh_secret=True)
 
 
 def run_on_targets(
@@ -237,7 +275,8 @@ def doctor_on_targets(
                 _own_deadline(settings, deadline) - time.monotonic(),
                 connect_timeout=settings.connect_timeout,
             )
-            reports.append(run_doctor(conninfo, policy, timeouts=timeouts))
+            history = remembered_history(spec.name) if policy.learns else None
+            reports.append(run_doctor(conninfo, policy, timeouts=timeouts, history=history))
         except ReaperError as exc:
             # Credentials, time, or the database failing mid-check: this target's one answer.
             reports.append(DoctorReport.unreachable(target.name, str(exc)))

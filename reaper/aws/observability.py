@@ -43,6 +43,8 @@ POLICY_ERRORS = "PolicyErrors"
 DISCOVERY_ERRORS = "DiscoveryErrors"
 TARGET_SKIPPED = "TargetSkipped"
 SESSIONS_TERMINATED_BY_APPLICATION = "SessionsTerminatedByApplication"
+# With learned thresholds: the idle age a pass last saw before each reuse, per application.
+IDLE_GAP_BEFORE_REUSE = "IdleGapBeforeReuse"
 
 TARGET_DIMENSION = "Target"
 APPLICATION_DIMENSION = "Application"
@@ -153,6 +155,21 @@ def record_result(result: PassResult) -> None:
             pass
 
 
+def record_reuse_gaps(target: str, gaps: dict[str, list[float]]) -> None:
+    """Print one EMF blob per application with the idle ages seen before each reuse
+    (IdleGapBeforeReuse, dimensions Target and Application): CloudWatch keeps their
+    distribution (percentiles) beyond the life of one Lambda environment."""
+    for application, values in sorted(gaps.items()):
+        provider = _target_metrics(target)
+        provider.add_dimension(name=APPLICATION_DIMENSION, value=application or NO_APPLICATION)
+        for value in values:
+            # Several values of one metric in one blob: EMF sends them as one array.
+            provider.add_metric(
+                name=IDLE_GAP_BEFORE_REUSE, unit=MetricUnit.Seconds, value=round(value, 3)
+            )
+        provider.flush_metrics()
+
+
 def record_target_error(target: str, error: BaseException | None = None) -> None:
     """Print one EMF blob with TargetErrors=1 for a target whose pass failed, and
     ConnectionSlotsExhausted=1 when it failed because the database was full."""
@@ -248,4 +265,8 @@ def _session_fields(result: PassResult, record: SessionRecord) -> dict[str, Any]
         "idle_seconds": None if record.idle_seconds is None else round(record.idle_seconds, 1),
         "rule": record.rule,
         "reason": record.reason.value,
+        "threshold_seconds": record.threshold_seconds,
+        "threshold_source": record.threshold_source,
+        # Learned thresholds: what was learned of the application, or why the static one held.
+        "threshold_why": None if record.learned is None else record.learned.why(),
     }

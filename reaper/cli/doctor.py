@@ -11,6 +11,7 @@ from reaper.core.checks import Status
 if TYPE_CHECKING:
     from reaper.core.checks import DoctorReport
     from reaper.core.policy import Policy
+    from reaper.core.reuse import History
     from reaper.pg.conninfo import ConnInfo
     from reaper.pg.timeouts import Timeouts
 
@@ -18,10 +19,15 @@ _NAME_WIDTH = 18
 
 
 def doctor_main(
-    target: ConnInfo, policy: Policy | None, timeouts: Timeouts, *, as_json: bool
+    target: ConnInfo,
+    policy: Policy | None,
+    timeouts: Timeouts,
+    *,
+    as_json: bool,
+    history: History | None = None,
 ) -> DoctorReport:
     """Run the checks, print them (as text or JSON) and return the report."""
-    report = run_doctor(target, policy, timeouts=timeouts)
+    report = run_doctor(target, policy, timeouts=timeouts, history=history)
     print(json.dumps(report.to_dict(), indent=2) if as_json else render_report(report))
     return report
 

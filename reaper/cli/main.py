@@ -131,6 +131,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_selection_flags(doctor)
     doctor.add_argument("--policy", type=Path, metavar="FILE", help="a policy document (JSON)")
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
+    doctor.add_argument(
+        "--history",
+        type=Path,
+        metavar="FILE",
+        help="the reuse history rules with `learned` use (see reaper run --history)",
+    )
     doctor.set_defaults(handler=_command_doctor)
 
     observe = commands.add_parser(
@@ -323,8 +329,14 @@ def _command_doctor(args: argparse.Namespace) -> int:
     from reaper.cli.doctor import doctor_main
 
     policy = _policy_from_args(args) if args.policy or args.application_name else None
+    target = _target_from_args(args)
+    history = None
+    if args.history is not None:
+        from reaper.actions.observe import read_history_file
+
+        history = read_history_file(args.history, target=target.name)
     report = doctor_main(
-        _target_from_args(args), policy, _timeouts_from_args(args), as_json=args.json
+        target, policy, _timeouts_from_args(args), as_json=args.json, history=history
     )
     return ExitCode.CHECKS_FAILED if report.failed else ExitCode.OK
 

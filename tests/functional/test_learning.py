@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from reaper.actions.doctor import run_doctor
 from reaper.actions.observe import observe_once
 from reaper.actions.run import run_observed_pass
+from reaper.core.checks import Status
 from reaper.core.planning import Reason
 from reaper.core.result import Outcome
 from reaper.core.reuse import History, PeriodOutcome
@@ -76,6 +78,31 @@ def test_a_pass_that_remembers_holds_each_application_to_what_it_learned(
     [api_period] = after.periods[(apps.name("api"), "idle")]
     assert api_period.outcome is PeriodOutcome.REUSED
     assert api_period.seen_idle_seconds <= api_period.reused_within_seconds
+
+
+def test_doctor_shows_the_thresholds_a_history_teaches_and_acts_on_nothing(
+    session_factory, apps, reaper_login
+) -> None:
+    reaper, _dsn = reaper_login
+    # given a cron session seen idle by a snapshot, and idle a while longer
+    cron = apps.open("cron")
+    history = observe_once(reaper, History()).history
+    wait_past_threshold()
+    policy = policy_for(session_factory, rule={"states": {"idle": 600}, "learned": LEARNED})
+    # when the doctor checks the learning policy without a history, then with it
+    without = {check.name: check for check in run_doctor(reaper, policy).checks}
+    checks = {check.name: check for check in run_doctor(reaper, policy, history=history).checks}
+    # then without one it warns that the static thresholds hold
+    assert without["learned thresholds"].status is Status.WARN
+    assert "would terminate 0" in without["policy"].summary
+    # and with one it names the learned threshold and what a pass would do with it
+    learned = checks["learned thresholds"]
+    assert learned.status is Status.OK
+    assert f"{apps.name('cron')} idle: 0.5s (learned: none of 1 idle periods reused)" in (
+        learned.summary
+    )
+    assert "would terminate 1 of" in checks["policy"].summary
+    assert apps.alive(cron)
 
 
 def test_observe_builds_a_history_and_advise_reads_it_against_a_policy(
