@@ -131,18 +131,26 @@ def observe(history: History, snapshot: Snapshot) -> Observation:
     current: dict[SessionKey, Sighting] = {}
     finished: list[tuple[GroupKey, Period]] = []
     new_sessions: Counter[str] = Counter()
+    own_pid = snapshot.own_pid
+    # The loop runs once per session of every pass (thousands): plain comparisons, in the
+    # order that rules most sessions out first.
     for session in snapshot.sessions:
-        if session.backend_type != CLIENT_BACKEND or session.pid == snapshot.own_pid:
+        if (
+            session.backend_type != CLIENT_BACKEND
+            or session.pid == own_pid
+            or session.backend_start is None
+        ):
             continue
-        key = session_key(session)
-        if key is None:
-            continue
+        key = (session.pid, session.backend_start)
         sighting = Sighting(session.application_name, session.state, session.state_change)
         current[key] = sighting
         earlier = previous.get(key)
         if earlier is None:
             new_sessions[session.application_name] += 1
-        elif before is not None and _idle(earlier) and _changed(earlier, sighting):
+        elif (
+            earlier.state_change != sighting.state_change or earlier.state != sighting.state
+        ) and _idle(earlier):
+            assert before is not None  # `previous` is empty without an earlier snapshot
             finished.append(_reused(earlier, session, before, now))
     if before is not None:
         for key, earlier in previous.items():
@@ -259,12 +267,13 @@ def statistics(history: History) -> dict[GroupKey, ReuseStats]:
             else:
                 unreused[group].append(period.seen_idle_seconds)
     idle_now: Counter[GroupKey] = Counter()
-    if history.observed_at is not None:
-        for sighting in history.sessions.values():
-            if _idle(sighting):
-                assert sighting.state is not None  # _idle
-                group = (sighting.application, sighting.state)
-                unreused.setdefault(group, []).append(_age(sighting, history.observed_at))
+    at = history.observed_at
+    if at is not None:
+        # Once per session of every learning pass: inline, not _idle() and _age().
+        for application, state, changed in history.sessions.values():
+            if state is not None and changed is not None and state.startswith("idle"):
+                group = (application, state)
+                unreused.setdefault(group, []).append(max(0.0, (at - changed).total_seconds()))
                 idle_now[group] += 1
     stats = {}
     for group in sorted(gaps.keys() | unreused.keys()):
@@ -358,10 +367,6 @@ def _idle(sighting: Sighting) -> bool:
         and sighting.state.startswith("idle")
         and sighting.state_change is not None
     )
-
-
-def _changed(earlier: Sighting, now: Sighting) -> bool:
-    return now.state_change != earlier.state_change or now.state != earlier.state
 
 
 def _age(sighting: Sighting, at: datetime) -> float:
