@@ -51,7 +51,7 @@ def _median(results: dict[str, Any], kind: str, mode: str, major: int, size: int
 
 
 def _servers(results: dict[str, Any]) -> list[tuple[int, str]]:
-    rows = results["measurements"] + results["lambda_invocations"]
+    rows = results["measurements"] + results["lambda_invocations"] + results["learning"]
     return sorted({(row["major"], row["server"]) for row in rows}, reverse=True)
 
 
