@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from reaper.actions._snapshot import visible_snapshot
 from reaper.actions.files import read_text
 from reaper.core.history_document import parse_history, render_history
-from reaper.core.planning import check_visibility
 from reaper.core.reuse import History, observe
 from reaper.errors import HistoryError
-from reaper.pg import gateway
 from reaper.pg.timeouts import DEFAULT_TIMEOUTS
 
 if TYPE_CHECKING:
@@ -95,10 +94,7 @@ def observe_once(
         VisibilityError: the role cannot see other roles' sessions, so nothing can be learned.
         PassAbortedError: the database failed while the snapshot was read.
     """
-    with gateway.connect(target, timeouts) as conn:
-        snapshot = gateway.take_snapshot(conn)
-    check_visibility(snapshot)
-    return observe(history, snapshot)
+    return observe(history, visible_snapshot(target, timeouts))
 
 
 def observe_for(

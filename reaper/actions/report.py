@@ -8,9 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from reaper.actions._snapshot import visible_snapshot
 from reaper.core.census import take_census
-from reaper.core.planning import check_visibility
-from reaper.pg import gateway
 from reaper.pg.timeouts import DEFAULT_TIMEOUTS
 
 if TYPE_CHECKING:
@@ -39,7 +38,4 @@ def take_report(target: ConnInfo, *, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> R
         VisibilityError: the role cannot see other roles' sessions, so the census would lie.
         PassAbortedError: the database failed while the snapshot was read.
     """
-    with gateway.connect(target, timeouts) as conn:
-        snapshot = gateway.take_snapshot(conn)
-    check_visibility(snapshot)
-    return Report(target.name, take_census(snapshot))
+    return Report(target.name, take_census(visible_snapshot(target, timeouts)))
