@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-matrix lint workflows security format typecheck bench build build-ReaperFunction cfn refresh-ca clean
+.PHONY: demo test test-matrix lint workflows security format typecheck bench bench-churn build build-ReaperFunction cfn refresh-ca clean
 
 # Tools whose pinned dependencies clash with ours live in venvs of their own, outside the tree.
 TOOLS_DIR ?= $(or $(REAPER_TOOLS_DIR),$(HOME)/.cache/idle-reaper)
@@ -95,6 +95,11 @@ typecheck: $(VENV)/.installed-dev
 # e.g. make bench BENCH_ARGS="--bench-sizes 100,1000 --bench-majors 18" (see docs/benchmarks.md)
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The churn benchmark: a simulated Lambda fleet, the same traffic under each way of dealing with
+# idle sessions (docs/precision.md); e.g. make bench-churn CHURN_ARGS="--seconds 30 --rounds 3"
+bench-churn: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.churn $(CHURN_ARGS)
 
 # sam is installed outside the project venv (its pins clash with ours); see docs/deploying.md.
 # --build-in-source: SAM would otherwise copy the whole tree, .venv included, before building.

@@ -15,6 +15,8 @@ FANOUT_LIMIT = 1.3  # one invocation over all fan-out servers / the slowest of t
 RSS_LIMIT_MIB = 128  # the smallest Lambda memory size
 PASS_TARGET_SIZES = (1_000, 4_000)
 RSS_TARGET_SIZE = 4_000
+LEARNING_TARGET_SIZE = 4_000
+LEARNING_SHARE_LIMIT = 0.05  # the `learn` step of a pass with a history / the whole pass
 PAIRS = (("reaper_pass", "bare_sql"), ("reaper_cli", "psql"))
 
 
@@ -34,6 +36,7 @@ def build_results(raw: dict[str, Any]) -> dict[str, Any]:
         "lambda_invocations": [row for row in rows if row["kind"] == "lambda_invocation"],
         "fanout": [row for row in rows if row["kind"] == "fanout"],
         "planner": [row for row in rows if row["kind"] == "plan"],
+        "learning": [row for row in rows if row["kind"] == "reaper_pass_learning"],
     }
     results["targets"] = evaluate_targets(results)
     return results
@@ -49,7 +52,7 @@ def _median(results: dict[str, Any], kind: str, mode: str, major: int, size: int
 
 
 def _servers(results: dict[str, Any]) -> list[tuple[int, str]]:
-    rows = results["measurements"] + results["lambda_invocations"]
+    rows = results["measurements"] + results["lambda_invocations"] + results["learning"]
     return sorted({(row["major"], row["server"]) for row in rows}, reverse=True)
 
 
@@ -84,6 +87,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         name = f"peak RSS of a Lambda pass over {RSS_TARGET_SIZE:,} sessions < {RSS_LIMIT_MIB} MiB"
         detail = f"{rss[0]:.1f} MiB" if rss else ""
         targets.append(_target(name, label, RSS_LIMIT_MIB, rss[0] if rss else None, detail))
+        targets.append(_learning_target(results, major, label))
     # The fan-out: all its servers in one invocation against the slowest of them alone.
     alone = [row for row in results["fanout"] if len(row["targets"]) == 1]
     slowest: dict[str, Any] = max(alone, key=lambda row: row["median"], default={})
@@ -95,6 +99,29 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         detail += f" {together['sessions']} sessions; reaper CPU {_ms(cpu)} per target)"
     name = f"one invocation over all fan-out servers within {FANOUT_LIMIT}x the slowest alone"
     return [*targets, _target(name, together.get("server"), FANOUT_LIMIT, ratio, detail)]
+
+
+def _learning_target(results: dict[str, Any], major: int, label: str) -> dict[str, Any]:
+    """Remembering sessions (the learn step) as a share of the whole pass, real mode; the dry
+    run's share (the same work in a much shorter pass) goes in the detail."""
+    shares: dict[str, tuple[float, float, float]] = {}
+    for row in _rows(results["learning"], major=major, sessions=LEARNING_TARGET_SIZE):
+        learn = row["medians"].get("learn")
+        if learn and row["median"]:
+            shares[row["mode"]] = (learn / row["median"], learn, row["median"])
+    detail = "; ".join(
+        f"{mode}: learn {_ms(learn)} of a {_ms(whole)} pass = {share:.1%}"
+        for mode, (share, learn, whole) in sorted(shares.items(), reverse=True)
+    )
+    name = (
+        f"remembering sessions at most {LEARNING_SHARE_LIMIT:.0%} of a pass at "
+        f"{LEARNING_TARGET_SIZE:,} sessions"
+    )
+    real = shares.get("real")
+    target: dict[str, Any] = _target(
+        name, label, LEARNING_SHARE_LIMIT, None if real is None else real[0], detail
+    )
+    return target
 
 
 def read_handler_output(output: str) -> dict[str, Any]:

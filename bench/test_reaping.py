@@ -35,10 +35,11 @@ from bench.bare_sql import bare_statement
 from bench.conftest import rounds_for
 from bench.fleet import BenchError, require_exactly
 from bench.report import read_handler_output
-from reaper.actions.run import run_pass
+from reaper.actions.run import run_observed_pass, run_pass
 from reaper.cli.invoke import emulated_environment, read_event
 from reaper.core.planning import plan
 from reaper.core.policy import MAX_RULES, one_rule_policy, policy_from_mapping
+from reaper.core.reuse import History
 from reaper.pg.conninfo import ConnInfo
 from tests.unit.planning_data import session, snapshot
 
@@ -59,6 +60,20 @@ POLICY = one_rule_policy(
     [GLOB], idle_seconds=IDLE_SECONDS, source="bench", max_terminations=100_000,
     allow_short_thresholds=True,
 )  # fmt: skip
+# The same rule learning per application; a fleet never reused is held to the same threshold,
+# so a learning pass acts on exactly the fleet as well.
+LEARNING_POLICY = policy_from_mapping(
+    {
+        **POLICY.model_dump(mode="json"),
+        "rules": [
+            {
+                **POLICY.rules[0].model_dump(mode="json"),
+                "learned": {"min_seconds": IDLE_SECONDS, "max_seconds": 3600},
+            }
+        ],
+    },
+    source="bench",
+)
 MODES = ["dry", "real"]
 STATEMENTS = {
     mode: bare_statement(IDLE_SECONDS, "lambda:%", terminate=mode == "real") for mode in MODES
@@ -176,6 +191,26 @@ def test_in_process(site: Site, kind: str, mode: str) -> None:
         require_exactly(kind, affected, site.size)
 
     site.measure(reap, warm_up=mode == "dry", kind=kind, mode=mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_learning_pass(site: Site, mode: str) -> None:
+    """The pass with a reuse history kept from round to round: its `learn` step is what
+    remembering the sessions costs (compare, note what finished, work out the statistics)."""
+    target = ConnInfo.from_dsn(site.server.reaper_dsn, name="bench")
+    history = History()
+
+    def learning_pass() -> None:
+        nonlocal history
+        observed = run_observed_pass(
+            target, LEARNING_POLICY, history, force_dry_run=mode == "dry", on_step=site.add
+        )
+        history = observed.history
+        counts = observed.result.counts
+        site.spend(mode == "real")
+        require_exactly("the learning pass", counts.terminated or counts.would_terminate, site.size)
+
+    site.measure(learning_pass, warm_up=True, kind="reaper_pass_learning", mode=mode)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -12,6 +12,7 @@ The class tree, with the exit code of `reaper` when the error stops a command (t
         ├── PolicyError                2  bad input: nothing was done
         ├── SettingsError              2
         ├── EventError                 2
+        ├── HistoryError               2
         ├── CredentialsError           3  the database cannot be logged in to
         ├── DiscoveryError             3  the RDS API cannot list the databases
         ├── TargetUnreachableError     3
@@ -72,6 +73,12 @@ class SettingsError(ReaperError):
 
 class EventError(ReaperError):
     """Raised when a Lambda event has an unknown shape or a malformed or unknown field."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class HistoryError(ReaperError):
+    """Raised when a history file cannot be read, is not a history, or is another target's."""
 
     exit_code = ExitCode.BAD_INPUT
 

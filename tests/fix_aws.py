@@ -80,13 +80,14 @@ def _reset_powertools() -> Iterator[None]:
 def _reset() -> None:
     from aws_lambda_powertools.utilities import parameters
 
-    from reaper.aws import _clients, concurrency, discovery, observability
+    from reaper.aws import _clients, concurrency, discovery, fanout, observability
 
     observability.metrics.clear_metrics()
     parameters.clear_caches()
     _clients.clear_clients()
     discovery.clear_cache()
     concurrency.clear_cache()
+    fanout.forget_histories()
 
 
 # -- environment and moto ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from reaper.core.checks import DoctorReport, policy_checks, setup_checks
+from reaper.core.reuse import observe, statistics
 from reaper.errors import TargetUnreachableError
 from reaper.pg import gateway
 from reaper.pg.timeouts import DEFAULT_TIMEOUTS
@@ -17,6 +18,7 @@ from reaper.pg.timeouts import DEFAULT_TIMEOUTS
 if TYPE_CHECKING:
     from reaper.core.checks import Check
     from reaper.core.policy import Policy
+    from reaper.core.reuse import History
     from reaper.core.snapshot import Snapshot
     from reaper.pg.conninfo import ConnInfo
     from reaper.pg.timeouts import Timeouts
@@ -32,9 +34,11 @@ def run_doctor(
     *,
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
     snapshot_checks: SnapshotChecks | None = None,
+    history: History | None = None,
 ) -> DoctorReport:
-    """Check one target's setup, and with a policy what it would do now; `snapshot_checks`
-    adds the checks it makes of the same snapshot.
+    """Check one target's setup, and with a policy what it would do now (with rules that learn,
+    by what `history` and this snapshot say; the history itself is left as it was);
+    `snapshot_checks` adds the checks it makes of the same snapshot.
 
     A target that cannot be reached, or refuses the login (a full database too), is a failed
     `connection` check, not an exception: the report is the answer either way.
@@ -52,7 +56,10 @@ def run_doctor(
         snapshot = gateway.take_snapshot(conn) if wants_snapshot else None
     checks = setup_checks(facts)
     if snapshot is not None and policy is not None:
-        checks += policy_checks(snapshot, policy)
+        reuse = None
+        if history is not None and policy.learns and not snapshot.hidden_sessions:
+            reuse = statistics(observe(history, snapshot).history)
+        checks += policy_checks(snapshot, policy, reuse)
     if snapshot is not None and snapshot_checks is not None:
         checks += tuple(snapshot_checks(snapshot))
     return DoctorReport(target.name, checks)

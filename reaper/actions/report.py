@@ -1,7 +1,7 @@
 """The one path of a census (`reaper report`): connect -> snapshot -> visibility -> census.
 
-The CLI's `report` command and the demo both call `take_report`; `reaper budget` reads the same
-snapshot (`read_snapshot`). Neither ever terminates anything.
+The CLI's `report` command and the demo both call `take_report`; `reaper budget` and
+`reaper observe` read the same snapshot (`read_snapshot`). None ever terminates anything.
 """
 
 from __future__ import annotations

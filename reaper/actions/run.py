@@ -1,6 +1,9 @@
 """The one path of a pass: connect -> lock -> snapshot -> plan -> terminate -> result.
 
 The CLI and the Lambda handler both call `run_pass`; neither decides anything on its own.
+
+Given a reuse history (`run_observed_pass`), the pass also learns from its snapshot before it
+plans, plans with what was learned, and hands back the history with its own terminations noted.
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from reaper.core.pass_lock import check_pass_lock
 from reaper.core.planning import check_visibility, plan
-from reaper.core.result import Stop, skipped_result, summarize
+from reaper.core.result import Outcome, Stop, skipped_result, summarize
+from reaper.core.reuse import observe, remember_terminations, statistics
 from reaper.errors import DeadlineExceededError, PassAbortedError
 from reaper.pg import gateway
 from reaper.pg.timeouts import DEFAULT_TIMEOUTS
@@ -24,14 +29,15 @@ if TYPE_CHECKING:
     import psycopg
 
     from reaper.core.policy import Policy
-    from reaper.core.result import Outcome, PassResult
+    from reaper.core.result import PassResult
+    from reaper.core.reuse import History, Observation
     from reaper.core.snapshot import Session
     from reaper.pg.conninfo import ConnInfo
     from reaper.pg.timeouts import Timeouts
 
 
-# Told each step's name and seconds as it ends: connect, lock, snapshot, plan, terminate, close,
-# result (a skipped pass stops after lock). For the bench's breakdown of a pass.
+# Told each step's name and seconds as it ends: connect, lock, snapshot, (learn,) plan, terminate,
+# close, result (a skipped pass stops after lock). For the bench's breakdown of a pass.
 StepObserver = Callable[[str, float], None]
 
 # With less time than this left, no terminate statement is started: one of thousands of
@@ -154,6 +160,18 @@ class _Laps:
         self._last = time.perf_counter()
 
 
+@dataclass(frozen=True, slots=True)
+class ObservedPass:
+    """A pass that learned from its snapshot: its result and the history to keep."""
+
+    result: PassResult
+    # The history after the pass: its snapshot observed, its terminations noted. The one given
+    # when the pass was skipped (another reaper held the lock).
+    history: History
+    # What this pass's snapshot taught; None when the pass was skipped.
+    observation: Observation | None
+
+
 def run_pass(
     target: ConnInfo,
     policy: Policy,
@@ -163,11 +181,42 @@ def run_pass(
     on_step: StepObserver | None = None,
     deadline: PassDeadline | None = None,
 ) -> PassResult:
-    """Run one pass of the policy on one target.
+    """Run one pass of the policy on one target, with static thresholds only.
+
+    See `run_observed_pass` for the arguments, the result and the errors.
+    """
+    result, _, _ = _run(
+        target,
+        policy,
+        None,
+        timeouts,
+        force_dry_run=force_dry_run,
+        on_step=on_step,
+        deadline=deadline,
+    )
+    return result
+
+
+def run_observed_pass(
+    target: ConnInfo,
+    policy: Policy,
+    history: History,
+    *,
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
+    force_dry_run: bool = False,
+    on_step: StepObserver | None = None,
+    deadline: PassDeadline | None = None,
+) -> ObservedPass:
+    """Run one pass of the policy on one target, learning from its snapshot first.
+
+    The snapshot is compared with `history` (core/reuse.py) and the rules that ask for learned
+    thresholds use what the history then says; a lost or empty history only means the static
+    thresholds apply for longer.
 
     Args:
         target: the database to act on.
         policy: the validated policy.
+        history: what was remembered of this target (an empty History the first time).
         timeouts: limits on the reaper's own connection.
         force_dry_run: plan and report only, whatever the policy says. (Nothing can force a
             real pass when the policy asks for a dry run.)
@@ -178,9 +227,9 @@ def run_pass(
             (`stopped_before_terminating`); None: no deadline.
 
     Returns:
-        The result; `stopped_before_terminating` is set when the pass stopped before its
-        terminate statement, or the statement failed part way (its sessions are then
-        `unconfirmed`: each may have been terminated).
+        The result (`stopped_before_terminating` is set when the pass stopped before its
+        terminate statement, or the statement failed part way: its sessions are then
+        `unconfirmed`, each may have been terminated) and the history to keep.
 
     Raises:
         TargetUnreachableError: the database cannot be reached or refused the login.
@@ -189,6 +238,30 @@ def run_pass(
         PassAbortedError: the database failed before the terminate step; nothing was terminated.
         DeadlineExceededError: the caller gave the pass up; nothing was terminated.
     """
+    result, observation, after = _run(
+        target,
+        policy,
+        history,
+        timeouts,
+        force_dry_run=force_dry_run,
+        on_step=on_step,
+        deadline=deadline,
+    )
+    return ObservedPass(result, history if after is None else after, observation)
+
+
+def _run(
+    target: ConnInfo,
+    policy: Policy,
+    history: History | None,
+    timeouts: Timeouts,
+    *,
+    force_dry_run: bool,
+    on_step: StepObserver | None,
+    deadline: PassDeadline | None,
+) -> tuple[PassResult, Observation | None, History | None]:
+    """The pass: its result, and with a history what it observed and the history after it
+    (both None without one, or when the pass was skipped)."""
     started = time.monotonic()
     dry_run = policy.dry_run or force_dry_run
     deadline = deadline or PassDeadline()
@@ -202,14 +275,21 @@ def run_pass(
         laps.end("lock")
         if not locked:
             check_pass_lock(gateway.read_pass_lock(conn))
-            return skipped_result(
+            skipped = skipped_result(
                 target.name, dry_run=dry_run, duration_seconds=time.monotonic() - started
             )
+            return skipped, None, None
         deadline.check()
         snapshot = gateway.take_snapshot(conn)
         laps.end("snapshot")
         check_visibility(snapshot)
-        decisions = plan(snapshot, policy)
+        observation = None if history is None else observe(history, snapshot)
+        # Only a rule with `learned` reads the statistics: no need to work them out otherwise.
+        learns = observation is not None and policy.learns
+        reuse = statistics(observation.history) if observation is not None and learns else None
+        if observation is not None:
+            laps.end("learn")
+        decisions = plan(snapshot, policy, reuse)
         laps.end("plan")
         planned = [d.session for d in decisions.to_terminate]
         if planned and not dry_run:
@@ -228,7 +308,10 @@ def run_pass(
         stop=stop,
     )
     laps.end("result")
-    return result
+    if observation is None:
+        return result, None, None
+    terminated = [s for s in planned if signals.get(s.pid) is Outcome.TERMINATED]
+    return result, observation, remember_terminations(observation.history, terminated)
 
 
 def _terminate(

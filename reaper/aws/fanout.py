@@ -15,6 +15,11 @@ are not affected. Each worker calls `run_pass`, the one path, with the target's 
 doctor event visits the targets with `run_doctor`.
 A target that cannot run (`FleetTarget.action == "error"`) gets its error as its outcome or its
 report, here and nowhere else.
+
+A target whose policy has a rule with learned thresholds keeps its reuse history in this
+module's memory, which a warm Lambda environment keeps between invocations: each pass learns
+from its snapshot and plans with what was learned. A cold start begins again with the static
+thresholds (see docs/precision.md).
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from reaper.actions.doctor import run_doctor
-from reaper.actions.run import PassDeadline, run_pass
+from reaper.actions.run import PassDeadline, run_observed_pass, run_pass
 from reaper.aws.credentials import build_target, uses_secret
 from reaper.core.checks import DoctorReport
+from reaper.core.reuse import History
 from reaper.errors import (
     AuthenticationError,
     DeadlineExceededError,
@@ -54,6 +60,21 @@ ANSWER_GRACE_SECONDS = 2.0
 
 TargetStatus = Literal["ok", "skipped", "error"]
 
+# The reuse history of each target whose policy learns, by target name: module memory lives as
+# long as the warm environment. Each target's pass runs on one worker at a time, so two threads
+# never write one key.
+_histories: dict[str, History] = {}
+
+
+def remembered_history(target: str) -> History:
+    """What this environment remembers of `target` (empty after a cold start)."""
+    return _histories.get(target, History())
+
+
+def forget_histories() -> None:
+    """Forget every target's history, as a cold start does."""
+    _histories.clear()
+
 
 @dataclass(frozen=True, slots=True)
 class TargetOutcome:
@@ -65,6 +86,9 @@ class TargetOutcome:
     error: Exception | None = None
     # The login was refused with the cached secret, which was then read again (rotation).
     secret_reread: bool = False
+    # With learned thresholds: per application, the idle ages seen before each reuse the pass's
+    # snapshot found (the IdleGapBeforeReuse metric).
+    reuse_gaps: dict[str, list[float]] | None = None
 
     @property
     def status(self) -> TargetStatus:
@@ -133,14 +157,33 @@ def _pass_on_target(
         timeouts = timeouts_within(
             own_deadline - time.monotonic(), connect_timeout=settings.connect_timeout
         )
-        result = run_pass(
-            target, policy, timeouts=timeouts, force_dry_run=force_dry_run, deadline=pass_deadline
-        )
+        if not policy.learns:
+            result = run_pass(
+                target,
+                policy,
+                timeouts=timeouts,
+                force_dry_run=force_dry_run,
+                deadline=pass_deadline,
+            )
+            gaps = None
+        else:
+            observed = run_observed_pass(
+                target,
+                policy,
+                remembered_history(spec.name),
+                timeouts=timeouts,
+                force_dry_run=force_dry_run,
+                deadline=pass_deadline,
+            )
+            _histories[spec.name] = observed.history
+            result = observed.result
+            gaps = None if observed.observation is None else observed.observation.reuse_gaps()
         return TargetOutcome(
             spec.name,
             result=result,
             error=_stopped_error(spec.name, result, own_deadline),
             secret_reread=refresh_secret,
+            reuse_gaps=gaps,
         )
 
     try:
@@ -316,7 +359,12 @@ def doctor_on_targets(
                 connect_timeout=settings.connect_timeout,
             )
             extra = None if more_checks is None else more_checks(target.name, policy)
-            reports.append(run_doctor(conninfo, policy, timeouts=timeouts, snapshot_checks=extra))
+            history = remembered_history(spec.name) if policy.learns else None
+            reports.append(
+                run_doctor(
+                    conninfo, policy, timeouts=timeouts, snapshot_checks=extra, history=history
+                )
+            )
         except ReaperError as exc:
             # Credentials, time, or the database failing mid-check: this target's one answer.
             reports.append(DoctorReport.unreachable(target.name, str(exc)))

@@ -47,6 +47,7 @@ from reaper.aws.observability import (
     record_discovery_outcome,
     record_policy_outcome,
     record_result,
+    record_reuse_gaps,
     record_target_error,
     record_target_skipped,
 )
@@ -238,6 +239,8 @@ def _report(outcome: TargetOutcome) -> None:
     assert outcome.result is not None  # an outcome without an error has a result
     audit(logger, outcome.result)
     record_result(outcome.result)
+    if outcome.reuse_gaps:
+        record_reuse_gaps(outcome.name, outcome.reuse_gaps)
 
 
 def _log_fields(

@@ -54,6 +54,8 @@ PASS_SKIPPED = "PassSkipped"
 # Emitted (1) only when it happens: a stranger holds the pass lock; a pass ran out of time.
 PASS_LOCK_SQUATTED = "PassLockSquatted"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
+# With learned thresholds: the idle age a pass last saw before each reuse, per application.
+IDLE_GAP_BEFORE_REUSE = "IdleGapBeforeReuse"
 
 TARGET_DIMENSION = "Target"
 APPLICATION_DIMENSION = "Application"
@@ -185,6 +187,21 @@ _ERROR_METRICS: tuple[tuple[type[BaseException], str], ...] = (
     (PassLockSquattedError, PASS_LOCK_SQUATTED),
     (DeadlineExceededError, DEADLINE_EXCEEDED),
 )
+
+
+def record_reuse_gaps(target: str, gaps: dict[str, list[float]]) -> None:
+    """Print one EMF blob per application with the idle ages seen before each reuse
+    (IdleGapBeforeReuse, dimensions Target and Application): CloudWatch keeps their
+    distribution (percentiles) beyond the life of one Lambda environment."""
+    for application, values in sorted(gaps.items()):
+        provider = _target_metrics(target)
+        provider.add_dimension(name=APPLICATION_DIMENSION, value=application or NO_APPLICATION)
+        for value in values:
+            # Several values of one metric in one blob: EMF sends them as one array.
+            provider.add_metric(
+                name=IDLE_GAP_BEFORE_REUSE, unit=MetricUnit.Seconds, value=round(value, 3)
+            )
+        provider.flush_metrics()
 
 
 def record_target_error(target: str, error: BaseException | None = None) -> None:
@@ -324,4 +341,8 @@ def _session_fields(result: PassResult, record: SessionRecord) -> dict[str, Any]
         "idle_seconds": None if record.idle_seconds is None else round(record.idle_seconds, 1),
         "rule": record.rule,
         "reason": record.reason.value,
+        "threshold_seconds": record.threshold_seconds,
+        "threshold_source": record.threshold_source,
+        # Learned thresholds: what was learned of the application, or why the static one held.
+        "threshold_why": None if record.learned is None else record.learned.why(),
     }

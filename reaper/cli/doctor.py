@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from reaper.actions.doctor import SnapshotChecks
     from reaper.core.checks import DoctorReport
     from reaper.core.policy import Policy
+    from reaper.core.reuse import History
     from reaper.pg.conninfo import ConnInfo
     from reaper.pg.timeouts import Timeouts
 
@@ -26,9 +27,12 @@ def doctor_main(
     *,
     as_json: bool,
     snapshot_checks: SnapshotChecks | None = None,
+    history: History | None = None,
 ) -> DoctorReport:
     """Run the checks, print them (as text or JSON) and return the report."""
-    report = run_doctor(target, policy, timeouts=timeouts, snapshot_checks=snapshot_checks)
+    report = run_doctor(
+        target, policy, timeouts=timeouts, snapshot_checks=snapshot_checks, history=history
+    )
     print(json.dumps(report.to_dict(), indent=2) if as_json else render_report(report))
     return report
 

@@ -44,6 +44,9 @@ from reaper.pg.timeouts import (
 )
 from reaper.settings import lambda_variables
 
+# `reaper observe`: a snapshot a minute sees most reuses of sessions idle a minute or more.
+DEFAULT_OBSERVE_INTERVAL = 60.0
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -161,6 +164,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--verbose", action="store_true", help="list every session, also the uninteresting ones"
     )
+    run.add_argument(
+        "--history",
+        type=Path,
+        metavar="FILE",
+        help="learn how idle sessions are reused between runs, in FILE (created if missing); "
+        "rules with `learned` use it",
+    )
     run.set_defaults(handler=_command_run)
 
     doctor = commands.add_parser(
@@ -176,7 +186,52 @@ def _parser() -> argparse.ArgumentParser:
         help="also check the connection budget (reads the Lambda and CloudWatch APIs)",
     )
     _add_budget_flags(doctor)
+    doctor.add_argument(
+        "--history",
+        type=Path,
+        metavar="FILE",
+        help="the reuse history rules with `learned` use (see reaper run --history)",
+    )
     doctor.set_defaults(handler=_command_doctor)
+
+    observe = commands.add_parser(
+        "observe",
+        help="learn how each application's idle sessions are reused; terminates nothing",
+    )
+    _add_connection_flags(observe)
+    observe.add_argument(
+        "--history", type=Path, required=True, metavar="FILE", help="the history (created)"
+    )
+    observe.add_argument(
+        "--interval",
+        type=float,
+        default=DEFAULT_OBSERVE_INTERVAL,
+        metavar="S",
+        help=f"seconds between snapshots (default {DEFAULT_OBSERVE_INTERVAL:g})",
+    )
+    observe.add_argument(
+        "--duration",
+        type=float,
+        required=True,
+        metavar="D",
+        help="seconds to observe for (one snapshot at least)",
+    )
+    observe.add_argument("--json", action="store_true", help="print the history's advice as JSON")
+    observe.set_defaults(handler=_command_observe)
+
+    advise = commands.add_parser(
+        "advise",
+        help="per application: reuses seen, idle gaps before reuse, and thresholds to use",
+    )
+    advise.add_argument(
+        "--history", type=Path, required=True, metavar="FILE", help="a history file"
+    )
+    _add_selection_flags(advise)
+    advise.add_argument(
+        "--policy", type=Path, metavar="FILE", help="the policy to compare with (JSON)"
+    )
+    advise.add_argument("--json", action="store_true", help="print the advice as JSON")
+    advise.set_defaults(handler=_command_advise)
 
     budget = commands.add_parser(
         "budget",
@@ -347,18 +402,24 @@ def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_run(args: argparse.Namespace) -> int:
-    from reaper.actions.run import run_pass
+    from reaper.actions.run import run_observed_pass, run_pass
     from reaper.cli.render import render_pass
 
     policy = _policy_from_args(args)
     target = _target_from_args(args)
     _warn_if_unverified(target)
-    result = run_pass(
-        target,
-        policy,
-        timeouts=_timeouts_from_args(args),
-        force_dry_run=args.dry_run,
-    )
+    timeouts = _timeouts_from_args(args)
+    if args.history is None:
+        result = run_pass(target, policy, timeouts=timeouts, force_dry_run=args.dry_run)
+    else:
+        from reaper.actions.observe import read_history_file, write_history_file
+
+        history = read_history_file(args.history, target=target.name)
+        observed = run_observed_pass(
+            target, policy, history, timeouts=timeouts, force_dry_run=args.dry_run
+        )
+        write_history_file(args.history, observed.history, target=target.name)
+        result = observed.result
     if args.json:
         print_json(result.to_dict())
     else:
@@ -373,6 +434,11 @@ def _command_doctor(args: argparse.Namespace) -> int:
     selected = args.policy or args.application_name or args.exclude_client_address
     policy = _policy_from_args(args) if selected else None
     target = _target_from_args(args)
+    history = None
+    if args.history is not None:
+        from reaper.actions.observe import read_history_file
+
+        history = read_history_file(args.history, target=target.name)
     snapshot_checks = None
     if args.budget:
         from reaper.cli.budget import doctor_budget_checks
@@ -389,6 +455,7 @@ def _command_doctor(args: argparse.Namespace) -> int:
         _timeouts_from_args(args),
         as_json=args.json,
         snapshot_checks=snapshot_checks,
+        history=history,
     )
     return ExitCode.CHECKS_FAILED if report.failed else ExitCode.OK
 
@@ -430,6 +497,30 @@ def _command_report(args: argparse.Namespace) -> int:
         print_json(report.to_dict())
     else:
         print(render_census(report.census, report.target))
+    return ExitCode.OK
+
+
+def _command_observe(args: argparse.Namespace) -> int:
+    from reaper.cli.learning import observe_main
+
+    if not (args.interval > 0 and args.duration > 0):
+        raise errors.SettingsError("--interval and --duration must be positive")
+    observe_main(
+        _target_from_args(args),
+        args.history,
+        interval_seconds=args.interval,
+        duration_seconds=args.duration,
+        timeouts=_timeouts_from_args(args),
+        as_json=args.json,
+    )
+    return ExitCode.OK
+
+
+def _command_advise(args: argparse.Namespace) -> int:
+    from reaper.cli.learning import advise_main
+
+    policy = _policy_from_args(args) if args.policy or args.application_name else None
+    advise_main(args.history, policy, as_json=args.json)
     return ExitCode.OK
 
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from reaper.core.census import Census
-    from reaper.core.result import PassResult
+    from reaper.core.result import PassResult, SessionRecord
 
 
 def _escape(code: int) -> str:
@@ -102,7 +102,17 @@ def render_pass(result: PassResult, *, verbose: bool = False) -> str:
         lines.append("")
         lines.append(
             table(
-                ("pid", "application", "user", "database", "state", "idle", "rule", "decision"),
+                (
+                    "pid",
+                    "application",
+                    "user",
+                    "database",
+                    "state",
+                    "idle",
+                    "rule",
+                    "threshold",
+                    "decision",
+                ),
                 [
                     (
                         r.pid,
@@ -110,8 +120,9 @@ def render_pass(result: PassResult, *, verbose: bool = False) -> str:
                         r.user,
                         r.database,
                         r.state,
-                        _age(r.idle_seconds),
+                        age(r.idle_seconds),
                         r.rule,
+                        _threshold(r),
                         r.outcome.value
                         if r.outcome is not Outcome.SPARED
                         else f"spared: {r.reason.value}",
@@ -157,7 +168,7 @@ def render_census(census: Census, target: str) -> str:
                     g.database,
                     g.state,
                     g.count,
-                    _age(g.oldest_idle_seconds),
+                    age(g.oldest_idle_seconds),
                 )
                 for g in census.groups
             ],
@@ -179,7 +190,20 @@ def render_census(census: Census, target: str) -> str:
     return "\n".join(lines)
 
 
-def _age(seconds: float | None) -> str:
+def _threshold(record: SessionRecord) -> str:
+    """The threshold the session was held to and where it came from: "15.0m static",
+    "2.1m learned"; a learning rule's static one says why ("static, 3 of 20 periods")."""
+    if record.threshold_seconds is None:
+        return ""
+    text = f"{age(record.threshold_seconds)} {record.threshold_source}"
+    learned = record.learned
+    if learned is not None and learned.seconds is None:
+        text += f", {learned.observations} of {learned.min_observations} periods"
+    return text
+
+
+def age(seconds: float | None) -> str:
+    """Seconds as a short duration: "42.0s", "15.0m", "2.5h"; "" for None."""
     if seconds is None:
         return ""
     if seconds < 120:

@@ -25,10 +25,11 @@ from reaper.core.tls import TLS_DOC, is_local_host, verifies_server
 from reaper.core.versions import NEWEST_MAJOR, OLDEST_MAJOR
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
-    from reaper.core.planning import Decision
+    from reaper.core.planning import Decision, Plan
     from reaper.core.policy import Policy
+    from reaper.core.reuse import GroupKey, ReuseStats
     from reaper.core.setup_facts import SetupFacts
     from reaper.core.snapshot import Snapshot
 
@@ -116,8 +117,11 @@ def setup_checks(facts: SetupFacts) -> tuple[Check, ...]:
     )
 
 
-def policy_checks(snapshot: Snapshot, policy: Policy) -> tuple[Check, ...]:
-    """What the policy would do to the sessions of this snapshot, and what it cannot see."""
+def policy_checks(
+    snapshot: Snapshot, policy: Policy, reuse: Mapping[GroupKey, ReuseStats] | None = None
+) -> tuple[Check, ...]:
+    """What the policy would do to the sessions of this snapshot, and what it cannot see; with
+    rules that learn, the thresholds `reuse` (a history's statistics, None: no history) gives."""
     hidden = snapshot.hidden_sessions
     if hidden:
         return (
@@ -129,7 +133,7 @@ def policy_checks(snapshot: Snapshot, policy: Policy) -> tuple[Check, ...]:
                 f"GRANT pg_monitor TO {quote_ident(snapshot.role)}",
             ),
         )
-    decided = plan(snapshot, policy)
+    decided = plan(snapshot, policy, reuse)
     clients = snapshot.connections.client_connections
     summary = f"would terminate {len(decided.to_terminate)} of {clients} client session(s) now"
     if not decided.gate_open:
@@ -148,12 +152,15 @@ def policy_checks(snapshot: Snapshot, policy: Policy) -> tuple[Check, ...]:
         and (decision.session.state or "").startswith("idle")
     )
     unnamed = unmatched.pop("", 0)
-    return (
+    checks: tuple[Check, ...] = (
         Check("policy", Status.OK, summary),
         _unnamed_sessions(unnamed),
         _uncovered_applications(unmatched),
         _shared_addresses(decided.decisions),
     )
+    if policy.learns:
+        checks += (_learned_thresholds(decided, has_history=reuse is not None),)
+    return checks
 
 
 def _connection(facts: SetupFacts) -> Check:
@@ -496,3 +503,39 @@ def _listed(items: Sequence[str]) -> str:
     if len(items) > MAX_LISTED:
         listed += f" and {len(items) - MAX_LISTED} more"
     return listed
+
+
+def _learned_thresholds(decided: Plan, *, has_history: bool) -> Check:
+    """Which applications of the sessions now are held to a learned threshold, and why not."""
+    fix = (
+        "keep a history: the function does in its memory; on the command line "
+        "`reaper run --history FILE`, or `reaper observe` first"
+    )
+    if not has_history:
+        return Check(
+            "learned thresholds",
+            Status.WARN,
+            "no reuse history: every rule holds sessions to its static thresholds until enough "
+            "idle periods are seen",
+            fix,
+        )
+    by_group = {
+        (d.session.application_name, d.session.state): d
+        for d in decided.decisions
+        if d.learned is not None
+    }
+    learned = [(group, d) for group, d in by_group.items() if d.threshold_source == "learned"]
+    static = [(group, d) for group, d in by_group.items() if d.threshold_source == "static"]
+    described = [
+        f"{application or '(none)'} {state}: {d.threshold_seconds:g}s ({d.learned.why()})"
+        for (application, state), d in [*learned, *static][:MAX_LISTED]
+        if d.learned is not None
+    ]
+    if len(by_group) > MAX_LISTED:
+        described.append(f"and {len(by_group) - MAX_LISTED} more")
+    summary = f"learned for {len(learned)} of {len(by_group)} application(s) with sessions now" + (
+        ": " + "; ".join(described) if described else ""
+    )
+    if static and not learned:
+        return Check("learned thresholds", Status.WARN, summary, fix)
+    return Check("learned thresholds", Status.OK, summary)

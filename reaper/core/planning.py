@@ -12,18 +12,20 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from fnmatch import translate
 from typing import TYPE_CHECKING
 
+from reaper.core.reuse import learned_threshold
 from reaper.core.snapshot import CLIENT_BACKEND
 from reaper.errors import VisibilityError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
     from reaper.core.policy import Policy, Rule
+    from reaper.core.reuse import GroupKey, LearnedThreshold, ReuseStats
     from reaper.core.snapshot import Session, Snapshot
 
 
@@ -68,11 +70,22 @@ class Decision:
     rule: str | None = None
     idle_seconds: float | None = None
     threshold_seconds: float | None = None
+    # The rule asks for learned thresholds: what was learned for this application and state,
+    # also when too little was seen and the static threshold applied.
+    learned: LearnedThreshold | None = None
 
     @property
     def terminate(self) -> bool:
         """True when the session is planned for termination."""
         return self.reason is Reason.IDLE_TOO_LONG
+
+    @property
+    def threshold_source(self) -> str | None:
+        """Where `threshold_seconds` came from, "learned" or "static"; None without one."""
+        if self.threshold_seconds is None:
+            return None
+        learned = self.learned is not None and self.learned.seconds is not None
+        return "learned" if learned else "static"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,19 +118,25 @@ def check_visibility(snapshot: Snapshot) -> None:
         )
 
 
-def plan(snapshot: Snapshot, policy: Policy) -> Plan:
+def plan(
+    snapshot: Snapshot, policy: Policy, reuse: Mapping[GroupKey, ReuseStats] | None = None
+) -> Plan:
     """Decide, for every session in the snapshot, whether to terminate it and why.
 
     Args:
         snapshot: the sessions and connection picture, with the server's clock as `taken_at`.
         policy: the validated policy.
+        reuse: what was learned of each application's reuse (`core.reuse.statistics`); only
+            the rules with `learned` use it. None: every rule's static thresholds.
 
     Returns:
             A Plan with one decision per session, in snapshot order. Terminations never exceed
-        `max_terminations` or the target's need, and go to the oldest idle sessions first.
+        `max_terminations` or the target's need, and go to the oldest idle sessions first; with
+        learned thresholds, to the sessions least likely to be reused first.
     """
     now = snapshot.taken_at
     globs = GlobMatchers(policy)
+    learning = None if reuse is None or not policy.learns else _Learning(reuse)
     decided: dict[int, Decision] = {}
     eligible: list[Decision] = []
     covered: dict[tuple[str, str], list[Session]] = {}
@@ -135,6 +154,8 @@ def plan(snapshot: Snapshot, policy: Policy) -> Plan:
         if threshold is None:
             decided[session.pid] = Decision(session, Reason.STATE_NOT_COVERED, rule.name)
             continue
+        if learning is not None:
+            threshold = learning.threshold(rule, session, threshold)
         idle_seconds = session.idle_seconds(now)
         if policy.spare_listeners and session.is_listening:
             decided[session.pid] = Decision(
@@ -151,6 +172,8 @@ def plan(snapshot: Snapshot, policy: Policy) -> Plan:
         eligible.append(Decision(session, Reason.IDLE_TOO_LONG, rule.name, idle_seconds, threshold))
 
     kept = _newest_to_keep(covered, {rule.name: rule.keep_newest for rule in policy.rules})
+    if learning is not None:
+        kept = learning.unkeep_never_reused(kept, covered)
     gate_open = snapshot.connections.utilization_before >= policy.min_utilization
     target_need = _target_need(snapshot, policy.target_utilization)
     budget = (
@@ -165,7 +188,7 @@ def plan(snapshot: Snapshot, policy: Policy) -> Plan:
     )
 
     granted = 0
-    for decision in sorted(eligible, key=_oldest_first):
+    for decision in sorted(eligible, key=_oldest_first if learning is None else learning.order):
         pid = decision.session.pid
         if pid in kept:
             decided[pid] = _with_reason(decision, Reason.KEPT_AS_NEWEST)
@@ -182,6 +205,8 @@ def plan(snapshot: Snapshot, policy: Policy) -> Plan:
             granted += 1
 
     decisions = tuple(decided[session.pid] for session in snapshot.sessions)
+    if learning is not None:
+        decisions = learning.annotate(decisions)
     return Plan(decisions, gate_open, target_need)
 
 
@@ -329,6 +354,73 @@ def _most_recent_first(session: Session) -> tuple[float, int]:
 
 
 def _with_reason(decision: Decision, reason: Reason) -> Decision:
-    return Decision(
-        decision.session, reason, decision.rule, decision.idle_seconds, decision.threshold_seconds
-    )
+    return replace(decision, reason=reason)
+
+
+class _Learning:
+    """The learned side of one plan: thresholds per (rule, application, state), worked out once
+    each, and what they change in keep_newest and in the order of the candidates."""
+
+    def __init__(self, reuse: Mapping[GroupKey, ReuseStats]) -> None:
+        self._reuse = reuse
+        self._thresholds: dict[tuple[str, str, str], LearnedThreshold] = {}
+        # Per pid, what was learned for the session's rule, application and state.
+        self._by_pid: dict[int, LearnedThreshold] = {}
+
+    def threshold(self, rule: Rule, session: Session, static: float) -> float:
+        """The threshold for `session` under `rule`: the learned one once enough was seen."""
+        if rule.learned is None or session.state is None:
+            return static
+        key = (rule.name, session.application_name, session.state)
+        learned = self._thresholds.get(key)
+        if learned is None:
+            stats = self._reuse.get((session.application_name, session.state))
+            learned = self._thresholds[key] = learned_threshold(stats, rule.learned)
+        self._by_pid[session.pid] = learned
+        return static if learned.seconds is None else learned.seconds
+
+    def unkeep_never_reused(
+        self, kept: set[int], covered: dict[tuple[str, str], list[Session]]
+    ) -> set[int]:
+        """`kept` without the sessions of applications never reused: keeping them warm only
+        holds slots (a cron whose environments die right after use)."""
+        never_reused = {
+            session.pid
+            for sessions in covered.values()
+            for session in sessions
+            if (learned := self._by_pid.get(session.pid)) is not None and learned.never_reused
+        }
+        return kept - never_reused
+
+    def order(self, decision: Decision) -> tuple[float, float, int]:
+        """Least likely to be reused first, then oldest idle first. A session whose rule does
+        not learn, or of which nothing is known at its age, counts as surely reused."""
+        likelihood = 1.0
+        session = decision.session
+        if session.pid in self._by_pid and session.state is not None:
+            stats = self._reuse.get((session.application_name, session.state))
+            if stats is not None:
+                known = stats.reuse_likelihood(decision.idle_seconds or 0.0)
+                likelihood = 1.0 if known is None else known
+        return (likelihood, *_oldest_first(decision))
+
+    def annotate(self, decisions: tuple[Decision, ...]) -> tuple[Decision, ...]:
+        """The decisions, each with what was learned for its session."""
+        return tuple(
+            replace(decision, learned=learned)
+            if (learned := self._by_pid.get(decision.session.pid)) is not None
+            else decision
+            for decision in decisions
+        )
+
+
+def rule_for_application(policy: Policy, application: str, state: str) -> tuple[Rule, float] | None:
+    """The first rule whose application patterns match and that covers `state`, with its static
+    threshold; None if no rule does. Rules that also name users, databases or addresses are
+    taken as matching: a history knows sessions by application only (`reaper advise`)."""
+    globs = GlobMatchers(policy)
+    rules = [r for r in policy.rules if globs.matches_any(application, r.application_names)]
+    if not rules:
+        return None
+    rule, threshold = _first_covering(rules, state)
+    return None if threshold is None else (rule, threshold)

@@ -129,6 +129,12 @@ def _default_states() -> dict[SessionState, float]:
     return {"idle": DEFAULT_IDLE_SECONDS}
 
 
+# The defaults of a rule's `learned` bounds: the longest learned threshold is an hour, since a
+# warm Lambda environment is rarely kept longer; 20 idle periods before trusting what was seen.
+DEFAULT_LEARNED_MAX_SECONDS = 3600.0
+DEFAULT_MIN_OBSERVATIONS = 20
+
+
 class _Document(BaseModel):
     # Unknown keys are refused: a misspelt "max_terminatons" must not silently fall back to a
     # default on a production database. Strict: no value changes type ("yes" or 1 for true,
@@ -136,6 +142,52 @@ class _Document(BaseModel):
     # fraction are asked for. Lists are declared strict=False for the container only (a JSON
     # array becomes a tuple); their items stay strict.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class LearnedThresholds(_Document):
+    """A rule's request for thresholds learned from how its applications reuse idle sessions.
+
+    Per application and state: the `quantile` of the idle ages at which sessions were last seen
+    idle before they were used again, plus `margin_seconds`, clamped to [`min_seconds`,
+    `max_seconds`]; an application whose sessions were never reused gets `min_seconds`. Used only
+    once `min_observations` idle periods were seen; until then the rule's static threshold.
+    """
+
+    quantile: float = Field(
+        default=0.99,
+        ge=0.5,
+        le=1.0,
+        description="Share of the observed reuses the threshold must spare (0.5 to 1).",
+    )
+    margin_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=MAX_IDLE_SECONDS,
+        description="Seconds added to the quantile: covers reuses slower than any seen so far.",
+    )
+    min_seconds: Seconds = Field(
+        default=THRESHOLD_FLOOR_SECONDS,
+        description="The shortest threshold learned; also the threshold of an application whose "
+        "sessions were never reused.",
+    )
+    max_seconds: Seconds = Field(
+        default=DEFAULT_LEARNED_MAX_SECONDS, description="The longest threshold learned."
+    )
+    min_observations: int = Field(
+        default=DEFAULT_MIN_OBSERVATIONS,
+        ge=1,
+        le=100_000,
+        description="Idle periods of an application (in that state) that must have been seen "
+        "before its learned threshold is used.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> LearnedThresholds:
+        if self.min_seconds > self.max_seconds:
+            raise ValueError(
+                f"min_seconds ({self.min_seconds:g}) is above max_seconds ({self.max_seconds:g})"
+            )
+        return self
 
 
 class Rule(_Document):
@@ -186,6 +238,11 @@ class Rule(_Document):
         le=10_000,
         description="Leave this many most recently active sessions in state 'idle' of each "
         "application alone: warm functions will reuse them.",
+    )
+    learned: LearnedThresholds | None = Field(
+        default=None,
+        description="Use thresholds learned per application from how its idle sessions were "
+        "reused, within these bounds, once enough was seen; absent: the static states only.",
     )
 
 
@@ -300,6 +357,25 @@ class Policy(_Document):
                         "really meant"
                     )
         return self
+
+    @model_validator(mode="after")
+    def _check_learned_floor(self) -> Policy:
+        # A learned threshold can go as low as min_seconds: the same floor as a static one.
+        if self.allow_short_thresholds:
+            return self
+        for index, rule in enumerate(self.rules):
+            if rule.learned is not None and rule.learned.min_seconds < THRESHOLD_FLOOR_SECONDS:
+                raise ValueError(
+                    f"rules[{index}].learned.min_seconds = {rule.learned.min_seconds:g} seconds "
+                    f"is below the floor of {THRESHOLD_FLOOR_SECONDS:g} seconds; set "
+                    "allow_short_thresholds: true if that is really meant"
+                )
+        return self
+
+    @property
+    def learns(self) -> bool:
+        """Whether any rule asks for learned thresholds (then a pass keeps a history)."""
+        return any(rule.learned is not None for rule in self.rules)
 
 
 def parse_policy(text: str | bytes, *, source: str) -> Policy:

@@ -18,6 +18,7 @@ from reaper.core.sql_text import quote_ident
 
 if TYPE_CHECKING:
     from reaper.core.planning import Plan
+    from reaper.core.reuse import LearnedThreshold
     from reaper.core.snapshot import Connections, Snapshot
 
 
@@ -48,6 +49,11 @@ class SessionRecord(SessionIdentity):
     rule: str | None
     reason: Reason
     outcome: Outcome
+    # The threshold the session was held to, "static" or "learned", and what was learned for
+    # its application and state when its rule learns (also while the static one applies).
+    threshold_seconds: float | None = None
+    threshold_source: str | None = None
+    learned: LearnedThreshold | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +183,9 @@ def summarize(
                 rule=decision.rule,
                 reason=decision.reason,
                 outcome=outcome,
+                threshold_seconds=decision.threshold_seconds,
+                threshold_source=decision.threshold_source,
+                learned=decision.learned,
             )
         )
 

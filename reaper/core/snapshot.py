@@ -46,6 +46,9 @@ class Session(SessionIdentity):
     # The reaper's role holds the privilege to signal this backend (same role, pg_signal_backend,
     # and not a superuser's backend unless the reaper is one).
     may_signal: bool
+    # When the last (or the running) statement started: between two snapshots it bounds when an
+    # idle session was used again (core/reuse.py). Defaulted, so builders that predate it work.
+    query_start: datetime | None = None
 
     def idle_seconds(self, now: datetime) -> float | None:
         """Seconds since the last state change, for idle states only; None otherwise."""

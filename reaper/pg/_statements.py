@@ -39,6 +39,7 @@ SELECT a.pid,
        host(a.client_addr) AS client_addr,
        a.state,
        a.state_change,
+       a.query_start,
        coalesce(r.rolsuper, false) AS is_superuser,
        coalesce(starts_with(a.state, 'idle') AND a.query ~* '^\\s*listen\\M', false)
            AS is_listening,

@@ -99,9 +99,13 @@ def test_bench_on_a_small_fleet_writes_results_and_states_every_target(tmp_path:
         assert row["sessions"] == FANOUT_SESSIONS
         assert len(row["samples"]) == 1
         assert row["medians"]["reaper_cpu"] > 0
+    # The learning pass (dry and real) acted on the fleet and timed its learn step.
+    learning = {row["mode"]: row for row in results["learning"]}
+    assert set(learning) == {"dry", "real"}
+    assert all(row["medians"]["learn"] > 0 for row in learning.values())
     verdicts = {target["name"]: target["met"] for target in results["targets"]}
-    # Cold import; pass at 1,000 and 4,000; peak RSS at 4,000; the fan-out.
-    assert len(verdicts) == 5
+    # Cold import; pass at 1,000 and 4,000; peak RSS and remembering sessions at 4,000; fan-out.
+    assert len(verdicts) == 6
     measured = {name for name, met in verdicts.items() if met is not None}
     assert measured == {name for name in verdicts if "cold import" in name or "fan-out" in name}
     assert "Targets" in run.stdout

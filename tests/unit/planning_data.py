@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatchcase
+from ipaddress import ip_address
 from typing import Any
 
 from hypothesis import strategies as st
@@ -68,6 +70,34 @@ def snapshot(
         ),
         sessions=everything,
     )
+
+
+def assert_planned_safely(decision: Any, snap: Snapshot, pol: Policy) -> None:
+    """A planned termination breaks no protection and is idle at least its threshold."""
+    s = decision.session
+    assert s.pid != snap.own_pid
+    assert s.backend_type == CLIENT_BACKEND
+    assert s.may_signal
+    assert s.user is None or not any(fnmatchcase(s.user, p) for p in pol.exclude.users)
+    assert not any(fnmatchcase(s.application_name, p) for p in pol.exclude.application_names)
+    assert s.client_addr is None or not any(
+        ip_address(s.client_addr) in block for block in pol.exclude.client_addresses
+    )
+    assert pol.terminate_superuser_sessions or not s.is_superuser
+    assert not (pol.spare_listeners and s.is_listening)
+    assert decision.idle_seconds is not None
+    assert decision.threshold_seconds is not None
+    assert decision.idle_seconds >= decision.threshold_seconds
+
+
+def assert_within_budget(decisions: Any, pol: Policy) -> None:
+    """No more terminations than the cap and the target allow, none with the gate closed."""
+    planned = decisions.to_terminate
+    assert len(planned) <= pol.max_terminations
+    if decisions.target_need is not None:
+        assert len(planned) <= decisions.target_need
+    if not decisions.gate_open:
+        assert planned == ()
 
 
 def policy(**overrides: Any) -> Policy:
