@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -188,21 +188,8 @@ class FunctionBudget:
         return self.proposed is not None and self.peak is not None and self.proposed < self.peak
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready values."""
-        return {
-            "name": self.name,
-            "application_name": self.application_name,
-            "sessions": self.sessions,
-            "reserved": self.reserved,
-            "provisioned": self.provisioned,
-            "peak": self.peak,
-            "connections_per_environment": self.connections_per_environment,
-            "cap": self.cap,
-            "unbounded": self.unbounded,
-            "worst_case": self.worst_case,
-            "proposed": self.proposed,
-            "proposed_below_peak": self.proposed_below_peak,
-        }
+        """JSON-ready values: the fields in their order, then `proposed_below_peak`."""
+        return {**asdict(self), "proposed_below_peak": self.proposed_below_peak}
 
 
 @dataclass(frozen=True, slots=True)
