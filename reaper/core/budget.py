@@ -207,9 +207,6 @@ class Budget:
     pool: int
     pool_read: bool
     target_utilization: float
-    # Slots the proposed reserves may fill: target_utilization of the usable slots, less the
-    # other clients.
-    budget_connections: int
     proposal_fits: bool
     window_days: int
     notes: tuple[str, ...] = ()
@@ -223,6 +220,11 @@ class Budget:
     def other_clients(self) -> int:
         """Sessions of no known function."""
         return sum(self.other_applications.values())
+
+    @property
+    def budget_connections(self) -> int:
+        """Slots the proposed reserves may fill (see reserve_slots)."""
+        return reserve_slots(self.target_utilization, self.connections, self.other_clients)
 
     @property
     def utilization(self) -> float | None:
@@ -288,6 +290,12 @@ def budget_utilization(policy: Policy | None) -> float:
     if policy is None or policy.target_utilization is None:
         return DEFAULT_BUDGET_UTILIZATION
     return policy.target_utilization
+
+
+def reserve_slots(target_utilization: float, connections: Connections, other_clients: int) -> int:
+    """Slots the proposed reserves may fill: `target_utilization` of the usable slots, less the
+    other clients (negative when they alone take more)."""
+    return math.floor(target_utilization * connections.usable_connections) - other_clients
 
 
 def connections_per_environment(sessions: int, peak: int | None) -> int:
@@ -359,8 +367,7 @@ def plan_budget(
             )
         )
     other_clients = sessions.other_clients
-    budget_connections = math.floor(target_utilization * connections.usable_connections)
-    budget_connections -= other_clients
+    budget_connections = reserve_slots(target_utilization, connections, other_clients)
     proposed = propose_reserves(functions, budget_connections)
     if proposed is None:
         notes.append(
@@ -383,7 +390,6 @@ def plan_budget(
         pool=pool,
         pool_read=pool_read,
         target_utilization=target_utilization,
-        budget_connections=budget_connections,
         proposal_fits=fits,
         window_days=facts.window_days,
         notes=tuple(notes),
