@@ -5,7 +5,8 @@ exception; only what stops a pass is raised. Messages name the field, target or 
 and never carry a password, token or full DSN.
 
 The class tree, with the exit code of `reaper` when the error stops a command (the
-`exit_code` attribute of each class; README.md's table lists the same codes)::
+`exit_code` attribute of each class, stated in its class line as `exit_code=` or inherited
+from its base; README.md's table lists the same codes)::
 
     Exception
     └── ReaperError                    1  internal: none of the below
@@ -35,7 +36,7 @@ report, not an exception), 130 an interrupt.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class ExitCode(IntEnum):
@@ -58,51 +59,44 @@ class ReaperError(Exception):
 
     exit_code: ClassVar[ExitCode] = ExitCode.INTERNAL
 
+    def __init_subclass__(cls, *, exit_code: ExitCode | None = None, **kwargs: Any) -> None:
+        """Give a subclass the exit code its class line states (`exit_code=`); a subclass that
+        states none keeps its base's."""
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
-class PolicyError(ReaperError):
+
+class PolicyError(ReaperError, exit_code=ExitCode.BAD_INPUT):
     """Raised when a policy document is missing, is not JSON, or fails validation."""
 
-    exit_code = ExitCode.BAD_INPUT
 
-
-class SettingsError(ReaperError):
+class SettingsError(ReaperError, exit_code=ExitCode.BAD_INPUT):
     """Raised when the environment or CLI flags describe an impossible configuration."""
 
-    exit_code = ExitCode.BAD_INPUT
 
-
-class EventError(ReaperError):
+class EventError(ReaperError, exit_code=ExitCode.BAD_INPUT):
     """Raised when a Lambda event has an unknown shape or a malformed or unknown field."""
 
-    exit_code = ExitCode.BAD_INPUT
 
-
-class HistoryError(ReaperError):
+class HistoryError(ReaperError, exit_code=ExitCode.BAD_INPUT):
     """Raised when a history file cannot be read, is not a history, or is another target's."""
 
-    exit_code = ExitCode.BAD_INPUT
 
-
-class CredentialsError(ReaperError):
+class CredentialsError(ReaperError, exit_code=ExitCode.UNREACHABLE):
     """Raised when connection credentials cannot be obtained (secret missing, malformed, denied)."""
 
-    exit_code = ExitCode.UNREACHABLE
 
-
-class TargetUnreachableError(ReaperError):
+class TargetUnreachableError(ReaperError, exit_code=ExitCode.UNREACHABLE):
     """Raised when the database cannot be reached or refuses the connection (incl. bad login)."""
-
-    exit_code = ExitCode.UNREACHABLE
 
 
 class AuthenticationError(TargetUnreachableError):
     """Raised when the server rejects the credentials (a rotated password, for example)."""
 
 
-class DatabaseFullError(TargetUnreachableError):
+class DatabaseFullError(TargetUnreachableError, exit_code=ExitCode.DATABASE_FULL):
     """Raised when the server refuses the login because its connection slots are taken (53300)."""
-
-    exit_code = ExitCode.DATABASE_FULL
 
     def __init__(self, message: str, *, cause: str) -> None:
         super().__init__(message)
@@ -111,22 +105,16 @@ class DatabaseFullError(TargetUnreachableError):
         self.cause = cause
 
 
-class VisibilityError(ReaperError):
+class VisibilityError(ReaperError, exit_code=ExitCode.UNSAFE):
     """Raised when the reaper's role cannot see other roles' sessions (needs pg_monitor)."""
 
-    exit_code = ExitCode.UNSAFE
 
-
-class PassAbortedError(ReaperError):
+class PassAbortedError(ReaperError, exit_code=ExitCode.UNSAFE):
     """Raised when the database fails in the middle of a pass (timeout, shutdown, lost link)."""
 
-    exit_code = ExitCode.UNSAFE
 
-
-class PassLockSquattedError(ReaperError):
+class PassLockSquattedError(ReaperError, exit_code=ExitCode.LOCK_SQUATTED):
     """Raised when the pass lock is held by a session that is not a pass of the reaper's role."""
-
-    exit_code = ExitCode.LOCK_SQUATTED
 
     def __init__(self, message: str, *, holder_pids: tuple[int, ...]) -> None:
         super().__init__(message)
@@ -147,7 +135,5 @@ class TargetsFailedError(ReaperError):
     """Raised at the end of a Lambda invocation when the pass failed on at least one target."""
 
 
-class DiscoveryError(ReaperError):
+class DiscoveryError(ReaperError, exit_code=ExitCode.UNREACHABLE):
     """Raised when the RDS API cannot list the databases to discover (denied, throttled, down)."""
-
-    exit_code = ExitCode.UNREACHABLE

@@ -25,7 +25,7 @@ import secrets
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Literal, NoReturn, Protocol, TypeVar
 
 import psycopg
 import pytest
@@ -511,14 +511,25 @@ class RoleFactory:
                 self._admin_conn.execute(sql.SQL("DROP ROLE {}").format(identifier))
 
 
-@pytest.fixture
-def role_factory(admin_conn: Connection) -> Iterator[RoleFactory]:
-    """A `RoleFactory` for this test; its roles are dropped at teardown."""
-    factory = RoleFactory(admin_conn)
+class _Dropping(Protocol):
+    def drop_all(self) -> None: ...
+
+
+Factory = TypeVar("Factory", bound=_Dropping)
+
+
+def _dropped_at_teardown(factory: Factory) -> Iterator[Factory]:
+    """Give the test `factory`, then drop all it made, however the test ended."""
     try:
         yield factory
     finally:
         factory.drop_all()
+
+
+@pytest.fixture
+def role_factory(admin_conn: Connection) -> Iterator[RoleFactory]:
+    """A `RoleFactory` for this test; its roles are dropped at teardown."""
+    yield from _dropped_at_teardown(RoleFactory(admin_conn))
 
 
 class DatabaseFactory:
@@ -547,8 +558,4 @@ class DatabaseFactory:
 @pytest.fixture
 def database_factory(admin_conn: Connection) -> Iterator[DatabaseFactory]:
     """A `DatabaseFactory` for this test; its databases are dropped at teardown."""
-    factory = DatabaseFactory(admin_conn)
-    try:
-        yield factory
-    finally:
-        factory.drop_all()
+    yield from _dropped_at_teardown(DatabaseFactory(admin_conn))

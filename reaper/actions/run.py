@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from reaper.core.pass_lock import check_pass_lock
 from reaper.core.planning import check_visibility, plan
@@ -172,40 +172,27 @@ class ObservedPass:
     observation: Observation | None
 
 
-def run_pass(
-    target: ConnInfo,
-    policy: Policy,
-    *,
-    timeouts: Timeouts = DEFAULT_TIMEOUTS,
-    force_dry_run: bool = False,
-    on_step: StepObserver | None = None,
-    deadline: PassDeadline | None = None,
-) -> PassResult:
+class PassOptions(TypedDict, total=False):
+    """How a pass runs: the keyword arguments of `run_pass` and `run_observed_pass` (see the
+    latter); `_run` holds their defaults."""
+
+    timeouts: Timeouts
+    force_dry_run: bool
+    on_step: StepObserver | None
+    deadline: PassDeadline | None
+
+
+def run_pass(target: ConnInfo, policy: Policy, **options: Unpack[PassOptions]) -> PassResult:
     """Run one pass of the policy on one target, with static thresholds only.
 
     See `run_observed_pass` for the arguments, the result and the errors.
     """
-    result, _, _ = _run(
-        target,
-        policy,
-        None,
-        timeouts,
-        force_dry_run=force_dry_run,
-        on_step=on_step,
-        deadline=deadline,
-    )
+    result, _, _ = _run(target, policy, None, **options)
     return result
 
 
 def run_observed_pass(
-    target: ConnInfo,
-    policy: Policy,
-    history: History,
-    *,
-    timeouts: Timeouts = DEFAULT_TIMEOUTS,
-    force_dry_run: bool = False,
-    on_step: StepObserver | None = None,
-    deadline: PassDeadline | None = None,
+    target: ConnInfo, policy: Policy, history: History, **options: Unpack[PassOptions]
 ) -> ObservedPass:
     """Run one pass of the policy on one target, learning from its snapshot first.
 
@@ -238,15 +225,7 @@ def run_observed_pass(
         PassAbortedError: the database failed before the terminate step; nothing was terminated.
         DeadlineExceededError: the caller gave the pass up; nothing was terminated.
     """
-    result, observation, after = _run(
-        target,
-        policy,
-        history,
-        timeouts,
-        force_dry_run=force_dry_run,
-        on_step=on_step,
-        deadline=deadline,
-    )
+    result, observation, after = _run(target, policy, history, **options)
     return ObservedPass(result, history if after is None else after, observation)
 
 
@@ -254,11 +233,11 @@ def _run(
     target: ConnInfo,
     policy: Policy,
     history: History | None,
-    timeouts: Timeouts,
     *,
-    force_dry_run: bool,
-    on_step: StepObserver | None,
-    deadline: PassDeadline | None,
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
+    force_dry_run: bool = False,
+    on_step: StepObserver | None = None,
+    deadline: PassDeadline | None = None,
 ) -> tuple[PassResult, Observation | None, History | None]:
     """The pass: its result, and with a history what it observed and the history after it
     (both None without one, or when the pass was skipped)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -188,21 +188,8 @@ class FunctionBudget:
         return self.proposed is not None and self.peak is not None and self.proposed < self.peak
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready values."""
-        return {
-            "name": self.name,
-            "application_name": self.application_name,
-            "sessions": self.sessions,
-            "reserved": self.reserved,
-            "provisioned": self.provisioned,
-            "peak": self.peak,
-            "connections_per_environment": self.connections_per_environment,
-            "cap": self.cap,
-            "unbounded": self.unbounded,
-            "worst_case": self.worst_case,
-            "proposed": self.proposed,
-            "proposed_below_peak": self.proposed_below_peak,
-        }
+        """JSON-ready values: the fields in their order, then `proposed_below_peak`."""
+        return {**asdict(self), "proposed_below_peak": self.proposed_below_peak}
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,9 +207,6 @@ class Budget:
     pool: int
     pool_read: bool
     target_utilization: float
-    # Slots the proposed reserves may fill: target_utilization of the usable slots, less the
-    # other clients.
-    budget_connections: int
     proposal_fits: bool
     window_days: int
     notes: tuple[str, ...] = ()
@@ -236,6 +220,11 @@ class Budget:
     def other_clients(self) -> int:
         """Sessions of no known function."""
         return sum(self.other_applications.values())
+
+    @property
+    def budget_connections(self) -> int:
+        """Slots the proposed reserves may fill (see reserve_slots)."""
+        return reserve_slots(self.target_utilization, self.connections, self.other_clients)
 
     @property
     def utilization(self) -> float | None:
@@ -301,6 +290,12 @@ def budget_utilization(policy: Policy | None) -> float:
     if policy is None or policy.target_utilization is None:
         return DEFAULT_BUDGET_UTILIZATION
     return policy.target_utilization
+
+
+def reserve_slots(target_utilization: float, connections: Connections, other_clients: int) -> int:
+    """Slots the proposed reserves may fill: `target_utilization` of the usable slots, less the
+    other clients (negative when they alone take more)."""
+    return math.floor(target_utilization * connections.usable_connections) - other_clients
 
 
 def connections_per_environment(sessions: int, peak: int | None) -> int:
@@ -372,8 +367,7 @@ def plan_budget(
             )
         )
     other_clients = sessions.other_clients
-    budget_connections = math.floor(target_utilization * connections.usable_connections)
-    budget_connections -= other_clients
+    budget_connections = reserve_slots(target_utilization, connections, other_clients)
     proposed = propose_reserves(functions, budget_connections)
     if proposed is None:
         notes.append(
@@ -396,7 +390,6 @@ def plan_budget(
         pool=pool,
         pool_read=pool_read,
         target_utilization=target_utilization,
-        budget_connections=budget_connections,
         proposal_fits=fits,
         window_days=facts.window_days,
         notes=tuple(notes),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -108,6 +108,8 @@ ApplicationPattern = Annotated[
     AfterValidator(_fits_a_name),
 ]
 Seconds = Annotated[float, Field(gt=0, le=MAX_IDLE_SECONDS)]
+# A share of the usable connection slots (client connections / usable max_connections).
+Utilization = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 def _strict_network(value: Any) -> Any:
@@ -123,6 +125,11 @@ def _strict_network(value: Any) -> Any:
 
 # A CIDR block, as rules and exclusions both take it.
 Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_strict_network)]
+
+_Item = TypeVar("_Item")
+# A list of patterns or blocks in a rule or the exclusions: a JSON array of at most
+# MAX_LIST_ITEMS, read as a tuple (strict=False for the container only: its items stay strict).
+Listed = Annotated[tuple[_Item, ...], Field(max_length=MAX_LIST_ITEMS, strict=False)]
 
 
 def _default_states() -> dict[SessionState, float]:
@@ -140,7 +147,8 @@ class _Document(BaseModel):
     # default on a production database. Strict: no value changes type ("yes" or 1 for true,
     # true for 1, "900" for 900, a number for a network), except an integer where seconds or a
     # fraction are asked for. Lists are declared strict=False for the container only (a JSON
-    # array becomes a tuple); their items stay strict.
+    # array becomes a tuple; `Listed` says so for the patterns and blocks); their items stay
+    # strict.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
@@ -198,31 +206,23 @@ class Rule(_Document):
         max_length=100,
         description="Shown in results, logs and metrics; defaults to rule-<position>.",
     )
-    application_names: tuple[ApplicationPattern, ...] = Field(
+    application_names: Listed[ApplicationPattern] = Field(
         min_length=1,
-        max_length=MAX_LIST_ITEMS,
-        strict=False,
         description="Glob patterns (fnmatch, case-sensitive) on application_name, e.g. "
         "'lambda:*'; printable ASCII, at most 63 bytes.",
     )
-    users: tuple[NamePattern, ...] | None = Field(
+    users: Listed[NamePattern] | None = Field(
         default=None,
-        max_length=MAX_LIST_ITEMS,
-        strict=False,
         description="Glob patterns on the session's user name (at most 63 bytes in UTF-8); "
         "any user if absent.",
     )
-    databases: tuple[NamePattern, ...] | None = Field(
+    databases: Listed[NamePattern] | None = Field(
         default=None,
-        max_length=MAX_LIST_ITEMS,
-        strict=False,
         description="Glob patterns on the database name (at most 63 bytes in UTF-8); any "
         "database if absent.",
     )
-    client_addresses: tuple[Network, ...] | None = Field(
+    client_addresses: Listed[Network] | None = Field(
         default=None,
-        max_length=MAX_LIST_ITEMS,
-        strict=False,
         description="CIDR blocks the client address must fall in; absent means any address, "
         "including Unix-socket sessions (which have none).",
     )
@@ -249,23 +249,17 @@ class Rule(_Document):
 class Exclusions(_Document):
     """Sessions never terminated, whatever rule matches them."""
 
-    users: tuple[NamePattern, ...] = Field(
+    users: Listed[NamePattern] = Field(
         default=ALWAYS_EXCLUDED_USERS,
-        max_length=MAX_LIST_ITEMS,
-        strict=False,
         description="Glob patterns on user names (at most 63 bytes in UTF-8); 'rdsadmin' is "
         "always included.",
     )
-    application_names: tuple[ApplicationPattern, ...] = Field(
+    application_names: Listed[ApplicationPattern] = Field(
         default=(),
-        max_length=MAX_LIST_ITEMS,
-        strict=False,
         description="Glob patterns on application_name; printable ASCII, at most 63 bytes.",
     )
-    client_addresses: tuple[Network, ...] = Field(
+    client_addresses: Listed[Network] = Field(
         default=(),
-        max_length=MAX_LIST_ITEMS,
-        strict=False,
         description="CIDR blocks, e.g. a connection pooler's address: sessions whose client "
         "address falls in one are never terminated. Unix-socket sessions have no address and "
         "are not covered.",
@@ -305,17 +299,13 @@ class Policy(_Document):
         description="At most this many terminations per pass, oldest idle first.",
     )
     dry_run: bool = Field(default=False, description="Plan and report, terminate nothing.")
-    min_utilization: float = Field(
+    min_utilization: Utilization = Field(
         default=0.0,
-        ge=0.0,
-        le=1.0,
         description="Act only while client connections / usable max_connections is at or "
         "above this.",
     )
-    target_utilization: float | None = Field(
+    target_utilization: Utilization | None = Field(
         default=None,
-        ge=0.0,
-        le=1.0,
         description="Terminate only as many sessions as bring utilization down to this.",
     )
     allow_short_thresholds: bool = Field(

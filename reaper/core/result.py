@@ -77,6 +77,27 @@ class Counts:
     gate_closed: int = 0
 
 
+# The counts that tally one outcome of the examined sessions, and those that tally one reason
+# of the plan: every field of Counts but `examined` and `matched`.
+_OUTCOME_COUNTS: dict[str, Outcome] = {
+    "terminated": Outcome.TERMINATED,
+    "would_terminate": Outcome.WOULD_TERMINATE,
+    "refused": Outcome.REFUSED,
+    "would_refuse": Outcome.WOULD_REFUSE,
+    "vanished": Outcome.VANISHED,
+    "changed": Outcome.CHANGED,
+    "stopped": Outcome.STOPPED,
+    "unconfirmed": Outcome.UNCONFIRMED,
+}
+_REASON_COUNTS: dict[str, Reason] = {
+    "planned": Reason.IDLE_TOO_LONG,
+    "skipped_by_cap": Reason.OVER_CAP,
+    "skipped_by_target": Reason.OVER_TARGET,
+    "kept_as_newest": Reason.KEPT_AS_NEWEST,
+    "gate_closed": Reason.GATE_CLOSED,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class PassResult:
     """Everything a pass did on one target."""
@@ -196,19 +217,8 @@ def summarize(
     counts = Counts(
         examined=len(records),
         matched=sum(1 for d in plan.decisions if d.rule is not None),
-        planned=reasons[Reason.IDLE_TOO_LONG],
-        terminated=outcomes[Outcome.TERMINATED],
-        would_terminate=outcomes[Outcome.WOULD_TERMINATE],
-        refused=outcomes[Outcome.REFUSED],
-        would_refuse=outcomes[Outcome.WOULD_REFUSE],
-        vanished=outcomes[Outcome.VANISHED],
-        changed=outcomes[Outcome.CHANGED],
-        stopped=outcomes[Outcome.STOPPED],
-        unconfirmed=outcomes[Outcome.UNCONFIRMED],
-        skipped_by_cap=reasons[Reason.OVER_CAP],
-        skipped_by_target=reasons[Reason.OVER_TARGET],
-        kept_as_newest=reasons[Reason.KEPT_AS_NEWEST],
-        gate_closed=reasons[Reason.GATE_CLOSED],
+        **{name: outcomes[outcome] for name, outcome in _OUTCOME_COUNTS.items()},
+        **{name: reasons[reason] for name, reason in _REASON_COUNTS.items()},
     )
     idle_ages = [
         age

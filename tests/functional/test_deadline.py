@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -54,12 +55,17 @@ def after_planning(action: Callable[[], None]) -> Callable[[str, float], None]:
     return observe
 
 
+@pytest.fixture
+def stale_pid(apps: Apps) -> int:
+    """A session idle past THRESHOLD, which `policy_for(session_factory)` reaps: its pid."""
+    return apps.open_stale("orders", threshold=THRESHOLD)
+
+
 @pytest.mark.safety
 def test_a_pass_given_up_while_it_plans_terminates_nothing_when_it_resumes(
-    session_factory, apps, reaper
+    stale_pid, session_factory, apps, reaper
 ) -> None:
     # given a stale session, and a pass that stops after planning until the test resumes it
-    pid = apps.open_stale("orders", threshold=THRESHOLD)
     deadline = PassDeadline()
     planned, resume = threading.Event(), threading.Event()
     results = []
@@ -85,17 +91,16 @@ def test_a_pass_given_up_while_it_plans_terminates_nothing_when_it_resumes(
     # then it stopped before terminating, says so, and the session lives
     (result,) = results
     assert "gave it up" in (result.stopped_before_terminating or "")
-    assert outcome_of(result, pid) is Outcome.STOPPED
+    assert outcome_of(result, stale_pid) is Outcome.STOPPED
     assert result.counts.terminated == 0
-    assert apps.alive(pid)
+    assert apps.alive(stale_pid)
 
 
 @pytest.mark.safety
 def test_a_pass_whose_deadline_passes_while_it_plans_stops_before_terminating(
-    session_factory, apps, reaper
+    stale_pid, session_factory, apps, reaper
 ) -> None:
     # given a stale session and a pass whose plan outlasts its deadline
-    pid = apps.open_stale("orders", threshold=THRESHOLD)
     deadline = PassDeadline(time.monotonic() + 1.0)
 
     def outlast() -> None:
@@ -107,28 +112,26 @@ def test_a_pass_whose_deadline_passes_while_it_plans_stops_before_terminating(
     )
     # then it terminated nothing and says why
     assert (result.stopped_before_terminating or "").startswith("only ")
-    assert outcome_of(result, pid) is Outcome.STOPPED
-    assert apps.alive(pid)
+    assert outcome_of(result, stale_pid) is Outcome.STOPPED
+    assert apps.alive(stale_pid)
 
 
 def test_the_terminate_statement_gets_the_time_left_as_its_statement_timeout(
-    session_factory, apps, reaper
+    stale_pid, session_factory, apps, reaper
 ) -> None:
-    pid = apps.open_stale("orders", threshold=THRESHOLD)
     with gateway.connect(reaper) as conn:
         snapshot = gateway.take_snapshot(conn)
         planned = [d.session for d in plan(snapshot, policy_for(session_factory)).to_terminate]
-        assert gateway.terminate(conn, planned, timeout_ms=1234) == {pid: Outcome.TERMINATED}
+        assert gateway.terminate(conn, planned, timeout_ms=1234) == {stale_pid: Outcome.TERMINATED}
         shown = conn.execute("SELECT current_setting('statement_timeout')").fetchone()
     assert shown == ("1234ms",)
 
 
 @pytest.mark.safety
 def test_a_terminate_statement_cut_off_reports_every_planned_session_unconfirmed(
-    session_factory, apps, reaper, admin_conn
+    stale_pid, session_factory, apps, reaper, admin_conn
 ) -> None:
     # given a stale session, and a pass whose terminate statement waits behind a catalog lock
-    pid = apps.open_stale("orders", threshold=THRESHOLD)
     lockers = []
     deadline = PassDeadline(time.monotonic() + 2.0)
     try:
@@ -144,11 +147,11 @@ def test_a_terminate_statement_cut_off_reports_every_planned_session_unconfirmed
         for locker in lockers:
             locker.close()
     # then its result names every session the statement may have signalled, and why
-    assert outcome_of(result, pid) is Outcome.UNCONFIRMED
+    assert outcome_of(result, stale_pid) is Outcome.UNCONFIRMED
     assert result.counts.unconfirmed == 1
     assert "statement_timeout" in (result.stopped_before_terminating or "")
     # (here the statement never reached the signal)
-    assert apps.alive(pid)
+    assert apps.alive(stale_pid)
 
 
 # -- the probe: a slow plan and a small budget, through the Lambda handler -------------------
@@ -171,27 +174,51 @@ def busy_planner(seconds: float) -> Callable[..., Any]:
     return slow_plan
 
 
+@dataclass
+class SlowFunction:
+    """The function of `slow_function`, and the stale sessions its passes may not terminate."""
+
+    pids: list[int]
+    apps: Apps
+    env: pytest.MonkeyPatch
+
+    def fail(
+        self, capsys: pytest.CaptureFixture[str], *, timeout_seconds: int, **variables: str
+    ) -> str:
+        """Invoke it with these environment `variables` on a scheduled event, which fails, then
+        wait for any pass it did not wait for to end: what the function printed."""
+        for name, value in variables.items():
+            self.env.setenv(name, value)
+        capsys.readouterr()
+        with pytest.raises(TargetsFailedError):
+            invoke(load_event("scheduled.json"), timeout_seconds=timeout_seconds)
+        wait_for_abandoned_passes()
+        return capsys.readouterr().out
+
+    def assert_terminated_nothing(self, out: str) -> None:
+        """None of its sessions was terminated: first none without an audit line (what the
+        probe found), then none at all."""
+        audited = {
+            r["pid"]
+            for r in log_records(out)
+            if r.get("audit") == "session" and r["outcome"] in ("terminated", "unconfirmed")
+        }
+        alive = {pid for pid in self.pids if self.apps.alive(pid)}
+        assert [pid for pid in self.pids if pid not in audited and pid not in alive] == []
+        assert alive == set(self.pids)
+
+
 @pytest.fixture
-def slow_function(database_url, apps, function_env, tmp_path, monkeypatch) -> list[int]:
+def slow_function(database_url, apps, function_env, tmp_path, monkeypatch) -> SlowFunction:
     """The function (REAPER_DATABASE_URL: `database_url`) with a policy in a file, a planner
-    that takes PLAN_SECONDS, and SESSIONS stale 'orders' sessions: their pids."""
+    that takes PLAN_SECONDS, and SESSIONS stale 'orders' sessions."""
     policy = tmp_path / "policy.json"
     policy.write_text(policy_document([apps.name("orders")], THRESHOLD))
     function_env.setenv("REAPER_POLICY_FILE", str(policy))
     monkeypatch.setattr("reaper.actions.run.plan", busy_planner(PLAN_SECONDS))
     pids = [apps.open("orders") for _ in range(SESSIONS)]
     wait_past_threshold()
-    return pids
-
-
-def failed_invocation(capsys: pytest.CaptureFixture[str], *, timeout_seconds: int) -> str:
-    """Invoke the function on a scheduled event, which fails, then wait for any pass it did not
-    wait for to end: what the function printed."""
-    capsys.readouterr()
-    with pytest.raises(TargetsFailedError):
-        invoke(load_event("scheduled.json"), timeout_seconds=timeout_seconds)
-    wait_for_abandoned_passes()
-    return capsys.readouterr().out
+    return SlowFunction(pids, apps, function_env)
 
 
 def wait_for_abandoned_passes() -> None:
@@ -202,50 +229,37 @@ def wait_for_abandoned_passes() -> None:
             assert not thread.is_alive(), f"{thread.name} still runs"
 
 
-def terminated_without_an_audit_line(apps: Apps, pids: list[int], out: str) -> list[int]:
-    audited = {
-        r["pid"]
-        for r in log_records(out)
-        if r.get("audit") == "session" and r["outcome"] in ("terminated", "unconfirmed")
-    }
-    return [pid for pid in pids if pid not in audited and not apps.alive(pid)]
+def the_line(out: str, audit: str) -> dict[str, Any]:
+    """The one log line of this `audit` kind in `out`."""
+    (line,) = [r for r in log_records(out) if r.get("audit") == audit]
+    return line
 
 
 @pytest.mark.slow
 def test_a_pass_given_up_at_the_invocation_deadline_never_terminates_afterwards(
-    slow_function, apps, function_env, capsys
+    slow_function, capsys
 ) -> None:
     # given stale sessions, a plan slower than the invocation's budget (8 s - 5.5 s margin)
-    pids = slow_function
-    function_env.setenv("REAPER_DEADLINE_MARGIN_SECONDS", "5.5")
     # when the function runs, reports the target out of time and returns, and the pass it gave
     # up has gone on to finish its plan
-    out = failed_invocation(capsys, timeout_seconds=8)
-    (error,) = [r for r in log_records(out) if r.get("audit") == "target_error"]
-    assert "given up before its terminate step" in error["error"], (
+    out = slow_function.fail(capsys, timeout_seconds=8, REAPER_DEADLINE_MARGIN_SECONDS="5.5")
+    assert "given up before its terminate step" in the_line(out, "target_error")["error"], (
         "the plan must outlast the budget for this test to mean anything: raise PLAN_SECONDS"
     )
     assert metric(out, "DeadlineExceeded", Target="default").value == 1
     # then that pass has terminated nothing
-    assert terminated_without_an_audit_line(apps, pids, out) == []
-    assert all(apps.alive(pid) for pid in pids)
+    slow_function.assert_terminated_nothing(out)
 
 
 @pytest.mark.slow
-def test_a_cpu_bound_plan_past_the_target_timeout_terminates_nothing(
-    slow_function, apps, function_env, capsys
-) -> None:
+def test_a_cpu_bound_plan_past_the_target_timeout_terminates_nothing(slow_function, capsys) -> None:
     # given stale sessions, a plan slower than REAPER_TARGET_TIMEOUT_SECONDS, and plenty of
     # time left in the invocation
-    pids = slow_function
-    function_env.setenv("REAPER_TARGET_TIMEOUT_SECONDS", "3")
     # when the function runs
-    out = failed_invocation(capsys, timeout_seconds=120)
+    out = slow_function.fail(capsys, timeout_seconds=120, REAPER_TARGET_TIMEOUT_SECONDS="3")
     # then the pass stopped itself before terminating, and its summary line says so
-    (summary,) = [r for r in log_records(out) if r.get("audit") == "summary"]
+    summary = the_line(out, "summary")
     assert summary["status"] == "stopped", "the plan must outlast REAPER_TARGET_TIMEOUT_SECONDS"
     assert summary["counts"]["stopped"] == SESSIONS
-    (error,) = [r for r in log_records(out) if r.get("audit") == "target_error"]
-    assert error["error_type"] == "DeadlineExceededError"
-    assert terminated_without_an_audit_line(apps, pids, out) == []
-    assert all(apps.alive(pid) for pid in pids)
+    assert the_line(out, "target_error")["error_type"] == "DeadlineExceededError"
+    slow_function.assert_terminated_nothing(out)

@@ -1,4 +1,5 @@
-"""Builders for planner inputs: plain snapshots without a database, and hypothesis strategies."""
+"""Builders for planner and budget inputs: plain snapshots without a database, and hypothesis
+strategies."""
 
 from __future__ import annotations
 
@@ -9,11 +10,22 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from reaper.core.budget import NameTemplate
 from reaper.core.policy import IDLE_STATES, Policy, one_rule_policy, policy_from_mapping
 from reaper.core.snapshot import CLIENT_BACKEND, Connections, Session, Snapshot
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 OWN_PID = 1
+
+# The budget's session names: application_name lambda:<function>.
+NAMES = NameTemplate("lambda:{function}")
+# max_connections 100, superuser_reserved_connections 3: 97 usable slots.
+HUNDRED = Connections(
+    client_connections=0,
+    max_connections=100,
+    superuser_reserved_connections=3,
+    reserved_connections=0,
+)
 
 
 def session(

@@ -19,15 +19,7 @@ from reaper.core.budget import (
 from reaper.core.snapshot import Connections
 from reaper.errors import SettingsError
 from reaper.settings import load_lambda_settings
-
-NAMES = NameTemplate("lambda:{function}")
-# max_connections 100, superuser_reserved_connections 3: 97 usable slots.
-HUNDRED = Connections(
-    client_connections=0,
-    max_connections=100,
-    superuser_reserved_connections=3,
-    reserved_connections=0,
-)
+from tests.unit.planning_data import HUNDRED, NAMES
 
 
 def facts(*functions: FunctionConcurrency, **account: int) -> LambdaFacts:

@@ -12,23 +12,15 @@ from botocore.stub import Stubber
 from reaper.aws import _clients
 from reaper.aws.budget import record_pass_budgets
 from reaper.aws.concurrency import connection_budget, read_lambda_facts
-from reaper.core.budget import NameTemplate, Verdict
+from reaper.core.budget import Verdict
 from reaper.core.planning import Reason
 from reaper.core.result import Outcome, PassResult, SessionRecord
-from reaper.core.snapshot import Connections
 from reaper.settings import load_lambda_settings
 from tests.fix_aws import emf_metrics, metric
+from tests.unit.planning_data import HUNDRED, NAMES
 
 if TYPE_CHECKING:
     from tests.fix_aws import LambdaAccount
-
-NAMES = NameTemplate("lambda:{function}")
-HUNDRED = Connections(
-    client_connections=0,
-    max_connections=100,
-    superuser_reserved_connections=3,
-    reserved_connections=0,
-)
 
 
 @pytest.fixture

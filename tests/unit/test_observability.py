@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from dataclasses import replace
+from typing import Any
+
 import pytest
 
 from reaper.aws import observability
@@ -57,6 +61,19 @@ RESULT = PassResult(
 )
 
 
+# A pass on "writer" that examined nothing; the tests give it what they look at.
+EMPTY = PassResult(target="writer", dry_run=False, skipped=False, duration_seconds=0.01)
+
+
+def audited(result: PassResult, capsys) -> dict[str, list[dict[str, Any]]]:
+    """Audit `result`: the log lines it gave, by their `audit` kind."""
+    observability.audit(observability.logger, result)
+    lines = defaultdict(list)
+    for record in log_records(capsys.readouterr().out):
+        lines[record.get("audit")].append(record)
+    return lines
+
+
 def test_a_pass_result_becomes_one_blob_of_target_metrics(capsys) -> None:
     # when a result is recorded
     observability.record_result(RESULT)
@@ -95,7 +112,7 @@ def test_terminations_are_counted_per_application_in_blobs_of_their_own(capsys) 
 
 
 def test_a_skipped_pass_reports_no_session_metrics_and_pass_skipped_1(capsys) -> None:
-    skipped = PassResult(target="writer", dry_run=False, skipped=True, duration_seconds=0.01)
+    skipped = replace(EMPTY, skipped=True)
     observability.record_result(skipped)
     out = capsys.readouterr().out
     assert [m.name for m in emf_metrics(out)] == ["TargetErrors", "PassSkipped"]
@@ -156,11 +173,10 @@ def test_policy_errors_are_invocation_metrics_without_a_target(capsys) -> None:
 
 def test_audit_logs_each_terminated_and_refused_session_then_a_summary(capsys) -> None:
     # when a result is audited
-    observability.audit(observability.logger, RESULT)
+    lines = audited(RESULT, capsys)
 
     # then each terminated or refused session has its line, the spared one none
-    records = log_records(capsys.readouterr().out)
-    sessions = [r for r in records if r.get("audit") == "session"]
+    sessions = lines["session"]
     assert [(r["pid"], r["outcome"], r["level"]) for r in sessions] == [
         (101, "terminated", "INFO"),
         (102, "terminated", "INFO"),
@@ -176,7 +192,7 @@ def test_audit_logs_each_terminated_and_refused_session_then_a_summary(capsys) -
     }
     assert (first["state"], first["idle_seconds"], first["target"]) == ("idle", 1234.6, "writer")
     # and one summary line for the target, with the utilization before and after
-    (summary,) = [r for r in records if r.get("audit") == "summary"]
+    (summary,) = lines["summary"]
     assert summary["counts"]["terminated"] == 3
     assert summary["utilization_before_percent"] == 92.78
     assert summary["utilization_after_percent"] == 89.69
@@ -192,24 +208,15 @@ def test_dry_run_sessions_are_audited_as_would_terminate_or_would_refuse(
     outcome, level, capsys
 ) -> None:
     # a dry run never reports a session refused: what a real pass would refuse has its own name
-    dry = PassResult(
-        target="writer",
-        dry_run=True,
-        skipped=False,
-        duration_seconds=0.01,
-        sessions=(session(201, outcome),),
-    )
-    observability.audit(observability.logger, dry)
-    (line,) = [r for r in log_records(capsys.readouterr().out) if r.get("audit") == "session"]
+    dry = replace(EMPTY, dry_run=True, sessions=(session(201, outcome),))
+    (line,) = audited(dry, capsys)["session"]
     assert (line["outcome"], line["level"], line["dry_run"]) == (outcome.value, level, True)
 
 
 def test_a_pass_stopped_mid_terminate_audits_every_session_it_may_have_ended(capsys) -> None:
     # given a pass whose terminate statement failed part way
-    stopped = PassResult(
-        target="writer",
-        dry_run=False,
-        skipped=False,
+    stopped = replace(
+        EMPTY,
         duration_seconds=3.2,
         counts=Counts(examined=3, planned=2, unconfirmed=2),
         sessions=(
@@ -220,28 +227,19 @@ def test_a_pass_stopped_mid_terminate_audits_every_session_it_may_have_ended(cap
         stopped_before_terminating="the terminate statement failed part way: timeout",
     )
     # when it is audited
-    observability.audit(observability.logger, stopped)
-    records = log_records(capsys.readouterr().out)
+    lines = audited(stopped, capsys)
     # then each planned session has a WARNING line, and the summary says why it stopped
-    sessions = [r for r in records if r.get("audit") == "session"]
-    assert [(r["pid"], r["outcome"], r["level"]) for r in sessions] == [
+    assert [(r["pid"], r["outcome"], r["level"]) for r in lines["session"]] == [
         (301, "unconfirmed", "WARNING"),
         (302, "unconfirmed", "WARNING"),
     ]
-    (summary,) = [r for r in records if r.get("audit") == "summary"]
+    (summary,) = lines["summary"]
     assert summary["status"] == "stopped"
     assert summary["stopped_before_terminating"].endswith("part way: timeout")
 
 
 def test_a_superuser_reaper_is_warned_about_at_every_pass(capsys) -> None:
-    warned = PassResult(
-        target="writer",
-        dry_run=False,
-        skipped=False,
-        duration_seconds=0.01,
-        warnings=("postgres is a superuser: it needs only pg_monitor",),
-    )
-    observability.audit(observability.logger, warned)
-    (line,) = [r for r in log_records(capsys.readouterr().out) if r.get("audit") == "warning"]
+    warned = replace(EMPTY, warnings=("postgres is a superuser: it needs only pg_monitor",))
+    (line,) = audited(warned, capsys)["warning"]
     assert (line["level"], line["target"]) == ("WARNING", "writer")
     assert line["warning"].startswith("postgres is a superuser")

@@ -203,64 +203,55 @@ def test_integers_are_taken_where_seconds_or_a_fraction_are_asked_for() -> None:
     assert (policy.min_utilization, policy.target_utilization) == (0.0, 1.0)
 
 
-def _rule_with(field: str, pattern: str) -> dict[str, object]:
-    return {"rules": [{"application_names": ["lambda:*"], field: [pattern]}]}
+def _with_pattern(path: str, pattern: str) -> dict[str, object]:
+    """MINIMAL with `pattern` as the one item of the list at `path`: rules[0].<list>[0] (in place
+    of the rule's own application pattern when <list> is application_names) or
+    exclude.<list>[0]."""
+    place, field = path.removesuffix("[0]").split(".")
+    if place == "exclude":
+        return {**MINIMAL, "exclude": {field: [pattern]}}
+    return {"rules": [{**MINIMAL["rules"][0], field: [pattern]}]}
 
 
 LONG_NAME = "lambda:orders-service-production-eu-west-1-handler-v2-blue-green"
 
 
 @pytest.mark.parametrize(
-    ("document", "path", "reason"),
+    ("path", "pattern", "reason"),
     [
         pytest.param(
-            {**MINIMAL, "exclude": {"application_names": [LONG_NAME]}},
             "exclude.application_names[0]",
+            LONG_NAME,
             "cuts names to 63 bytes",
             id="exclusion-copied-from-a-64-byte-name",
         ),
         pytest.param(
-            {"rules": [{"application_names": ["lambda:café-*"]}]},
             "rules[0].application_names[0]",
+            "lambda:café-*",
             "outside printable ASCII",
             id="non-ascii-application",
         ),
         pytest.param(
-            {**MINIMAL, "exclude": {"application_names": ["lambda:café-*"]}},
-            "exclude.application_names[0]",
-            "'é'",
-            id="non-ascii-exclusion",
+            "exclude.application_names[0]", "lambda:café-*", "'é'", id="non-ascii-exclusion"
         ),
         pytest.param(
-            {"rules": [{"application_names": ["lambda:\tjobs"]}]},
             "rules[0].application_names[0]",
+            "lambda:\tjobs",
             "'\\t'",
             id="control-character-application",
         ),
-        pytest.param(
-            _rule_with("users", "é" * 32), "rules[0].users[0]", "64 bytes", id="user-64-bytes"
-        ),
-        pytest.param(
-            _rule_with("databases", "d" * 64),
-            "rules[0].databases[0]",
-            "64 bytes",
-            id="database-64-bytes",
-        ),
-        pytest.param(
-            {**MINIMAL, "exclude": {"users": ["u" * 70]}},
-            "exclude.users[0]",
-            "70 bytes",
-            id="excluded-user",
-        ),
+        pytest.param("rules[0].users[0]", "é" * 32, "64 bytes", id="user-64-bytes"),
+        pytest.param("rules[0].databases[0]", "d" * 64, "64 bytes", id="database-64-bytes"),
+        pytest.param("exclude.users[0]", "u" * 70, "70 bytes", id="excluded-user"),
     ],
 )
 def test_a_pattern_postgresql_can_never_show_is_refused_with_the_reason(
-    document, path, reason
+    path, pattern, reason
 ) -> None:
     # given a pattern that pg_stat_activity can never show (cut to 63 bytes, or rewritten)
     # when it is validated, then it is refused: the session it was meant for would be missed
     with pytest.raises(PolicyError) as refused:
-        parse_policy(json.dumps(document), source="policy.json")
+        parse_policy(json.dumps(_with_pattern(path, pattern)), source="policy.json")
     message = str(refused.value)
     assert f"{path}: " in message
     assert reason in message

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 
 from reaper.core.planning import plan
-from reaper.core.result import Outcome, Stop, refusal_fixes, summarize
+from reaper.core.result import (
+    _OUTCOME_COUNTS,
+    _REASON_COUNTS,
+    Counts,
+    Outcome,
+    Stop,
+    refusal_fixes,
+    summarize,
+)
 from tests.unit.planning_data import policy, session, snapshot
 
 # The oldest session may be signalled, the next is another role's (no pg_signal_backend), the
@@ -30,6 +38,12 @@ def test_a_real_pass_reports_what_it_wanted_and_could_not_do_as_refused() -> Non
     )
     assert outcomes(result) == {10: Outcome.TERMINATED, 11: Outcome.REFUSED, 12: Outcome.REFUSED}
     assert (result.counts.refused, result.counts.would_refuse) == (2, 0)
+
+
+def test_every_count_is_tallied_from_the_sessions_or_the_plan() -> None:
+    # A field of Counts that no table names would stay 0 whatever the pass did.
+    tallied = ["examined", "matched", *_OUTCOME_COUNTS, *_REASON_COUNTS]
+    assert sorted(tallied) == sorted(f.name for f in fields(Counts))
 
 
 def test_a_dry_run_reports_would_refuse_never_refused() -> None:

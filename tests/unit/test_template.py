@@ -912,57 +912,57 @@ def test_throttles_alarm_fires_on_the_first_throttle(template: dict[str, Any]) -
     assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
 
 
+# Per parameter: values its AllowedPattern accepts, then values it refuses.
+PARAMETER_VALUES: dict[str, tuple[list[str], list[str]]] = {
+    "DatabaseSecretArn": (
+        [
+            "",
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/reaper-AbC123",
+            "arn:aws-us-gov:secretsmanager:us-gov-west-1:123456789012:secret:reaper-AbC123",
+        ],
+        # Without the random suffix the IAM permission names no secret: AccessDenied at run time.
+        ["arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod", "prod/reaper"],
+    ),
+    "DatabaseSecretKmsKeyArn": (
+        ["arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"],
+        ["arn:aws:kms:eu-west-1:123456789012:alias/reaper"],
+    ),
+    "AlarmTopicArn": (["arn:aws:sns:eu-west-1:123456789012:ops-alarms"], ["ops-alarms"]),
+    "AlarmEmail": (["ops@example.com"], ["ops"]),
+    "DbResourceId": (["db-ABCDEFGHIJKLMNOP", "cluster-ABCDEFGHIJKLMNOP"], ["mydb"]),
+    "Targets": (
+        ["", '[{"name":"writer","host":"w.example.com"},{"name":"reader"}]'],
+        [
+            # A DSN may hold a password, and stack parameters are stored and shown in plain text.
+            '[{"name":"w","dsn":"postgresql://u:secret@h/postgres"}]',
+            '{"name":"writer"}',
+        ],
+    ),
+    "AlarmTargetName": (["writer"], ["bad name"]),
+    "MetricsNamespace": (["IdleReaper"], ["AWS/Lambda"]),
+    "SslRootCert": (
+        [
+            "/var/task/reaper/pg/certs/rds-ca-bundle.pem",
+            "/var/task/certs/rds-global-bundle.pem",
+            "/opt/certs/our-ca.pem",
+        ],
+        ["certs/x.pem"],
+    ),
+    "IamAuthUser": (["idle_reaper"], ["idle reaper"]),
+    "BudgetNameTemplate": (
+        ["lambda:{function}", "", "{function}/prod"],
+        ["lambda:", "{function}-{function}", "λ:{function}"],
+    ),
+}
+
+
 @pytest.mark.parametrize(
     ("parameter", "value", "accepted"),
     [
-        ("DatabaseSecretArn", "", True),
-        (
-            "DatabaseSecretArn",
-            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/reaper-AbC123",
-            True,
-        ),
-        (
-            "DatabaseSecretArn",
-            "arn:aws-us-gov:secretsmanager:us-gov-west-1:123456789012:secret:reaper-AbC123",
-            True,
-        ),
-        # Without the random suffix the IAM permission names no secret: AccessDenied at run time.
-        ("DatabaseSecretArn", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod", False),
-        ("DatabaseSecretArn", "prod/reaper", False),
-        ("DatabaseSecretKmsKeyArn", "arn:aws:kms:eu-west-1:123456789012:alias/reaper", False),
-        (
-            "DatabaseSecretKmsKeyArn",
-            "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
-            True,
-        ),
-        ("AlarmTopicArn", "arn:aws:sns:eu-west-1:123456789012:ops-alarms", True),
-        ("AlarmTopicArn", "ops-alarms", False),
-        ("AlarmEmail", "ops@example.com", True),
-        ("AlarmEmail", "ops", False),
-        ("DbResourceId", "db-ABCDEFGHIJKLMNOP", True),
-        ("DbResourceId", "cluster-ABCDEFGHIJKLMNOP", True),
-        ("DbResourceId", "mydb", False),
-        ("Targets", "", True),
-        ("Targets", '[{"name":"writer","host":"w.example.com"},{"name":"reader"}]', True),
-        # A DSN may hold a password, and stack parameters are stored and shown in plain text.
-        ("Targets", '[{"name":"w","dsn":"postgresql://u:secret@h/postgres"}]', False),
-        ("Targets", '{"name":"writer"}', False),
-        ("AlarmTargetName", "writer", True),
-        ("AlarmTargetName", "bad name", False),
-        ("MetricsNamespace", "IdleReaper", True),
-        ("MetricsNamespace", "AWS/Lambda", False),
-        ("SslRootCert", "/var/task/reaper/pg/certs/rds-ca-bundle.pem", True),
-        ("SslRootCert", "/var/task/certs/rds-global-bundle.pem", True),
-        ("SslRootCert", "/opt/certs/our-ca.pem", True),
-        ("SslRootCert", "certs/x.pem", False),
-        ("IamAuthUser", "idle_reaper", True),
-        ("IamAuthUser", "idle reaper", False),
-        ("BudgetNameTemplate", "lambda:{function}", True),
-        ("BudgetNameTemplate", "", True),
-        ("BudgetNameTemplate", "{function}/prod", True),
-        ("BudgetNameTemplate", "lambda:", False),
-        ("BudgetNameTemplate", "{function}-{function}", False),
-        ("BudgetNameTemplate", "λ:{function}", False),
+        (parameter, value, accepted)
+        for parameter, (accepts, refuses) in PARAMETER_VALUES.items()
+        for accepted, values in ((True, accepts), (False, refuses))
+        for value in values
     ],
 )
 def test_parameters_are_validated_at_deploy_time(
