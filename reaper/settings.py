@@ -29,15 +29,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from reaper.core import validation
 from reaper.core.budget import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, NameTemplate
 from reaper.core.tls import verifies_server
-from reaper.core.validation import (
-    JsonDocumentError,
-    describe_validation_error,
-    parse_json,
-    require_unique_names,
-    short_name,
-)
 from reaper.errors import SettingsError
 from reaper.pg.conninfo import SslMode
 from reaper.pg.timeouts import DEFAULT_TIMEOUTS, MAX_CONNECT_SECONDS
@@ -132,7 +126,9 @@ def load_observability_settings() -> ObservabilitySettings:
     try:
         return ObservabilitySettings()
     except ValidationError as exc:
-        raise SettingsError(f"invalid settings: {describe_validation_error(exc)}") from exc
+        raise SettingsError(
+            f"invalid settings: {validation.describe_validation_error(exc)}"
+        ) from exc
 
 
 class AwsSettings(BaseSettings):
@@ -248,8 +244,8 @@ class LambdaSettings(_DatabaseUrlSettings):
         if not isinstance(value, str | bytes):
             return value
         try:
-            return parse_json(value)
-        except JsonDocumentError as exc:
+            return validation.parse_json(value)
+        except validation.JsonDocumentError as exc:
             # parse_json's message names a position or a key, never a value: the text may
             # contain a DSN with a password.
             raise ValueError(
@@ -286,7 +282,7 @@ class LambdaSettings(_DatabaseUrlSettings):
             return None
         if not targets:
             raise ValueError("the list is empty; leave REAPER_TARGETS unset for one target")
-        require_unique_names((target.name for target in targets), what="target")
+        validation.require_unique_names((target.name for target in targets), what="target")
         return targets
 
     @model_validator(mode="after")
@@ -420,7 +416,7 @@ def load_lambda_settings() -> LambdaSettings:
     except ValidationError as exc:
         raise SettingsError(
             "invalid settings: "
-            + describe_validation_error(
+            + validation.describe_validation_error(
                 exc, field_label=_variable_name, hidden_fields=_SECRET_FIELDS
             )
         ) from exc
@@ -437,7 +433,7 @@ def unknown_variable_hint(*meant: str) -> str:
     harness's, may be set in the same shell)."""
     known = lambda_variables()
     hints = [
-        f"; {short_name(name)} is set: did you mean {nearest}?"
+        f"; {validation.short_name(name)} is set: did you mean {nearest}?"
         for name in _unknown_variables(known)
         if (nearest := _nearest(name, known)) in meant
     ]
@@ -467,7 +463,9 @@ def _with_nearest(unknown: list[str], known: Collection[str], *, most: int = 10)
     for name in unknown[:most]:
         nearest = _nearest(name, known)
         described.append(
-            f"{short_name(name)} (did you mean {nearest}?)" if nearest else short_name(name)
+            f"{validation.short_name(name)} (did you mean {nearest}?)"
+            if nearest
+            else validation.short_name(name)
         )
     if len(unknown) > most:
         described.append(f"and {len(unknown) - most} more")

