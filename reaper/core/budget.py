@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 FUNCTION_PLACEHOLDER = "{function}"
 # The convention of docs/client-side.md: each function names its sessions lambda:<its name>.
 DEFAULT_NAME_TEMPLATE = f"lambda:{FUNCTION_PLACEHOLDER}"
-# The server cuts every name to NAMEDATALEN - 1 bytes (POSTGRES-NOTES): a long function name
-# shows cut, and is matched cut.
+# The server cuts every name to NAMEDATALEN - 1 bytes (docs/policy.md, the pattern rules): a
+# long function name shows cut, and is matched cut.
 SHOWN_NAME_BYTES = 63
 # A new account's concurrency quota (Lambda's documented default), assumed when the account's
 # settings cannot be read; Lambda keeps this many executions unreserved whatever is asked.
