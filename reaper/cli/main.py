@@ -431,8 +431,7 @@ def _command_run(args: argparse.Namespace) -> int:
 def _command_doctor(args: argparse.Namespace) -> int:
     from reaper.cli.doctor import doctor_main
 
-    selected = args.policy or args.application_name or args.exclude_client_address
-    policy = _policy_from_args(args) if selected else None
+    policy = _policy_if_selected(args)
     target = _target_from_args(args)
     history = None
     if args.history is not None:
@@ -519,8 +518,7 @@ def _command_observe(args: argparse.Namespace) -> int:
 def _command_advise(args: argparse.Namespace) -> int:
     from reaper.cli.learning import advise_main
 
-    policy = _policy_from_args(args) if args.policy or args.application_name else None
-    advise_main(args.history, policy, as_json=args.json)
+    advise_main(args.history, _policy_if_selected(args), as_json=args.json)
     return ExitCode.OK
 
 
@@ -578,6 +576,13 @@ def _policy_from_args(args: argparse.Namespace) -> Policy:
         allow_short_thresholds=args.allow_short_thresholds,
         exclude={"client_addresses": args.exclude_client_address or []},
     )
+
+
+def _policy_if_selected(args: argparse.Namespace) -> Policy | None:
+    """The policy of the selection flags or --policy, for the commands where it is optional
+    (doctor, advise); None when neither is given."""
+    selected = args.policy or args.application_name or args.exclude_client_address
+    return _policy_from_args(args) if selected else None
 
 
 def _target_from_args(args: argparse.Namespace) -> ConnInfo:

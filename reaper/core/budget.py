@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from reaper.core.checks import MAX_LISTED, Check, Status
+from reaper.core.checks import Check, Status, listed
 from reaper.core.planning import Reason
 from reaper.core.sql_text import quote_ident
 from reaper.errors import SettingsError
@@ -503,11 +503,7 @@ def budget_check(budget: Budget) -> Check:
     if budget.verdict is Verdict.FITS:
         return Check(name, Status.OK, summary + ": it fits")
     if budget.verdict is Verdict.UNBOUNDED:
-        unbounded = budget.unbounded_functions
-        listed = ", ".join(unbounded[:MAX_LISTED])
-        if len(unbounded) > MAX_LISTED:
-            listed += f" and {len(unbounded) - MAX_LISTED} more"
-        summary += f"; unbounded (no reserved concurrency): {listed}"
+        summary += f"; unbounded (no reserved concurrency): {listed(budget.unbounded_functions)}"
     else:
         summary += ": the reserves add up to more than the slots"
     return Check(name, Status.WARN, summary, _proposal_fix(budget))
@@ -519,11 +515,7 @@ def _proposal_fix(budget: Budget) -> str:
             f"no reserves fit {budget.budget_connections} slots: lower the other clients' "
             f"sessions, pool through RDS Proxy, or raise max_connections ({BUDGET_DOC})"
         )
-    proposed = ", ".join(
-        f"{f.name} {f.proposed}" for f in budget.functions[:MAX_LISTED] if f.proposed
-    )
-    if len(budget.functions) > MAX_LISTED:
-        proposed += f" and {len(budget.functions) - MAX_LISTED} more"
+    proposed = listed([f"{f.name} {f.proposed}" for f in budget.functions if f.proposed])
     return (
         f"reserve concurrency that fits (`reaper budget` prints the commands): {proposed}; "
         f"{BUDGET_DOC}"

@@ -283,12 +283,11 @@ def _connection_limits(facts: SetupFacts) -> Check:
     usable = facts.usable_connections
     uncapped = facts.uncapped_login_roles
     if uncapped:
-        listed = _listed(uncapped)
         return Check(
             name,
             Status.WARN,
             f"PostgreSQL {facts.major} has no reserve for non-superusers, and these login roles "
-            f"have no CONNECTION LIMIT: {listed}",
+            f"have no CONNECTION LIMIT: {listed(uncapped)}",
             f"{connection_limits_fix()}; {usable} slots are usable; {RESERVED_WAY_IN_DOC}",
         )
     if facts.capped_login_connections >= usable:
@@ -492,13 +491,13 @@ def _address_label(address: str | None) -> str:
 
 def _counted(names: Counter[str]) -> str:
     """Each as "name (count)", most common first; at most MAX_LISTED of them."""
-    return _listed(
+    return listed(
         [f"{name or '(empty application_name)'} ({count})" for name, count in names.most_common()]
     )
 
 
-def _listed(items: Sequence[str]) -> str:
-    """The first MAX_LISTED items, comma-separated, then "and N more"."""
+def listed(items: Sequence[str]) -> str:
+    """The first MAX_LISTED items, comma-separated, then "and N more" (every check's lists)."""
     listed = ", ".join(items[:MAX_LISTED])
     if len(items) > MAX_LISTED:
         listed += f" and {len(items) - MAX_LISTED} more"
