@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from reaper.actions.doctor import SnapshotChecks
+    from reaper.actions.run import PassOptions
     from reaper.aws.targets import FleetTarget
     from reaper.core.policy import Policy
     from reaper.core.result import PassResult
@@ -157,24 +158,16 @@ def _pass_on_target(
         timeouts = timeouts_within(
             own_deadline - time.monotonic(), connect_timeout=settings.connect_timeout
         )
+        options: PassOptions = {
+            "timeouts": timeouts,
+            "force_dry_run": force_dry_run,
+            "deadline": pass_deadline,
+        }
         if not policy.learns:
-            result = run_pass(
-                target,
-                policy,
-                timeouts=timeouts,
-                force_dry_run=force_dry_run,
-                deadline=pass_deadline,
-            )
+            result = run_pass(target, policy, **options)
             gaps = None
         else:
-            observed = run_observed_pass(
-                target,
-                policy,
-                remembered_history(spec.name),
-                timeouts=timeouts,
-                force_dry_run=force_dry_run,
-                deadline=pass_deadline,
-            )
+            observed = run_observed_pass(target, policy, remembered_history(spec.name), **options)
             _histories[spec.name] = observed.history
             result = observed.result
             gaps = None if observed.observation is None else observed.observation.reuse_gaps()

@@ -50,6 +50,7 @@ DEFAULT_OBSERVE_INTERVAL = 60.0
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from reaper.actions.run import PassOptions
     from reaper.core.policy import Policy
     from reaper.core.result import PassResult
     from reaper.pg.conninfo import ConnInfo
@@ -408,16 +409,14 @@ def _command_run(args: argparse.Namespace) -> int:
     policy = _policy_from_args(args)
     target = _target_from_args(args)
     _warn_if_unverified(target)
-    timeouts = _timeouts_from_args(args)
+    options: PassOptions = {"timeouts": _timeouts_from_args(args), "force_dry_run": args.dry_run}
     if args.history is None:
-        result = run_pass(target, policy, timeouts=timeouts, force_dry_run=args.dry_run)
+        result = run_pass(target, policy, **options)
     else:
         from reaper.actions.observe import read_history_file, write_history_file
 
         history = read_history_file(args.history, target=target.name)
-        observed = run_observed_pass(
-            target, policy, history, timeouts=timeouts, force_dry_run=args.dry_run
-        )
+        observed = run_observed_pass(target, policy, history, **options)
         write_history_file(args.history, observed.history, target=target.name)
         result = observed.result
     if args.json:
